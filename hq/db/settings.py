@@ -1,0 +1,37 @@
+"""Cluster-wide settings that must survive a restart (for example: is the cluster active)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+
+from hq.db.events import ConfigChange
+from hq.db.model import settings
+from hq.states import EventKind
+
+CLUSTER_ACTIVE = "cluster_active"
+
+# Written by --add-standard-entries when missing; an admin's later change is never overwritten.
+STANDARD_SETTINGS = {CLUSTER_ACTIVE: "yes"}
+
+
+def get_setting(conn: sa.Connection, name: str) -> str | None:
+    return conn.execute(sa.select(settings.c.value).where(settings.c.name == name)).scalar()
+
+
+def set_setting(conn: sa.Connection, name: str, value: str, now: dt.datetime) -> None:
+    updated = conn.execute(sa.update(settings).where(settings.c.name == name)
+                           .values(value=value, updated_at=now))
+    if updated.rowcount == 0:
+        conn.execute(sa.insert(settings).values(name=name, value=value, updated_at=now))
+
+
+def add_missing_settings(conn: sa.Connection, now: dt.datetime) -> list[ConfigChange]:
+    """Insert the standard settings that are absent; return a change for each one added."""
+    added = []
+    for name, value in STANDARD_SETTINGS.items():
+        if get_setting(conn, name) is None:
+            set_setting(conn, name, value, now)
+            added.append(ConfigChange(EventKind.CLUSTER, name, f"added ({value})"))
+    return added
