@@ -1,0 +1,508 @@
+"""The one place that turns hq's configuration files into frozen dataclasses.
+
+Files (all under the installation root, see ``Installation``):
+
+- ``etc/cluster.tab``  hosts, tab-separated, in the original hQ 8-column format or an extended
+  header-named one -> ``load_cluster`` -> ``HostConfig``
+- ``etc/users``        user names and roles -> ``load_users`` -> ``UserConfig``
+- ``etc/hq-db.cfg``    database location and credentials (INI, must be mode 0600 or tighter)
+  -> ``load_database`` -> ``DatabaseConfig``; no file means the embedded SQLite database
+- ``etc/hq-server.cfg`` daemon paths, timeouts and scheduler knobs (INI, optional)
+  -> ``load_server`` -> ``ServerConfig``
+
+Every problem is a ``ConfigError`` naming ``file:line: field: what is wrong``; a loader either
+returns a whole configuration or raises, never half of one. doc/configuration.md is the
+reference for people. The syntax of values and INI files is in ``hq.config_syntax``. This
+module imports nothing from hq but ``config_syntax``, ``errors`` and ``states``, and never
+sqlalchemy: daemons that run as users import it and must hold no database code
+(``hq.db.engine.url_for`` turns a DatabaseConfig into a SQLAlchemy URL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import hq
+from hq import config_syntax as syntax
+from hq.config_syntax import parse_bool, parse_memory_mb, quote, read_text
+from hq.errors import ConfigError
+from hq.states import Role
+
+
+@dataclass(frozen=True)
+class Installation:
+    """Where an hq installation lives; every other path is derived from ``root``."""
+
+    root: Path
+
+    @property
+    def etc(self) -> Path:
+        """``root/etc``: the configuration files."""
+        return self.root / "etc"
+
+    @property
+    def var(self) -> Path:
+        """``root/var``: data, sockets, logs; written by the daemons."""
+        return self.root / "var"
+
+    @property
+    def hqconf(self) -> Path:
+        """``root/hqConf``: installation settings (requirements, database server)."""
+        return self.root / "hqConf"
+
+    @property
+    def cluster_tab(self) -> Path:
+        """The hosts: ``etc/cluster.tab``."""
+        return self.etc / "cluster.tab"
+
+    @property
+    def users_file(self) -> Path:
+        """Accounts and roles: ``etc/users``."""
+        return self.etc / "users"
+
+    @property
+    def db_cfg(self) -> Path:
+        """Database location and credentials: ``etc/hq-db.cfg`` (optional)."""
+        return self.etc / "hq-db.cfg"
+
+    @property
+    def server_cfg(self) -> Path:
+        """Daemon settings: ``etc/hq-server.cfg`` (optional)."""
+        return self.etc / "hq-server.cfg"
+
+    @classmethod
+    def locate(cls, environ: Mapping[str, str] = os.environ) -> Installation:
+        """Return the installation named by ``$HQPATH``, else the one this code was loaded from."""
+        value = environ.get("HQPATH")
+        if value is None:
+            return cls(Path(hq.__file__).resolve().parent.parent)
+        if not value:
+            raise ConfigError("HQPATH", "is set but empty: unset it or name the hq directory")
+        if not os.path.isdir(value):
+            raise ConfigError("HQPATH", f"not a directory: {quote(value)}")
+        # abspath, not resolve: keep the name the admin chose for the shared filesystem, which
+        # may be a symlink that points elsewhere on other hosts.
+        return cls(Path(os.path.abspath(value)))
+
+
+# ---------------------------------------------------------------------------- cluster.tab
+
+@dataclass(frozen=True)
+class HostConfig:
+    """One host from etc/cluster.tab: what hq may run there and how to reach it."""
+
+    name: str                      # short name, unique; how people and the database name it
+    full_name: str                 # FQDN, or the same as name
+    address: str                   # what ssh connects to; defaults to full_name
+    ssh_port: int = 22
+    cores: int = 1                 # total slots
+    max_jobs: int | None = None    # most slots occupied at once; None = cores
+    memory_mb: int | None = None   # None = not managed
+    os: str | None = None
+    features: frozenset[str] = frozenset()
+    info: str = ""
+    active: bool = True            # an inactive host gets no new jobs
+    line: int = 0                  # where it was defined, for later messages
+
+
+ORIGINAL_CLUSTER_COLUMNS = (
+    "short_name", "full_name", "total_number_slots", "max_number_occupied_slots",
+    "additional_info", "allow_info_server", "info_server_port", "active")
+"""The header of the original hQ cluster.tab, in its fixed order."""
+
+_ORIGINAL_RENAMES = {"short_name": "host", "total_number_slots": "cores",
+                     "max_number_occupied_slots": "max_jobs", "additional_info": "info"}
+
+# Keyed by extended column name; the original format's obsolete info-server columns are still
+# checked so that a row shifted by a missing tab fails instead of loading wrong numbers.
+_CELL_PARSERS: dict[str, Callable[[str], object]] = {
+    "host": syntax.host_name, "full_name": syntax.host_name, "address": syntax.address,
+    "ssh_port": syntax.port, "cores": syntax.positive_int, "max_jobs": syntax.positive_int,
+    "memory": parse_memory_mb, "os": str, "features": syntax.feature_set, "info": str,
+    "active": parse_bool, "allow_info_server": parse_bool, "info_server_port": syntax.port,
+}
+_OBSOLETE_COLUMNS = frozenset({"allow_info_server", "info_server_port"})
+EXTENDED_CLUSTER_COLUMNS = tuple(c for c in _CELL_PARSERS if c not in _OBSOLETE_COLUMNS)
+"""Column names of the extended cluster.tab format; ``host`` and ``cores`` are required."""
+_REQUIRED_COLUMNS = ("host", "cores")
+_HOST_FIELD_NAMES = {"host": "name", "memory": "memory_mb"}
+# The original hQ read every empty cell as False or 0. Its active column keeps that meaning,
+# so that a host an admin left blank stays switched off; other empty cells take our defaults.
+_ORIGINAL_EMPTY_CELLS: Mapping[str, object] = MappingProxyType({"active": False})
+
+_Columns = tuple[list[tuple[str, str | None]], Mapping[str, object]]
+
+
+def _header_cells(line: str) -> list[str] | None:
+    """The column names if ``line`` can be the header, else None (a comment)."""
+    text = line.strip()
+    if not text.startswith("#"):
+        return [cell.strip() for cell in text.split("\t")]
+    cells = [cell.strip().lower() for cell in text[1:].split("\t")]
+    # a commented header is told from a comment by its tab-separated column names
+    if len(cells) > 1 and ("host" in cells or "short_name" in cells):
+        return [cell.strip() for cell in text[1:].split("\t")]
+    return None
+
+
+def _cluster_columns(source: str, line: int, names: list[str]) -> _Columns:
+    """Header names -> [(name as written, column key or None for an x_ column)], and the
+    values of empty cells that differ from the defaults of HostConfig."""
+    lower = [name.lower() for name in names]
+
+    def error(message: str, column: str | None = None) -> ConfigError:
+        return ConfigError(source, message, line=line, field=column)
+
+    if tuple(lower) == ORIGINAL_CLUSTER_COLUMNS:
+        return [(name, _ORIGINAL_RENAMES.get(low, low))
+                for name, low in zip(names, lower, strict=True)], _ORIGINAL_EMPTY_CELLS
+    if "host" not in lower:
+        if "short_name" in lower:
+            raise error("an original hQ header must be exactly these tab-separated columns: "
+                        + " ".join(ORIGINAL_CLUSTER_COLUMNS))
+        if len(names) == 1 and len(names[0].split()) > 1:
+            raise error("the header line is not tab-separated: separate column names by tabs")
+        raise error(f"missing header line: expected column names (at least host and cores), "
+                    f"found {quote(names[0])}")
+    columns: list[tuple[str, str | None]] = []
+    for position, (name, low) in enumerate(zip(names, lower, strict=True), 1):
+        if not low:
+            raise error(f"column {position} of the header has no name")
+        if low in lower[:position - 1]:
+            raise error("duplicate column", name)
+        if low.startswith("x_"):
+            columns.append((name, None))
+        elif low in EXTENDED_CLUSTER_COLUMNS:
+            columns.append((name, low))
+        else:
+            raise error(f"unknown column (known: {', '.join(EXTENDED_CLUSTER_COLUMNS)}; "
+                        f"start local columns with x_)", name)
+    for required in _REQUIRED_COLUMNS:
+        if required not in lower:
+            raise error(f"missing required column {quote(required)}")
+    return columns, {}
+
+
+def _host_from_row(source: str, line: int, text: str, header: _Columns) -> HostConfig:
+    columns, empty_cells = header
+    cells = text.split("\t")
+    if len(cells) != len(columns):
+        hint = ""
+        if len(cells) < len(columns) and len(text.split()) >= len(columns):
+            hint = " (the line seems to be separated by spaces; use tabs)"
+        raise ConfigError(source, f"expected {len(columns)} tab-separated columns, "
+                          f"found {len(cells)}{hint}", line=line)
+    values: dict[str, object] = {}
+    for (name, key), cell in zip(columns, cells, strict=True):
+        cell = cell.strip()
+        if key is None:
+            continue
+        if cell in ("", "-"):
+            if key in _REQUIRED_COLUMNS:
+                raise ConfigError(source, "missing value", line=line, field=name)
+            if key in empty_cells:
+                values[key] = empty_cells[key]
+            continue
+        try:
+            values[key] = _CELL_PARSERS[key](cell)
+        except ValueError as exc:
+            raise ConfigError(source, str(exc), line=line, field=name) from None
+    kwargs = {_HOST_FIELD_NAMES.get(key, key): value for key, value in values.items()
+              if key not in _OBSOLETE_COLUMNS}
+    kwargs.setdefault("full_name", kwargs["name"])
+    kwargs.setdefault("address", kwargs["full_name"])
+    return HostConfig(line=line, **kwargs)  # type: ignore[arg-type]
+
+
+def load_cluster(path: Path) -> tuple[HostConfig, ...]:
+    """Read etc/cluster.tab (either format) into hosts in file order; at least one host."""
+    source = str(path)
+    header: _Columns | None = None
+    hosts: list[HostConfig] = []
+    first_seen: dict[str, int] = {}
+    for number, text in enumerate(read_text(path).splitlines(), 1):
+        if header is None:
+            names = _header_cells(text) if text.strip() else None
+            if names is not None:
+                header = _cluster_columns(source, number, names)
+            continue
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        host = _host_from_row(source, number, text, header)
+        if host.name in first_seen:
+            host_column = next(name for name, key in header[0] if key == "host")
+            raise ConfigError(source, f"duplicate host name {quote(host.name)} (first defined on "
+                              f"line {first_seen[host.name]})", line=number, field=host_column)
+        first_seen[host.name] = number
+        hosts.append(host)
+    if not hosts:
+        raise ConfigError(source, "no hosts defined: add one tab-separated line per host "
+                          "below the header")
+    return tuple(hosts)
+
+
+# ---------------------------------------------------------------------------- users
+
+@dataclass(frozen=True)
+class UserConfig:
+    """One account from etc/users and the roles it holds."""
+
+    name: str
+    roles: frozenset[Role]
+    line: int = 0
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether the account may use hq-admin."""
+        return Role.ADMIN in self.roles
+
+
+def load_users(path: Path) -> tuple[UserConfig, ...]:
+    """Read etc/users: ``<user> <ROLE>[,<ROLE>...]`` per line, ``#`` comments; may be empty."""
+    source = str(path)
+    users: list[UserConfig] = []
+    first_seen: dict[str, int] = {}
+    known = ", ".join(role.value for role in Role)
+    for number, text in enumerate(read_text(path).splitlines(), 1):
+        content = text.split("#", 1)[0].strip()
+        if not content:
+            continue
+        name, *more = content.split(None, 1)
+        rest = more[0] if more else ""
+        try:
+            syntax.user_name(name)
+        except ValueError as exc:
+            raise ConfigError(source, str(exc), line=number, field="user") from None
+        words = [word for word in re.split(r"[\s,]+", rest) if word]
+        if not words:
+            raise ConfigError(source, f"missing role for user {quote(name)} (known: {known})",
+                              line=number, field="roles")
+        roles: set[Role] = set()
+        for word in words:
+            try:
+                roles.add(Role(word.lower()))
+            except ValueError:
+                raise ConfigError(source, f"unknown role {quote(word)} (known: {known})",
+                                  line=number, field="roles") from None
+        if Role.ADMIN in roles:
+            roles.add(Role.USER)  # an admin runs jobs too
+        if name in first_seen:
+            raise ConfigError(source, f"duplicate user {quote(name)} (first defined on line "
+                              f"{first_seen[name]})", line=number, field="user")
+        first_seen[name] = number
+        users.append(UserConfig(name=name, roles=frozenset(roles), line=number))
+    return tuple(users)
+
+
+# ---------------------------------------------------------------------------- hq-db.cfg
+
+_DIALECTS = {"mysql": "mysql", "mariadb": "mysql", "mysql+pymysql": "mysql",
+             "mariadb+pymysql": "mysql", "sqlite": "sqlite"}
+_DB_KEYS = frozenset({
+    "database_host", "database_port", "database_dialect", "database_name", "database_username",
+    "database_password", "database_socket", "database_path", "url"})
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where hq-server's database is and how to log in; the password never shows in repr."""
+
+    dialect: str                   # "sqlite" or "mysql" (MariaDB included)
+    name: str = "hq"               # database name (mysql)
+    host: str = "localhost"
+    port: int = 3306
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    socket: str | None = None      # unix socket path (mysql); used instead of host and port
+    sqlite_path: Path | None = None
+    url: str | None = field(default=None, repr=False)  # explicit SQLAlchemy URL; wins
+    source: str = "<embedded default>"                 # the file it came from, for messages
+
+    def describe(self) -> str:
+        """One line for people and logs naming the database; a password shows as ``***``."""
+        if self.url is not None:
+            where = _mask_url(self.url)
+        elif self.dialect == "sqlite":
+            where = f"sqlite:///{self.sqlite_path}"
+        else:
+            login = (self.username or "") + (":***" if self.password else "")
+            server = f"{self.host}:{self.port}" if self.socket is None else ""
+            where = f"mysql://{login}@{server}/{self.name}"
+            if self.socket is not None:
+                where += f"?unix_socket={self.socket}"
+        return f"{where} (from {self.source})"
+
+
+def _mask_url(url: str) -> str:
+    """``url`` without its password or query (a query may carry one too).
+
+    Plain string splitting, not urllib: passwords are often written without the escapes a
+    parser needs (``/``, ``?``, ``@``); splitting at the last ``@`` masks too much, never too
+    little.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparsable url>"
+    login, at, server = rest.rpartition("@")
+    if ":" in login:
+        login = login.partition(":")[0] + ":***"
+    return f"{scheme}://{login}{at}{server.partition('?')[0]}"
+
+
+def _dialect(text: str) -> str:
+    if text.lower() not in _DIALECTS:
+        raise ValueError(f"unknown dialect {quote(text)} (use mysql, mariadb or sqlite)")
+    return _DIALECTS[text.lower()]
+
+
+def _dialect_of_url(url: str) -> str:
+    # the message names the scheme only: the rest of the url may hold the password
+    scheme, sep, _ = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        raise ValueError("not a URL (expected e.g. mysql://user:password@host/name)")
+    if scheme.lower() not in _DIALECTS:
+        raise ValueError(f"unsupported database {quote(scheme)} (use mysql, mariadb or sqlite)")
+    return _DIALECTS[scheme.lower()]
+
+
+def load_database(inst: Installation) -> DatabaseConfig:
+    """Read etc/hq-db.cfg; without that file, the embedded SQLite database var/hq.db.
+
+    The file holds credentials, so it is refused unless only its owner can read and write it.
+    """
+    path = inst.db_cfg
+    source = str(path)
+    text = syntax.read_private_text(path, holds="database credentials")
+    if text is None:
+        return DatabaseConfig(dialect="sqlite", sqlite_path=inst.var / "hq.db")
+    sections = syntax.read_ini(source, text, {"database": _DB_KEYS})
+    if "database" not in sections:
+        raise ConfigError(source, "missing [DATABASE] section")
+    entries = sections["database"]
+
+    def get(key: str, parse: Callable[[str], Any] = str) -> Any:
+        return syntax.ini_value(source, entries, key, parse)
+
+    url = get("url")
+    dialect = get("url", _dialect_of_url) or get("database_dialect", _dialect)
+    if dialect is None:
+        raise ConfigError(source, "missing: use mysql (or mariadb) or sqlite",
+                          field="database_dialect")
+    username = get("database_username")
+    if dialect == "mysql" and url is None and username is None:
+        raise ConfigError(source, "missing: mysql needs the account hq-server logs in as",
+                          field="database_username")
+    socket = get("database_socket", inst.root.joinpath)  # relative to the installation
+    return DatabaseConfig(
+        dialect=dialect,
+        name=get("database_name") or "hq",
+        host=get("database_host") or "localhost",
+        port=get("database_port", syntax.port) or 3306,
+        username=username,
+        password=get("database_password"),
+        socket=None if socket is None else str(socket),
+        sqlite_path=(get("database_path", inst.root.joinpath) or inst.var / "hq.db"
+                     if dialect == "sqlite" else None),
+        url=url,
+        source=source,
+    )
+
+
+# ---------------------------------------------------------------------------- hq-server.cfg
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Daemon paths, timeouts and scheduler knobs from etc/hq-server.cfg (seconds throughout)."""
+
+    socket_path: Path                    # where hq-server listens
+    pid_file: Path
+    log_file: Path
+    server_user: str | None = None       # account hq-server runs as; None = owner of the root
+    heartbeat_interval_s: float = 2.0
+    heartbeat_timeout_s: float = 10.0    # no heartbeat this long: host "heartbeat lost"
+    lease_s: float = 30.0                # an exec-server unreached this long kills its jobs
+    lease_grace_s: float = 5.0           # extra wait before hq-server requeues them
+    user_server_idle_s: float = 300.0
+    exec_server_idle_s: float = 300.0
+    db_flush_interval_s: float = 0.02    # longest delay of a batched write
+    db_batch_max: int = 5000
+    load_factor: float = 1.1             # no new job while load1 + busy > factor * cores
+    max_running_per_user: int = 0        # 0 = unlimited
+    fair_share: bool = True
+    host_key_policy: str = "reject"      # or "accept-new"
+    connect_timeout_s: float = 5.0
+
+    @classmethod
+    def defaults(cls, inst: Installation) -> ServerConfig:
+        """The configuration used when etc/hq-server.cfg does not exist."""
+        return cls(socket_path=inst.var / "run" / "hq-server.sock",
+                   pid_file=inst.var / "run" / "hq-server.pid",
+                   log_file=inst.var / "log" / "hq-server.log")
+
+
+def _host_key_policy(text: str) -> str:
+    if text not in ("reject", "accept-new"):
+        raise ValueError(f"unknown policy {quote(text)} (use reject or accept-new)")
+    return text
+
+
+# field -> (section, key, parse); paths are resolved against the installation root
+_SERVER_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
+    "socket_path": ("server", "socket", Path),
+    "pid_file": ("server", "pid_file", Path),
+    "log_file": ("server", "log_file", Path),
+    "server_user": ("server", "server_user", syntax.user_name),
+    "heartbeat_interval_s": ("server", "heartbeat_interval", syntax.positive_number),
+    "heartbeat_timeout_s": ("server", "heartbeat_timeout", syntax.positive_number),
+    "lease_s": ("server", "lease", syntax.positive_number),
+    "lease_grace_s": ("server", "lease_grace", syntax.positive_number),
+    "user_server_idle_s": ("server", "user_server_idle_timeout", syntax.positive_number),
+    "exec_server_idle_s": ("server", "exec_server_idle_timeout", syntax.positive_number),
+    "db_flush_interval_s": ("server", "db_flush_interval", syntax.positive_number),
+    "db_batch_max": ("server", "db_batch_max", syntax.positive_int),
+    "load_factor": ("scheduler", "load_factor", syntax.positive_number),
+    "max_running_per_user": ("scheduler", "max_running_per_user", syntax.non_negative_int),
+    "fair_share": ("scheduler", "fair_share", parse_bool),
+    "host_key_policy": ("ssh", "host_key_policy", _host_key_policy),
+    "connect_timeout_s": ("ssh", "connect_timeout", syntax.positive_number),
+}
+SERVER_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {name: (section, key) for name, (section, key, _) in _SERVER_KEYS.items()})
+"""ServerConfig field -> (section, key) of etc/hq-server.cfg that sets it."""
+
+
+def load_server(inst: Installation) -> ServerConfig:
+    """Read etc/hq-server.cfg over the defaults; no file means all defaults.
+
+    An empty value also means the default. Relative paths are relative to the installation.
+    """
+    path = inst.server_cfg
+    config = ServerConfig.defaults(inst)
+    if not path.exists():
+        return config
+    source = str(path)
+    known: dict[str, set[str]] = {}
+    for section, key, _ in _SERVER_KEYS.values():
+        known.setdefault(section, set()).add(key)
+    sections = syntax.read_ini(source, read_text(path),
+                               {name: frozenset(keys) for name, keys in known.items()})
+    changes: dict[str, object] = {}
+    for name, (section, key, parse) in _SERVER_KEYS.items():
+        entries = sections.get(section, {})
+        value = syntax.ini_value(source, entries, key, parse)
+        if value is not None:
+            changes[name] = inst.root / value if parse is Path else value
+    config = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    if config.heartbeat_timeout_s <= config.heartbeat_interval_s:
+        entry = sections.get("server", {}).get("heartbeat_timeout")
+        raise ConfigError(source, f"must be longer than heartbeat_interval "
+                          f"({config.heartbeat_interval_s:g} s), or every host is lost",
+                          line=entry.line if entry else None, field="heartbeat_timeout")
+    return config
