@@ -8,6 +8,7 @@ whole transaction is retried when the server went away or chose it as a deadlock
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,9 +30,30 @@ RETRYABLE_MYSQL_ERRORS = frozenset({2006, 2013, 1213, 1205})
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+def url_for(db: DatabaseConfig) -> sa.URL:
+    """The SQLAlchemy URL for ``db`` (pymysql driver, utf8mb4 on MySQL/MariaDB)."""
+    if db.url is not None:
+        url = sa.make_url(db.url)
+        if url.drivername in ("mysql", "mariadb"):
+            url = url.set(drivername=f"{url.drivername}+pymysql")
+        if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})
+        return url
+    if db.dialect == "sqlite":
+        assert db.sqlite_path is not None, "a sqlite DatabaseConfig needs sqlite_path"
+        return sa.URL.create("sqlite", database=os.path.abspath(db.sqlite_path))
+    query = {"charset": "utf8mb4"}
+    if db.socket is not None:
+        query["unix_socket"] = db.socket
+    return sa.URL.create(
+        "mysql+pymysql", username=db.username, password=db.password,
+        host=None if db.socket else db.host, port=None if db.socket else db.port,
+        database=db.name, query=query)
+
+
 def create_engine(db: DatabaseConfig) -> sa.Engine:
     """An Engine for ``db``, set up for its dialect; raises DatabaseError on a bad config."""
-    url = db.sqlalchemy_url()
+    url = url_for(db)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(db, url)
     if url.get_backend_name() in ("mysql", "mariadb"):
@@ -43,9 +65,7 @@ def create_engine(db: DatabaseConfig) -> sa.Engine:
 
 def _sqlite_engine(db: DatabaseConfig, url: sa.URL) -> sa.Engine:
     if url.database and url.database != ":memory:":
-        from pathlib import Path
-
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(url.database), exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")

@@ -1,0 +1,109 @@
+"""Identity and secrets: private runtime directories, secret files, job-spec signatures.
+
+The kernel tells who is at the other end of a Unix socket (``protocol.peer_credentials``);
+this module holds what a user's own processes keep to themselves: the 0700 runtime directory
+with their daemons' sockets, and the per-user key (``~/.hq/job-signing.key``, 0600) with which
+the user-server signs job specs and the exec-server checks them, so that neither hq-server nor
+an edited database row can make hq run a command as that user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import pwd
+import secrets
+import stat
+from pathlib import Path
+
+from hq.errors import HqError, PermissionDenied
+from hq.jobspec import JobSpec, signed_text
+
+SIGNING_KEY_NAME = "job-signing.key"
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def check_private(path: Path, *, want_dir: bool, what: str) -> None:
+    """Refuse ``path`` unless it belongs to us and nobody else may read or write it."""
+    st = os.lstat(path)
+    kind_ok = stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)
+    if not kind_ok:
+        raise PermissionDenied(f"{what} {path} is not a {'directory' if want_dir else 'file'}")
+    if st.st_uid != os.geteuid():
+        raise PermissionDenied(f"{what} {path} belongs to uid {st.st_uid}, not to you: "
+                               "refusing to use it")
+    if st.st_mode & 0o077:
+        raise PermissionDenied(f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                               f"it must be private: run chmod {'700' if want_dir else '600'} "
+                               f"{path}")
+
+
+def private_dir(path: Path, what: str) -> Path:
+    """Create ``path`` (and parents) as 0700 if missing, then check it is private."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    check_private(path, want_dir=True, what=what)
+    return path
+
+
+def installation_id(root: Path) -> str:
+    """A short stable name for an installation, so two installations never share sockets."""
+    return hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+
+
+def runtime_dir(root: Path) -> Path:
+    """This user's private directory for sockets and locks of one installation on this host.
+
+    Under /tmp (host-local, short paths for the 108-byte socket limit), named by uid, 0700.
+    """
+    # /tmp is shared, so a squatter may have made the directory first: private_dir refuses
+    # one that is not ours and 0700.
+    base = private_dir(Path(f"/tmp/hq-{os.geteuid()}"), "runtime directory")  # noqa: S108
+    return private_dir(base / installation_id(root), "runtime directory")
+
+
+def state_dir() -> Path:
+    """``~/.hq``: the user's private hq directory (keys, logs), shared by all hosts."""
+    return private_dir(Path.home() / ".hq", "hq directory")
+
+
+def load_signing_key(create: bool) -> bytes:
+    """The user's job-signing key; made on first use by the user-server (``create=True``)."""
+    path = state_dir() / SIGNING_KEY_NAME
+    if create and not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32) + "\n")
+    try:
+        check_private(path, want_dir=False, what="job-signing key")
+        key = bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        raise HqError(f"no job-signing key at {path}: start hq-user-server first") from None
+    except ValueError:
+        raise HqError(f"job-signing key {path} is damaged: delete it and restart "
+                      "hq-user-server (jobs signed with it can then no longer start)") from None
+    if len(key) < 32:
+        raise HqError(f"job-signing key {path} is too short")
+    return key
+
+
+def sign_job(key: bytes, spec: JobSpec, owner: str, digest: str) -> str:
+    return hmac.new(key, signed_text(spec, owner, digest), hashlib.sha256).hexdigest()
+
+
+def job_signature_ok(key: bytes, spec: JobSpec, owner: str, digest: str) -> bool:
+    if not spec.signature:
+        return False
+    return hmac.compare_digest(sign_job(key, spec, owner, digest), spec.signature)

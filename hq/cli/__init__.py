@@ -1,0 +1,1 @@
+"""hq command line programs: hq-submit, hq-client, hq-admin, hq-dbadmin."""

@@ -1,0 +1,1 @@
+"""hq-server: the scheduler and the only writer of the database."""
