@@ -18,7 +18,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from hq.errors import HqError, PermissionDenied
+from hq.config import Installation, ServerConfig
+from hq.errors import ConfigError, HqError, PermissionDenied
 from hq.jobspec import JobSpec, signed_text
 
 SIGNING_KEY_NAME = "job-signing.key"
@@ -107,3 +108,18 @@ def job_signature_ok(key: bytes, spec: JobSpec, owner: str, digest: str) -> bool
     if not spec.signature:
         return False
     return hmac.compare_digest(sign_job(key, spec, owner, digest), spec.signature)
+
+
+def server_uid(inst: Installation, config: ServerConfig) -> int:
+    """The uid hq-server must run as: ``server_user``, else the owner of the installation.
+
+    Clients compare it with the socket peer's uid before they send anything, so a process
+    squatting on hq-server's socket path learns nothing.
+    """
+    if config.server_user is None:
+        return os.stat(inst.root).st_uid
+    try:
+        return pwd.getpwnam(config.server_user).pw_uid
+    except KeyError:
+        raise ConfigError(str(inst.server_cfg), f"no such account: {config.server_user}",
+                          field="server_user") from None

@@ -202,10 +202,17 @@ class Channel:
         self.closed.set()
 
 
-async def open_unix_channel(path: str, name: str, role: str, program: str) -> tuple[Channel,
-                                                                                   Message]:
-    """Connect to a daemon's Unix socket and do the handshake; return the channel and welcome."""
+async def open_unix_channel(path: str, name: str, role: str, program: str, *,
+                            expect_uid: int | None = None) -> tuple[Channel, Message]:
+    """Connect to a daemon's Unix socket, check who listens there (when ``expect_uid`` is
+    given) before sending anything, and do the handshake; return the channel and welcome."""
     reader, writer = await asyncio.open_unix_connection(path, limit=MAX_FRAME)
+    if expect_uid is not None:
+        peer = peer_credentials(writer.get_extra_info("socket"))
+        if peer.uid != expect_uid:
+            writer.close()
+            raise Unavailable(f"{name} at {path} runs as uid {peer.uid}, expected uid "
+                              f"{expect_uid}: refusing to talk to it")
     channel = Channel(reader, writer, name)
     channel.send(hello(role, program))
     welcome = await channel.receive()

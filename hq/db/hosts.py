@@ -112,3 +112,16 @@ def sync_hosts(conn: sa.Connection, wanted: Sequence[HostConfig], now: dt.dateti
             changes.append(ConfigChange(EventKind.HOST, gone["name"],
                                         "retired (no longer in etc/cluster.tab)"))
     return changes
+
+
+# Columns hq-server may change on a host row while it runs.
+LIVE_COLUMNS = frozenset({"active", "drained", "drain_reason", "drained_by", "drained_at",
+                          "state", "state_reason", "load1", "free_memory_mb",
+                          "last_heartbeat_at", "updated_at"})
+
+
+def update_host(conn: sa.Connection, name: str, values: dict[str, object]) -> None:
+    unknown = set(values) - LIVE_COLUMNS
+    if unknown:
+        raise ValueError(f"host {name}: not live columns: {sorted(unknown)}")
+    conn.execute(sa.update(hosts).where(hosts.c.name == name).values(**values))

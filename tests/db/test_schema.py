@@ -32,8 +32,8 @@ def _add_job(conn: sa.Connection, **overrides: object) -> int:
         owner_id=user_id, submitted_at=NOW, submit_host="head", environment={"PATH": "/bin"},
         umask=0o022, job_count=1)).inserted_primary_key[0]
     values = {"submission_id": sub_id, "owner_id": user_id, "command": "sleep 42",
-              "shell": "/bin/sh", "cwd": "/home/alice", "stdout_path": "/home/alice/hq-1.out",
-              "stderr_path": "/home/alice/hq-1.err", "submitted_at": NOW}
+              "shell": "/bin/sh", "cwd": "/home/alice", "stdout_path": "hq-%j.out",
+              "stderr_path": "hq-%j.err", "submitted_at": NOW}
     values.update(overrides)
     return conn.execute(sa.insert(jobs).values(**values)).inserted_primary_key[0]
 

@@ -306,8 +306,18 @@ def upgrade() -> None:
         ),
         sa.Column("estimated_time_s", sa.Integer(), nullable=True, comment="hQ -t, informative"),
         sa.Column("estimated_memory_mb", sa.Integer(), nullable=True, comment="hQ -m, informative"),
-        sa.Column("stdout_path", sa.Text(), nullable=False),
-        sa.Column("stderr_path", sa.Text(), nullable=False),
+        sa.Column(
+            "stdout_path",
+            sa.Text(),
+            nullable=False,
+            comment="as submitted: %j = job id, %a = array index, relative to cwd",
+        ),
+        sa.Column(
+            "stderr_path",
+            sa.Text(),
+            nullable=False,
+            comment="as submitted: %j = job id, %a = array index, relative to cwd",
+        ),
         sa.Column("log_path", sa.Text(), nullable=True, comment="hQ -l: hq's own notes on the job"),
         sa.Column(
             "excluded_hosts",

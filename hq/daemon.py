@@ -1,0 +1,102 @@
+"""What every hq daemon does the same way: detach, hold its pid-file lock, and log.
+
+``detach`` forks before anything else exists (no event loop, no threads, no database
+connection) and keeps the starting process waiting until the daemon says it is ready or why it
+could not start, so ``hq-server --daemon`` fails with the real reason and exit code instead of
+"started" followed by silence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hq.errors import Unavailable
+
+Ready = Callable[[str | None], None]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def detach(prog: str, timeout: float = 60.0) -> Ready:
+    """Become a daemon; returns ``ready(error)`` which the daemon calls exactly once.
+
+    The original process exits 0 when ``ready(None)`` is called, or prints
+    ``<prog>: error: <error>`` and exits with the code after ``|`` in the message (default 1).
+    """
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        data = b""
+        while select.select([read_end], [], [], timeout)[0]:
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                break
+            data += chunk
+        if data == b"ok":
+            os._exit(0)
+        text = data.decode(errors="replace") or "the daemon exited while starting (see its log)"
+        code, _, message = text.partition("|") if "|" in text[:4] else ("1", "", text)
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        os._exit(int(code) if code.isdigit() else 1)
+    os.close(read_end)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)  # the session leader goes; the daemon can never regain a terminal
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+    def ready(error: str | None) -> None:
+        with contextlib.suppress(OSError):
+            os.write(write_end, b"ok" if error is None else error.encode())
+            os.close(write_end)
+
+    return ready
+
+
+class PidLock:
+    """An exclusive lock on a pid file, held for the life of the daemon.
+
+    The kernel drops a flock when its holder dies, so a stale pid file from a killed daemon
+    never blocks a restart, and two daemons can never both hold it.
+    """
+
+    def __init__(self, path: Path, what: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise Unavailable(f"{what} is already running (pid {other}, lock {path})") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+
+
+def setup_logging(log_file: Path | None, verbose: int = 0) -> None:
+    """Log to ``log_file`` (0600: logs name users and jobs) or, when None, to stderr."""
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)

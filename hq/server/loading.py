@@ -1,0 +1,63 @@
+"""Building hq-server's memory from the database at start-up."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import sqlalchemy as sa
+
+from hq.db.hosts import list_hosts
+from hq.db.jobs import JobRow, job_counts, load_unfinished, max_ids
+from hq.db.settings import CLUSTER_ACTIVE, get_setting
+from hq.db.users import UserRecord, list_users
+from hq.jobspec import JobSpec, resolve_path
+from hq.server.state import Cluster, Host, Job
+
+
+def spec_of(row: JobRow) -> JobSpec:
+    return JobSpec(
+        command=row.command, cwd=row.cwd, shell=row.shell, name=row.name, cores=row.cores,
+        memory_mb=row.memory_mb, priority=row.priority, group=row.group_name,
+        info_text=row.info_text, time_limit_s=row.time_limit_s,
+        estimated_time_s=row.estimated_time_s, estimated_memory_mb=row.estimated_memory_mb,
+        stdout=row.stdout_path, stderr=row.stderr_path, log_path=row.log_path,
+        excluded_hosts=tuple(h for h in row.excluded_hosts.split(",") if h),
+        requeue=row.requeue, array_index=row.array_index, signature=row.signature)
+
+
+def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
+    """Users, hosts, every unfinished job, counts and settings, as the database has them.
+
+    Dispatched and running jobs come back unconfirmed: they are left alone (never dispatched
+    again) until their owner's user-server reports what its exec-servers really run.
+    """
+    cluster = Cluster()
+    users = {u.name: u for u in list_users(conn, include_retired=True)}
+    names = {u.id: u.name for u in users.values()}
+    for rec in list_hosts(conn, include_retired=True):
+        cluster.add_host(Host(
+            id=rec.id, name=rec.name, address=rec.address, ssh_port=rec.ssh_port,
+            cores=rec.cores, max_jobs=rec.max_jobs, memory_mb=rec.memory_mb,
+            active=rec.active, drained=rec.drained, drain_reason=rec.drain_reason,
+            retired=rec.retired, load1=rec.load1, free_memory_mb=rec.free_memory_mb,
+            last_heartbeat_at=rec.last_heartbeat_at))
+    subs, rows = load_unfinished(conn)
+    for sub in subs:
+        cluster.add_submission(sub.id, names[sub.owner_id], sub.environment, sub.umask)
+    for row in rows:
+        fields: dict[str, Any] = {
+            "id": row.id, "submission_id": row.submission_id, "owner": row.owner,
+            "owner_id": row.owner_id, "spec": spec_of(row),
+            "stdout_path": resolve_path(row.stdout_path, row.id, row.array_index, row.cwd),
+            "stderr_path": resolve_path(row.stderr_path, row.id, row.array_index, row.cwd),
+            "submitted_at": row.submitted_at, "state": row.state,
+            "pending_reason": row.pending_reason, "host": row.host, "pid": row.pid,
+            "eligible_at": row.eligible_at, "started_at": row.started_at,
+            "restart_count": row.restart_count, "confirmed": not row.state.active,
+        }
+        cluster.add_job(Job(**fields))
+    cluster.counts = Counter(job_counts(conn))
+    cluster.next_job_id, cluster.next_submission_id = (n + 1 for n in max_ids(conn))
+    cluster.active = (get_setting(conn, CLUSTER_ACTIVE) or "yes") == "yes"
+    return cluster, users

@@ -1,0 +1,142 @@
+"""hq-server: the scheduler and the only writer of hq's database (wiring only).
+
+Start-up refuses a schema that is not at head (naming the command that upgrades it) and a
+hq-db.cfg that others can read. TERM or INT: stop taking requests, write what is queued, exit;
+a second TERM: exit at once. Running jobs are not touched by a stop: they belong to the users'
+exec-servers and are re-adopted when hq-server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import sys
+
+import click
+
+from hq import __version__
+from hq.cli.common import CONTEXT_SETTINGS, run_program
+from hq.config import Installation, load_database, load_server
+from hq.daemon import PidLock, Ready, detach, setup_logging
+from hq.errors import HqError
+
+log = logging.getLogger("hq.server")
+PROG = "hq-server"
+
+
+async def serve(inst: Installation, ready: Ready | None) -> None:
+    from hq.db.daemons import record_server_start, record_server_stop
+    from hq.db.engine import create_engine, database_errors
+    from hq.db.migrate import require_head
+    from hq.server.admin import admin_request
+    from hq.server.core import Listener, ServerContext
+    from hq.server.loading import load_state
+    from hq.server.requests import USER_REQUESTS
+    from hq.server.scheduler import Policy
+    from hq.server.store import Store
+
+    config = load_server(inst)
+    db = load_database(inst)
+    engine = create_engine(db)
+    with database_errors(db):
+        require_head(engine)
+        with engine.connect() as conn:
+            cluster, users = load_state(conn)
+    loop = asyncio.get_running_loop()
+    store = Store(engine, loop, flush_interval=config.db_flush_interval_s,
+                  batch_max=config.db_batch_max)
+    store.start()
+    now = dt.datetime.now(dt.UTC)
+    ctx = ServerContext(inst=inst, config=config, db=db, cluster=cluster, store=store,
+                        users=users, policy=Policy(load_factor=config.load_factor,
+                                                   max_running_per_user=config.max_running_per_user,
+                                                   fair_share=config.fair_share),
+                        started_at=now)
+    instance_id = await store.write(
+        lambda conn: record_server_start(conn, socket.gethostname(), os.getpid(), __version__,
+                                         now), what="server start", refuse_when_down=True)
+    listener = Listener(ctx, USER_REQUESTS, admin_request)
+    await listener.start(config.socket_path)
+    scheduler = asyncio.create_task(ctx.dispatcher.run())
+
+    stops = 0
+
+    def on_stop_signal() -> None:
+        nonlocal stops
+        stops += 1
+        if stops > 1:
+            log.warning("server: second stop signal, exiting now")
+            os._exit(1)
+        log.info("server: stop signal, shutting down")
+        ctx.stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop_signal)
+    log.info("server: hq-server %s ready, pid %d, socket %s, database %s, %d unfinished jobs, "
+             "%d hosts, cluster %s", __version__, os.getpid(), config.socket_path,
+             db.describe(), sum(1 for j in cluster.jobs.values() if not j.state.finished),
+             len(cluster.hosts), "active" if cluster.active else "deactivated")
+    if ready is not None:
+        ready(None)
+    await ctx.stopping.wait()
+    scheduler.cancel()
+    await listener.close()
+    config.socket_path.unlink(missing_ok=True)
+    await store.write(lambda conn: record_server_stop(conn, instance_id,
+                                                      dt.datetime.now(dt.UTC)),
+                      what="server stop")
+    store.stop()
+    engine.dispose()
+    log.info("server: stopped")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--daemon", is_flag=True,
+              help="Run in the background (log in var/log/hq-server.log); returns once the "
+                   "server accepts requests, or fails with the reason.")
+@click.option("-v", "--verbose", count=True, help="Log more (debug with -vv).")
+def cli(daemon: bool, verbose: int) -> int:
+    """Run hq-server, the scheduler of this hq installation.
+
+    \b
+    Examples:
+      hq-server --daemon        start in the background
+      hq-server -v              run in the foreground, log to the terminal
+      hq-admin shutdown         stop it (or send it SIGTERM)
+    """
+    inst = Installation.locate()
+    config = load_server(inst)
+    load_database(inst)  # a world-readable hq-db.cfg stops us here, before detaching
+    ready = detach(PROG) if daemon else None
+    try:
+        setup_logging(config.log_file if daemon else None, verbose)
+        lock = PidLock(config.pid_file, "hq-server")
+        try:
+            asyncio.run(serve(inst, ready))
+        finally:
+            lock.release()
+    except HqError as err:
+        if ready is None:
+            raise
+        log.error("server: cannot start: %s", err)
+        ready(f"{err.exit_code}|{err}")
+        return err.exit_code
+    except Exception as err:
+        log.exception("server: crashed")
+        if ready is not None:
+            ready(f"1|{err}")
+        raise
+    return 0
+
+
+def main() -> None:
+    """Entry point of hq-server."""
+    sys.exit(run_program(cli, PROG))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""hq-server's live state in memory, and the one function that changes a job's state.
+
+The database is the durable copy; this is the fast one. Every job transition goes through
+``Cluster.transition``: it checks the state machine, updates the indexes (pending queue, host
+usage, counts), logs one line that starts with the job, and returns the row change and event
+row that the caller hands to the store in the same batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from hq.db.events import Event
+from hq.jobspec import JobSpec, submission_digest
+from hq.server.scheduler import HostSlot, PendingJob
+from hq.states import EventKind, HostState, JobState, check_job_transition
+
+log = logging.getLogger("hq.server.jobs")
+
+# Finished jobs kept in memory for quick show/wait answers; older ones are read from the DB.
+RECENT_FINISHED = 20_000
+
+
+@dataclass(slots=True)
+class Submission:
+    id: int
+    owner: str
+    environment: dict[str, str]
+    umask: int
+    digest: str
+    unfinished: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    id: int
+    submission_id: int
+    owner: str
+    owner_id: int
+    spec: JobSpec
+    stdout_path: str
+    stderr_path: str
+    submitted_at: dt.datetime
+    state: JobState = JobState.PENDING
+    pending_reason: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    eligible_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    cpu_time_s: float | None = None
+    max_rss_kb: int | None = None
+    restart_count: int = 0
+    cancel_requested: bool = False
+    # sync and reconnection: a dispatched/running job whose exec-server has not confirmed it
+    # since hq-server started
+    confirmed: bool = True
+    _pending_view: PendingJob | None = None
+
+    @property
+    def pending_view(self) -> PendingJob:
+        if self._pending_view is None:
+            self._pending_view = PendingJob(
+                id=self.id, owner=self.owner, priority=self.spec.priority,
+                cores=self.spec.cores, memory_mb=self.spec.memory_mb,
+                excluded_hosts=frozenset(self.spec.excluded_hosts))
+        return self._pending_view
+
+
+@dataclass(slots=True, eq=False)
+class Host:
+    id: int
+    name: str
+    address: str
+    ssh_port: int
+    cores: int
+    max_jobs: int | None
+    memory_mb: int | None
+    active: bool
+    drained: bool
+    drain_reason: str | None
+    retired: bool = False
+    state: HostState = HostState.UNKNOWN
+    state_reason: str | None = None
+    load1: float | None = None
+    free_memory_mb: int | None = None
+    last_heartbeat_at: dt.datetime | None = None
+    used_cores: int = 0
+    used_memory_mb: int = 0
+    jobs: set[int] = field(default_factory=set)
+
+    @property
+    def takes_jobs(self) -> bool:
+        usable = self.active and not self.drained and not self.retired
+        return usable and self.state in (HostState.UP, HostState.UNKNOWN)
+
+    def slot(self) -> HostSlot:
+        free_memory = None if self.memory_mb is None else self.memory_mb - self.used_memory_mb
+        return HostSlot(name=self.name, cores=self.cores,
+                        free_cores=self.cores - self.used_cores, max_jobs=self.max_jobs,
+                        running_jobs=len(self.jobs), memory_mb=self.memory_mb,
+                        free_memory_mb=free_memory, load1=self.load1)
+
+    def wire(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "ssh_port": self.ssh_port}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a transition wrote: a jobs-row update and an event row."""
+
+    job_id: int
+    values: dict[str, Any]
+    event: Event
+
+
+class Cluster:
+    """Jobs, hosts, users and counts, with the invariants between them kept in one place."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, Job] = {}
+        self.pending: dict[int, Job] = {}
+        self.pending_sorted = True
+        self.recent_finished: OrderedDict[int, Job] = OrderedDict()
+        self.hosts: dict[str, Host] = {}
+        self.host_ids: dict[int, str] = {}
+        self.submissions: dict[int, Submission] = {}
+        self.counts: Counter[tuple[str, JobState]] = Counter()
+        self.active = True
+        self.next_job_id = 1
+        self.next_submission_id = 1
+
+    # --- building -----------------------------------------------------------------------
+
+    def add_host(self, host: Host) -> None:
+        self.hosts[host.name] = host
+        self.host_ids[host.id] = host.name
+
+    def add_submission(self, sub_id: int, owner: str, environment: dict[str, str],
+                       umask: int) -> Submission:
+        sub = Submission(sub_id, owner, environment, umask,
+                         submission_digest(environment, umask))
+        self.submissions[sub_id] = sub
+        return sub
+
+    def add_job(self, job: Job) -> None:
+        """Take a job into memory (new, or loaded at start) in whatever state it is in."""
+        self.jobs[job.id] = job
+        self.counts[(job.owner, job.state)] += 1
+        if job.state.finished:
+            self._remember_finished(job)
+            return
+        self.submissions[job.submission_id].unfinished += 1
+        if job.state is JobState.PENDING:
+            if self.pending and job.id < next(reversed(self.pending)):
+                self.pending_sorted = False
+            self.pending[job.id] = job
+        elif job.state.active and job.host in self.hosts:
+            self._occupy(job)
+
+    # --- the one place a job changes state ---------------------------------------------
+
+    def transition(self, job: Job, new: JobState, now: dt.datetime, *,
+                   reason: str | None = None, **fields: Any) -> Change:
+        """Move ``job`` to ``new``, set ``fields`` on it, and return what to record."""
+        old = job.state
+        check_job_transition(old, new)
+        if old.active and job.host in self.hosts:
+            self._release(job)
+        if old is JobState.PENDING:
+            self.pending.pop(job.id, None)
+        self.counts[(job.owner, old)] -= 1
+        self.counts[(job.owner, new)] += 1
+        job.state = new
+        for name, value in fields.items():
+            setattr(job, name, value)
+        values: dict[str, Any] = {"state": new}
+        for name in fields:
+            column = {"signal": "signal_number", "host": "host_id"}.get(name, name)
+            value = getattr(job, name)
+            if name == "host":
+                value = None if value is None else self.hosts[value].id
+            values[column] = value
+        if new is JobState.PENDING:
+            job.pending_reason = reason
+            values["pending_reason"] = reason
+            if self.pending and job.id < next(reversed(self.pending)):
+                self.pending_sorted = False
+            self.pending[job.id] = job
+        elif new.finished:
+            if reason is not None:
+                job.pending_reason = reason
+                values["pending_reason"] = reason
+            sub = self.submissions.get(job.submission_id)
+            if sub is not None:
+                sub.unfinished -= 1
+                if sub.unfinished <= 0:
+                    del self.submissions[sub.id]
+            self._remember_finished(job)
+        if new.active and job.host is not None:
+            self._occupy(job)
+        where = f" on {job.host}" if job.host and new.active else ""
+        why = f": {reason}" if reason else ""
+        log.info("job %d: %s -> %s%s (user %s)%s", job.id, old, new, where, job.owner, why)
+        event = Event(at=now, kind=EventKind.JOB, job_id=job.id, host_name=job.host,
+                      user_name=job.owner, old_state=str(old), new_state=str(new),
+                      message=f"job {job.id}: {old} -> {new}{where}{why}")
+        return Change(job.id, values, event)
+
+    def _occupy(self, job: Job) -> None:
+        host = self.hosts[job.host]  # type: ignore[index]
+        if job.id not in host.jobs:
+            host.jobs.add(job.id)
+            host.used_cores += job.spec.cores
+            host.used_memory_mb += job.spec.memory_mb or 0
+
+    def _release(self, job: Job) -> None:
+        host = self.hosts[job.host]  # type: ignore[index]
+        if job.id in host.jobs:
+            host.jobs.discard(job.id)
+            host.used_cores -= job.spec.cores
+            host.used_memory_mb -= job.spec.memory_mb or 0
+
+    def _remember_finished(self, job: Job) -> None:
+        self.recent_finished[job.id] = job
+        while len(self.recent_finished) > RECENT_FINISHED:
+            old_id, _ = self.recent_finished.popitem(last=False)
+            self.jobs.pop(old_id, None)
+
+    # --- queries ------------------------------------------------------------------------
+
+    def pending_in_order(self) -> list[Job]:
+        if not self.pending_sorted:
+            self.pending = dict(sorted(self.pending.items()))
+            self.pending_sorted = True
+        return list(self.pending.values())
+
+    def running_per_user(self) -> dict[str, tuple[int, int]]:
+        usage: dict[str, list[int]] = {}
+        for host in self.hosts.values():
+            for job_id in host.jobs:
+                job = self.jobs[job_id]
+                entry = usage.setdefault(job.owner, [0, 0])
+                entry[0] += 1
+                entry[1] += job.spec.cores
+        return {user: (n, cores) for user, (n, cores) in usage.items()}
+
+    def counts_of(self, owner: str) -> dict[str, int]:
+        return {str(state): n for (who, state), n in self.counts.items() if who == owner and n}
+
+    def active_jobs_of(self, owner: str, host: str | None = None) -> list[Job]:
+        """The owner's dispatched and running jobs (on ``host`` if given)."""
+        hosts = [self.hosts[host]] if host is not None else self.hosts.values()
+        return [self.jobs[j] for h in hosts for j in h.jobs if self.jobs[j].owner == owner]
+
+    def unfinished_of(self, owner: str) -> int:
+        return sum(n for (who, state), n in self.counts.items()
+                   if who == owner and not state.finished)

@@ -1,0 +1,123 @@
+"""The user-server's link to its exec-server on one host.
+
+The link is a child process, ``hq-exec-server --bridge``, whose stdin and stdout carry the
+protocol: started directly for this host (and, in a later version, over ssh for others). The
+bridge finds or starts the long-lived exec-server daemon there, so jobs outlive the link and a
+new link re-adopts them: the first thing each new link does is ``sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hq.errors import Unavailable
+from hq.protocol import MAX_FRAME, Channel, Message, hello, raise_for_error
+
+log = logging.getLogger(__name__)
+
+SPAWN_TIMEOUT_S = 20.0
+LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_local(address: str) -> bool:
+    """Whether ``address`` names this machine (so no ssh is needed to reach it)."""
+    return address in LOCAL_NAMES or address in (socket.gethostname(), socket.getfqdn())
+
+
+class ExecLink:
+    """One bridge process to one host's exec-server, and the runs waiting to go through it."""
+
+    def __init__(self, host: str, address: str, settings: dict[str, Any],
+                 on_message: Callable[[ExecLink, Message], None],
+                 on_lost: Callable[[ExecLink], None]) -> None:
+        self.host, self.address, self.settings = host, address, settings
+        self.on_message, self.on_lost = on_message, on_lost
+        self.channel: Channel | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self.daemon_pid: int | None = None
+        self.ready = asyncio.Event()
+        self.queued: list[Message] = []   # runs and cancels held until the first sync is done
+        self.error: str | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.channel is not None and not self.channel.closed.is_set()
+
+    async def connect(self) -> Message:
+        """Start the bridge, say hello and return the exec-server's ``sync`` reply."""
+        if not is_local(self.address):
+            raise Unavailable(f"host {self.host}: reaching other hosts over ssh is not "
+                              "available in this version")
+        env = {**os.environ}
+        self.process = await asyncio.wait_for(asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hq.execd.main", "--bridge",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, limit=MAX_FRAME,
+            start_new_session=True), SPAWN_TIMEOUT_S)
+        assert self.process.stdout is not None and self.process.stdin is not None
+        self.channel = Channel(self.process.stdout, self.process.stdin,
+                               f"exec-server on {self.host}")
+        try:
+            self.channel.send({**hello("userd", "hq-user-server"), "settings": self.settings})
+            welcome = await asyncio.wait_for(self.channel.receive(), SPAWN_TIMEOUT_S)
+            if welcome is None:
+                raise Unavailable(f"host {self.host}: exec-server bridge ended: "
+                                  f"{await self._stderr_tail()}")
+            raise_for_error(welcome)
+            self.daemon_pid = welcome.get("pid")
+            serving = asyncio.create_task(self.channel.serve(
+                lambda message: self.on_message(self, message)))
+            serving.add_done_callback(lambda _t: self._lost())
+            state = await self.channel.request({"type": "sync"}, timeout=SPAWN_TIMEOUT_S)
+        except (TimeoutError, OSError) as err:
+            self.close()
+            raise Unavailable(f"host {self.host}: exec-server did not answer: {err}") from None
+        except Exception:
+            self.close()
+            raise
+        log.info("host %s: exec-server pid %s connected", self.host, self.daemon_pid)
+        return state
+
+    async def _stderr_tail(self) -> str:
+        if self.process is None or self.process.stderr is None:
+            return "no output"
+        try:
+            data = await asyncio.wait_for(self.process.stderr.read(4096), 2.0)
+        except TimeoutError:
+            data = b""
+        text = " ".join(data.decode(errors="replace").split())
+        return text[-300:] or "no output"
+
+    def send(self, message: Message) -> None:
+        if self.ready.is_set() and self.up:
+            self.channel.send(message)  # type: ignore[union-attr]
+        else:
+            self.queued.append(message)
+
+    def flush_queue(self) -> None:
+        self.ready.set()
+        queued, self.queued = self.queued, []
+        for message in queued:
+            self.send(message)
+
+    def _lost(self) -> None:
+        if self.ready.is_set() or self.channel is not None:
+            log.warning("host %s: link to exec-server lost", self.host)
+        self.close()
+        self.on_lost(self)
+
+    def close(self) -> None:
+        self.ready.clear()
+        if self.channel is not None:
+            self.channel.close()
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+
