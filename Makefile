@@ -1,0 +1,71 @@
+# hq: install, run and test a job manager for Unix clusters.   `make help` lists the targets.
+#
+# PYTHON builds the virtualenv. Debian's /usr/bin/python3 is the default because every account
+# must be able to run the installation's Python (the machine's default python3 may live in a
+# directory other accounts cannot enter).
+PYTHON ?= /usr/bin/python3
+VE := hqVE
+STAMP := $(VE)/.hq-installed
+PIP := $(VE)/bin/pip --disable-pip-version-check
+PYTEST_ARGS ?=
+# make runs each recipe line with sh; everything it creates is readable by every account
+UMASK := umask 022
+
+.DEFAULT_GOAL := all
+.DELETE_ON_ERROR:
+.PHONY: FORCE all help sql sql-start sql-stop sql-status test lint system-deps clean
+
+all: $(STAMP) .hqrc ## virtualenv hqVE/ with the pinned packages and hq, and .hqrc (the default)
+
+$(STAMP): hqConf/requirements.txt pyproject.toml
+	@$(UMASK); set -e; \
+	if [ ! -x $(VE)/bin/python ]; then \
+	    $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/install-system-deps.sh venv; \
+	    echo "creating $(VE) with $(PYTHON)"; \
+	    $(PYTHON) -m venv $(VE); \
+	fi; \
+	$(PIP) install -q -r hqConf/requirements.txt; \
+	$(PIP) install -q --no-deps -e .; \
+	touch $@
+
+.hqrc: FORCE ## shell settings for this installation: `. ./.hqrc` (HQPATH, HQ_VE_PATH, PATH)
+	@$(UMASK); set -e; \
+	hqpath=$$(pwd -P); \
+	case $$hqpath in *[!A-Za-z0-9/._+-]*) echo "make: the installation path must not contain spaces or quotes: $$hqpath" >&2; exit 1;; esac; \
+	{ echo "# hq settings for this installation; load with: . $$hqpath/.hqrc"; \
+	  echo "HQPATH=$$hqpath"; \
+	  echo 'HQ_VE_PATH=$$HQPATH/hqVE'; \
+	  echo 'case ":$$PATH:" in *":$$HQPATH/bin:"*) ;; *) PATH=$$HQPATH/bin:$$PATH ;; esac'; \
+	  echo 'export HQPATH HQ_VE_PATH PATH'; } > $@.tmp; \
+	if cmp -s $@.tmp $@; then rm -f $@.tmp; else \
+	    mv -f $@.tmp $@; echo "wrote .hqrc: '. $$hqpath/.hqrc' puts hq's commands on your PATH"; fi
+
+FORCE:
+
+sql: ## private MariaDB instance in var/mariadb, database hq, etc/hq-db.cfg (run `make` first)
+	@$(UMASK); scripts/hq-sql.sh setup
+
+sql-start: ## start the private MariaDB instance (after `make sql`)
+	@$(UMASK); scripts/hq-sql.sh start
+
+sql-stop: ## stop the private MariaDB instance
+	@$(UMASK); scripts/hq-sql.sh stop
+
+sql-status: ## is the private MariaDB instance running?
+	@scripts/hq-sql.sh status
+
+system-deps: ## Debian packages for the tests: MariaDB, openssh-server, iproute2 (root installs them)
+	@scripts/install-system-deps.sh
+
+test: all system-deps ## run the test suite (PYTEST_ARGS=... passes options to pytest)
+	@$(UMASK); $(VE)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and the import-linter contracts
+	$(VE)/bin/ruff check .
+	$(VE)/bin/lint-imports
+
+clean: ## remove the virtualenv and its stamp (never var/ or etc/)
+	rm -rf $(VE) $(STAMP)
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
