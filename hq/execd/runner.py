@@ -1,0 +1,346 @@
+"""Every fork, exec, kill and wait of the exec-server: start jobs, reap them, end them.
+
+A job is ``shell -c command`` in its own session and process group, started on Python's fast
+spawn path (``start_new_session`` and ``umask`` are handled by the C code; no ``preexec_fn``,
+so CPython may use vfork and the cost of a start does not grow with the daemon's size). Its
+output files are opened here first, never through a symlink, so a failure to start is an
+``Outcome`` with ``reason="cannot start: ..."`` instead of a half-started job.
+
+Children are reaped in one place: a SIGCHLD handler on the event loop that calls
+``os.wait4(-1, WNOHANG)`` until nothing is left, which also yields each job's CPU time and
+peak RSS. Nothing polls a job and asyncio's child watchers are not used.
+
+Stopping a job (cancel, time limit) sends SIGTERM to its process group and to every descendant
+psutil finds (descendants that started their own session are not in the group), then SIGKILL
+to whatever of them is left after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+CANCEL_GRACE_S = 5.0
+TIME_LIMIT_GRACE_S = 10.0
+REASON_CANCELLED = "cancelled"
+REASON_TIME_LIMIT = "time limit"
+
+# O_CLOEXEC: the daemon's copy must not leak into other jobs (Popen dup2s it onto 1 and 2).
+_OUTPUT_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One job, verified and resolved by the service: exactly what ``JobRunner.start`` runs."""
+
+    job_id: int
+    command: str
+    shell: str
+    cwd: str
+    env: dict[str, str]
+    umask: int
+    stdout: str  # absolute path
+    stderr: str  # absolute path; the same file as stdout when equal
+    time_limit_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: the fields of an ``ended`` JobEvent (doc/protocol.md)."""
+
+    job_id: int
+    ended_at: float
+    started_at: float | None = None
+    pid: int | None = None
+    exit_code: int | None = None  # None when killed by a signal or never started
+    signal: int | None = None
+    cpu_time_s: float | None = None
+    max_rss_kb: int | None = None
+    reason: str | None = None  # cancelled, time limit, cannot start: ..., refused: ...
+
+    def event(self) -> dict[str, Any]:
+        """The ``ended`` JobEvent as it goes on the wire."""
+        return {"id": self.job_id, "event": "ended", "at": self.ended_at,
+                "started_at": self.started_at, "pid": self.pid, "exit_code": self.exit_code,
+                "signal": self.signal, "cpu_time_s": self.cpu_time_s,
+                "max_rss_kb": self.max_rss_kb, "reason": self.reason}
+
+
+@dataclass
+class RunningJob:
+    """A started job until it is reaped."""
+
+    job_id: int
+    pid: int
+    started_at: float
+    process: subprocess.Popen[bytes] = field(repr=False)
+    stop_reason: str | None = None  # set once a cancel or the time limit has begun
+    limit_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class JobRunner:
+    """Starts jobs, reaps them through SIGCHLD and stops them; reports each end to ``on_end``.
+
+    Call ``install`` once on the running loop before ``start``. ``clock`` is the time seam.
+    """
+
+    def __init__(self, on_end: Callable[[Outcome], None], *,
+                 cancel_grace_s: float = CANCEL_GRACE_S,
+                 time_limit_grace_s: float = TIME_LIMIT_GRACE_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.on_end = on_end
+        self.cancel_grace_s = cancel_grace_s
+        self.time_limit_grace_s = time_limit_grace_s
+        self.clock = clock
+        self.jobs: dict[int, RunningJob] = {}
+        self._by_pid: dict[int, RunningJob] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # One /dev/null for every job's stdin instead of an open and close per start.
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reap through SIGCHLD on ``loop`` (the main thread's loop)."""
+        self._loop = loop
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+
+    def uninstall(self) -> None:
+        """Stop reaping (at shutdown); running jobs are left alone, they belong to the user."""
+        if self._loop is not None:
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+            for job in self.jobs.values():
+                if job.limit_timer is not None:
+                    job.limit_timer.cancel()
+            self._loop = None
+
+    # --- start ----------------------------------------------------------------------------
+
+    def start(self, launch: Launch) -> RunningJob | Outcome:
+        """Start ``launch``; a job that cannot start comes back as an Outcome, never raised."""
+        if launch.job_id in self.jobs:
+            raise ValueError(f"job {launch.job_id} is already running")
+        try:
+            _check_directory(launch.cwd)
+            out_fd = _open_output(launch.stdout, launch.umask, "stdout")
+        except _CannotStart as err:
+            return self._cannot_start(launch, str(err))
+        err_fd = out_fd
+        try:
+            if launch.stderr != launch.stdout:
+                err_fd = _open_output(launch.stderr, launch.umask, "stderr")
+            process = subprocess.Popen(
+                [launch.shell, "-c", launch.command], cwd=launch.cwd, env=launch.env,
+                stdin=self._devnull, stdout=out_fd, stderr=err_fd, start_new_session=True,
+                umask=launch.umask, close_fds=True)
+        except _CannotStart as err:
+            return self._cannot_start(launch, str(err))
+        except OSError as err:
+            return self._cannot_start(launch, _describe_spawn_error(err, launch))
+        except (ValueError, TypeError) as err:  # NUL bytes or non-strings in the environment
+            return self._cannot_start(launch, f"bad environment: {err}")
+        finally:
+            os.close(out_fd)
+            if err_fd != out_fd:
+                os.close(err_fd)
+        job = RunningJob(launch.job_id, process.pid, self.clock(), process)
+        self.jobs[job.job_id] = job
+        self._by_pid[job.pid] = job
+        if launch.time_limit_s is not None and self._loop is not None:
+            job.limit_timer = self._loop.call_later(launch.time_limit_s, self._time_limit_hit,
+                                                    job.job_id)
+        return job
+
+    def _cannot_start(self, launch: Launch, text: str) -> Outcome:
+        # One line, whatever the OS put into the message.
+        reason = "cannot start: " + " ".join(text.split())
+        return Outcome(launch.job_id, self.clock(), reason=reason)
+
+    # --- reap -----------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Collect every child that has ended; called on SIGCHLD (and safe to call anytime)."""
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # no children at all
+            if pid == 0:
+                return  # children exist, none has ended
+            job = self._by_pid.pop(pid, None)
+            if job is None:
+                log.debug("pid %s: reaped, not a job", pid)
+                continue
+            del self.jobs[job.job_id]
+            if job.limit_timer is not None:
+                job.limit_timer.cancel()
+            # So that Popen's finaliser does not wait for a pid that may since have been reused.
+            job.process.returncode = os.waitstatus_to_exitcode(status)
+            signaled = os.WIFSIGNALED(status)
+            outcome = Outcome(
+                job.job_id, self.clock(), started_at=job.started_at, pid=pid,
+                exit_code=None if signaled else os.WEXITSTATUS(status),
+                signal=os.WTERMSIG(status) if signaled else None,
+                cpu_time_s=round(usage.ru_utime + usage.ru_stime, 6),
+                max_rss_kb=usage.ru_maxrss, reason=job.stop_reason)
+            try:
+                self.on_end(outcome)
+            except Exception:
+                # The loop boundary: one bad report must not stop the reaping of the others.
+                log.exception("job %s: reporting its end failed", job.job_id)
+
+    # --- stop -----------------------------------------------------------------------------
+
+    def cancel(self, job_ids: Iterable[int]) -> list[int]:
+        """Stop these jobs with reason ``cancelled``; returns the ids that were running."""
+        return self.stop(job_ids, REASON_CANCELLED, self.cancel_grace_s)
+
+    def _time_limit_hit(self, job_id: int) -> None:
+        if self.stop([job_id], REASON_TIME_LIMIT, self.time_limit_grace_s):
+            log.info("job %s: time limit reached, stopping it", job_id)
+
+    def stop(self, job_ids: Iterable[int], reason: str, grace_s: float) -> list[int]:
+        """SIGTERM each job's tree now, SIGKILL what is left of it after ``grace_s``.
+
+        A job already being stopped keeps its first reason. Returns the ids now stopping.
+        """
+        jobs = [self.jobs[i] for i in job_ids
+                if i in self.jobs and self.jobs[i].stop_reason is None]
+        if not jobs:
+            return []
+        # Take the tree before signalling: once a parent dies its children are reparented
+        # and can no longer be found as descendants.
+        tree = _descendants(job.pid for job in jobs)
+        for job in jobs:
+            job.stop_reason = reason
+            _signal_group(job.pid, signal.SIGTERM)
+        _signal_all(tree, signal.SIGTERM)
+        if self._loop is not None:
+            self._loop.call_later(grace_s, self._kill_remains, [j.job_id for j in jobs], tree)
+        else:
+            self._kill_remains([j.job_id for j in jobs], tree)
+        return [job.job_id for job in jobs]
+
+    def _kill_remains(self, job_ids: list[int], tree: list[psutil.Process]) -> None:
+        alive = [job for i in job_ids if (job := self.jobs.get(i)) is not None]
+        survivors = [p for p in tree if _is_alive(p)]
+        # Descendants born after the SIGTERM (a trap that forked, say) die too.
+        tree = survivors + _descendants([j.pid for j in alive] + [p.pid for p in survivors])
+        # The group only while its leader is unreaped: afterwards the number may be reused.
+        for job in alive:
+            _signal_group(job.pid, signal.SIGKILL)
+        _signal_all(tree, signal.SIGKILL)
+        if tree or alive:
+            count = len({p.pid for p in tree} | {j.pid for j in alive})
+            log.info("jobs %s: %d process(es) left after the grace period: killed",
+                     ",".join(map(str, job_ids)), count)
+
+
+class _CannotStart(Exception):
+    """A job cannot start; the message completes ``cannot start: ...``."""
+
+
+def _check_directory(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _CannotStart(f"working directory {path} does not exist") from None
+    except OSError as err:
+        raise _CannotStart(f"working directory {path}: {err.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _CannotStart(f"working directory {path} is not a directory")
+
+
+def _open_output(path: str, umask: int, what: str) -> int:
+    """Open a job's output file for writing, never through a symlink; parents are not made.
+
+    A new file gets mode ``0o666 & ~umask`` whatever the daemon's own umask is. An existing
+    file is truncated and keeps its mode, as a shell redirection would (so ``/dev/null`` stays
+    usable); O_NONBLOCK so that a FIFO without a reader cannot hang the daemon.
+    """
+    mode = 0o666 & ~umask
+    for _attempt in range(3):
+        try:
+            fd = os.open(path, _OUTPUT_FLAGS | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            try:
+                fd = os.open(path, _OUTPUT_FLAGS | os.O_NONBLOCK)
+            except FileNotFoundError:
+                continue  # removed between the two opens: create it after all
+            except OSError as err:
+                raise _CannotStart(_describe_output_error(err, path, what)) from None
+            os.set_blocking(fd, True)
+            return fd
+        except OSError as err:
+            raise _CannotStart(_describe_output_error(err, path, what)) from None
+        os.fchmod(fd, mode)
+        return fd
+    raise _CannotStart(f"{what} file {path} keeps appearing and disappearing")
+
+
+def _describe_output_error(err: OSError, path: str, what: str) -> str:
+    if err.errno == errno.ELOOP:
+        return f"{what} file {path} is a symbolic link (not followed)"
+    if err.errno == errno.ENOENT:
+        return f"{what} file {path}: directory {os.path.dirname(path)} does not exist"
+    return f"{what} file {path}: {err.strerror}"
+
+
+def _describe_spawn_error(err: OSError, launch: Launch) -> str:
+    if err.filename == launch.shell:
+        return f"shell {launch.shell}: {err.strerror}"
+    if err.filename == launch.cwd:
+        return f"working directory {launch.cwd}: {err.strerror}"
+    return f"{err.filename}: {err.strerror}" if err.filename else str(err.strerror or err)
+
+
+def _descendants(roots: Iterable[int]) -> list[psutil.Process]:
+    """Every live descendant of ``roots``, from one scan of the process table."""
+    wanted = set(roots)
+    if not wanted:
+        return []
+    children: dict[int, list[psutil.Process]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        children.setdefault(proc.info["ppid"], []).append(proc)
+    found: list[psutil.Process] = []
+    seen = set(wanted)
+    stack = list(wanted)
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child.pid not in seen:
+                seen.add(child.pid)
+                found.append(child)
+                stack.append(child.pid)
+    return found
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    # ESRCH: the group is gone (its leader may be a zombie we are about to reap)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _signal_all(processes: Iterable[psutil.Process], signum: int) -> None:
+    for proc in processes:
+        # psutil checks the pid still names the same process (no reuse accident).
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signum)
+
+
+def _is_alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,406 @@
+"""The exec-server daemon: one per user and host, runs that user's jobs and reports on them.
+
+It listens on ``<runtime dir>/execd-<hostname>.sock`` (0600, in the user's 0700 runtime
+directory) and serves one controlling user-server at a time, reached through
+``hq-exec-server --bridge``; the newest connection wins, which is how a new user-server
+re-adopts running jobs. Messages are those of doc/protocol.md ("user-server <-> exec-server").
+
+What it keeps in memory is its whole view: running jobs (in the ``JobRunner``), ended jobs
+not yet acknowledged, and the ids acknowledged in the last hour, so that no job id ever starts
+twice. Events are batched to the controller; without one they wait: ``ended`` until acked,
+``started`` folded into the answer to ``sync``. It exits by itself after ``idle_timeout_s``
+with nothing running, nothing unacknowledged and no controller. Running jobs survive the loss
+of the controller and the exit of the daemon itself: they belong to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from hq import auth, jobspec
+from hq.errors import HqError, UsageError
+from hq.execd.runner import JobRunner, Launch, Outcome, RunningJob
+from hq.protocol import (
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    Channel,
+    Message,
+    ProtocolError,
+    check_hello,
+    error_message,
+    peer_credentials,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 1000        # events per job_events message
+BATCH_DELAY_S = 0.005   # how long the first queued event waits for company
+HELLO_TIMEOUT_S = 10.0
+ACKED_MEMORY_S = 3600.0  # an acknowledged id is remembered this long ...
+ACKED_MEMORY_MAX = 100_000  # ... and at most this many, so memory stays bounded
+RUN_CHUNK = 64          # jobs started between two turns of the loop (reaping, heartbeats)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user-server's hello may set; the newest controller's values apply."""
+
+    idle_timeout_s: float = 300.0
+    lease_s: float | None = None  # kept for the lease kill of a later issue (DESIGN §6)
+    heartbeat_interval_s: float = 2.0
+
+    def updated(self, data: Any) -> Settings:
+        """These settings with the hello's ``settings`` object applied; bad values raise."""
+        if data is None:
+            return self
+        if not isinstance(data, dict):
+            raise ProtocolError("hello: settings must be an object")
+        values: dict[str, float] = {}
+        for name in ("idle_timeout_s", "lease_s", "heartbeat_interval_s"):
+            value = data.get(name)
+            if value is None:
+                continue
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value <= 0):
+                raise ProtocolError(f"hello: settings.{name} must be a positive number, "
+                                    f"not {value!r}")
+            values[name] = float(value)
+        return replace(self, **values)
+
+
+class ExecServer:
+    """The daemon, serving ``sock`` (listening, bound to ``socket_path``): ``await serve()``.
+
+    The caller makes sure no other daemon serves that name (``hq.execd.main.listen``).
+    """
+
+    def __init__(self, sock: socket.socket, socket_path: Path, *, hostname: str, user: str,
+                 settings: Settings | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.sock, self.socket_path = sock, socket_path
+        self.hostname, self.user = hostname, user
+        self.settings = settings or Settings()
+        self.clock = clock
+        self.runner = JobRunner(self._job_ended, clock=clock)
+        self.ended: dict[int, Message] = {}  # ended events not yet acknowledged, by job id
+        self.acked: OrderedDict[int, float] = OrderedDict()  # job id -> when acknowledged
+        self.controller: Channel | None = None
+        self.last_contact = clock()  # the lease (later issue) counts from here
+        self._queue: list[Message] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._stop: asyncio.Event | None = None
+
+    # --- start and stop -------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT or the idle timeout; running jobs are left alone."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.runner.install(loop)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._terminate, signum)
+        server = await asyncio.start_unix_server(self._connected, sock=self.sock,
+                                                 limit=MAX_FRAME)
+        log.info("exec-server %s: pid %s serving %s for user %s (idle timeout %s s)",
+                 self.hostname, os.getpid(), self.socket_path, self.user,
+                 self.settings.idle_timeout_s)
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            await self._stop.wait()
+        finally:
+            watchdog.cancel()
+            # The name goes first, so that a bridge from now on starts a new daemon instead of
+            # connecting to one that is going away.
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            server.close()
+            if self.controller is not None:
+                self.controller.close()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            self.runner.uninstall()
+        if self.runner.jobs or self.ended:
+            log.warning("exec-server %s: exiting with %d job(s) running and %d end(s) "
+                        "unacknowledged", self.hostname, len(self.runner.jobs), len(self.ended))
+        log.info("exec-server %s: pid %s stopped", self.hostname, os.getpid())
+
+    def _terminate(self, signum: int) -> None:
+        assert self._stop is not None
+        if self._stop.is_set():
+            os._exit(1)  # the second TERM: stop now
+        log.info("exec-server %s: %s received, stopping (running jobs are left alone)",
+                 self.hostname, signal.Signals(signum).name)
+        self._stop.set()
+
+    async def _watchdog(self) -> None:
+        """Exit after the idle timeout; the place where the lease check will go."""
+        assert self._stop is not None
+        idle_since: float | None = None
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.idle_timeout_s / 5))
+            now = self.clock()
+            self._check_lease(now)
+            if self.runner.jobs or self.ended or self.controller is not None:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since >= self.settings.idle_timeout_s:
+                log.info("exec-server %s: idle for %.0f s, exiting", self.hostname,
+                         now - idle_since)
+                self._stop.set()
+                return
+
+    def _check_lease(self, now: float) -> None:
+        """Lease kill (DESIGN §6, a later issue): when no controller has been in contact for
+        ``settings.lease_s`` (since ``self.last_contact``), kill every running job so that the
+        server may requeue them without a job ever running twice. Not implemented yet."""
+
+    # --- connections ----------------------------------------------------------------------
+
+    async def _connected(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        channel = Channel(reader, writer, "user-server")
+        try:
+            peer = peer_credentials(writer.get_extra_info("socket"))
+            if peer.uid != os.geteuid():  # the 0700 directory should make this impossible
+                raise ProtocolError(f"uid {peer.uid} may not use this exec-server")
+            hello = await asyncio.wait_for(channel.receive(), HELLO_TIMEOUT_S)
+            if hello is None:
+                channel.close()
+                return
+            check_hello(hello, {"userd"})
+            self.settings = self.settings.updated(hello.get("settings"))
+        except (HqError, TimeoutError, OSError) as err:
+            log.warning("exec-server %s: handshake refused: %s", self.hostname, err)
+            if isinstance(err, HqError):
+                channel.send(error_message(err))
+            channel.close()
+            return
+        channel.send({"type": "welcome", "version": PROTOCOL_VERSION, "host": self.hostname,
+                      "pid": os.getpid(), "user": self.user})
+        old, self.controller = self.controller, channel
+        self.last_contact = self.clock()
+        self._drop_queue()  # the new controller asks for the whole view with sync
+        log.info("exec-server %s: user-server (pid %s) connected%s; settings: idle timeout "
+                 "%s s, heartbeat %s s, lease %s s", self.hostname, peer.pid,
+                 ", replacing the previous one" if old is not None else "",
+                 self.settings.idle_timeout_s, self.settings.heartbeat_interval_s,
+                 self.settings.lease_s)
+        if old is not None:
+            old.close()
+        heartbeats = asyncio.create_task(self._heartbeats(channel))
+        try:
+            await channel.serve(lambda message: self._dispatch(channel, message))
+        except ProtocolError as err:  # a bad frame; serve() has closed the link already
+            log.warning("exec-server %s: user-server dropped: %s", self.hostname, err)
+        finally:
+            heartbeats.cancel()
+            if self.controller is channel:
+                self.controller = None
+                self._drop_queue()
+                log.info("exec-server %s: user-server disconnected", self.hostname)
+
+    async def _heartbeats(self, channel: Channel) -> None:
+        while not channel.closed.is_set():
+            channel.send({"type": "heartbeat", "load1": os.getloadavg()[0],
+                          "free_memory_mb": psutil.virtual_memory().available // 2**20,
+                          "running": len(self.runner.jobs)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.closed.wait(), self.settings.heartbeat_interval_s)
+
+    async def _dispatch(self, channel: Channel, message: Message) -> None:
+        """Handle one message; errors end at this boundary (logged, answered if a request)."""
+        if channel is not self.controller:
+            return  # superseded: its link is closing
+        self.last_contact = self.clock()
+        kind = message["type"]
+        try:
+            if kind == "run":
+                answer = await self._run(message)
+            elif kind in ("cancel", "ack", "sync"):
+                answer = getattr(self, f"_{kind}")(message)
+            else:
+                raise UsageError(f"unknown message type {kind!r}")
+        except HqError as err:
+            log.warning("exec-server %s: %s message refused: %s", self.hostname, kind, err)
+            if "rid" in message:
+                channel.reply_error(message, err)
+            return
+        except Exception as err:
+            log.exception("exec-server %s: %s message failed", self.hostname, kind)
+            if "rid" in message:
+                channel.reply_error(message, HqError(f"{kind} failed: {err}"))
+            return
+        if "rid" in message:  # run, cancel and ack are notifications, unless asked
+            channel.reply(message, **answer)
+
+    # --- requests -------------------------------------------------------------------------
+
+    async def _run(self, message: Message) -> Message:
+        jobs = message.get("jobs")
+        submissions = message.get("submissions") or {}
+        if not isinstance(jobs, list) or not isinstance(submissions, dict):
+            raise UsageError("run: jobs must be a list and submissions an object")
+        try:
+            key: bytes | None = auth.load_signing_key(create=False)
+        except HqError as err:
+            key = None  # every job of this message is refused below
+            log.warning("exec-server %s: cannot check job signatures: %s", self.hostname, err)
+        digests: dict[str, str | None] = {}
+        for n, item in enumerate(jobs):
+            if n and n % RUN_CHUNK == 0:
+                await asyncio.sleep(0)  # let reaping, events and heartbeats through
+            self._run_one(item, submissions, key, digests)
+        return {}
+
+    def _run_one(self, item: Any, submissions: dict[str, Any], key: bytes | None,
+                 digests: dict[str, str | None]) -> None:
+        job_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(job_id, int) or isinstance(job_id, bool):
+            log.warning("exec-server %s: run: a job without an integer id ignored", self.hostname)
+            return
+        if self.knows(job_id):
+            log.info("job %s: already known here, run ignored", job_id)
+            return
+        try:
+            spec = jobspec.JobSpec.from_wire(item.get("spec"))
+        except UsageError as err:
+            self._not_started(job_id, f"cannot start: {err}")
+            return
+        submission_id = str(item.get("submission_id"))
+        if submission_id not in digests:
+            digests[submission_id] = _digest(submissions.get(submission_id))
+        digest = digests[submission_id]
+        if key is None or digest is None or not auth.job_signature_ok(key, spec, self.user,
+                                                                     digest):
+            self._not_started(job_id, "refused: bad signature")
+            return
+        submission = submissions[submission_id]
+        env = dict(submission["environment"])
+        env.update(HQ_JOB_ID=str(job_id), HQ_SUBMISSION_ID=submission_id, HQ_HOST=self.hostname)
+        # Not inherited from a submitting job: only an array job has an index.
+        env.pop("HQ_ARRAY_INDEX", None)
+        if spec.array_index is not None:
+            env["HQ_ARRAY_INDEX"] = str(spec.array_index)
+        result = self.runner.start(Launch(
+            job_id=job_id, command=spec.command, shell=spec.shell, cwd=spec.cwd, env=env,
+            umask=submission["umask"], time_limit_s=spec.time_limit_s,
+            stdout=jobspec.resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd),
+            stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd)))
+        if isinstance(result, Outcome):
+            log.warning("job %s: %s", job_id, result.reason)
+            self._record_end(result)
+            return
+        log.info("job %s: started pid %s", job_id, result.pid)
+        self._emit({"id": job_id, "event": "started", "pid": result.pid,
+                    "at": result.started_at})
+
+    def _cancel(self, message: Message) -> Message:
+        ids = _ids(message)
+        reason = message.get("reason")
+        for job_id in self.runner.cancel(ids):
+            log.info("job %s: cancelling (%s)", job_id, reason or "no reason given")
+        return {}
+
+    def _ack(self, message: Message) -> Message:
+        now = self.clock()
+        for job_id in _ids(message):
+            if self.ended.pop(job_id, None) is not None:
+                self.acked[job_id] = now
+                self.acked.move_to_end(job_id)
+        while self.acked and (len(self.acked) > ACKED_MEMORY_MAX
+                              or next(iter(self.acked.values())) < now - ACKED_MEMORY_S):
+            self.acked.popitem(last=False)
+        return {}
+
+    def _sync(self, _message: Message) -> Message:
+        # The answer is the whole view, so anything still queued would only repeat it.
+        self._drop_queue()
+        return {"running": [_running(job) for job in self.runner.jobs.values()],
+                "ended": list(self.ended.values())}
+
+    def knows(self, job_id: int) -> bool:
+        """Running, ended and unacknowledged, or acknowledged lately: never start it again."""
+        return job_id in self.runner.jobs or job_id in self.ended or job_id in self.acked
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _not_started(self, job_id: int, reason: str) -> None:
+        log.warning("job %s: %s", job_id, reason)
+        self._record_end(Outcome(job_id, self.clock(), reason=reason))
+
+    def _job_ended(self, outcome: Outcome) -> None:
+        how = (f"killed by signal {outcome.signal}" if outcome.signal is not None
+               else f"exit code {outcome.exit_code}")
+        log.info("job %s: ended, %s%s (cpu %.2f s, max rss %s KiB)", outcome.job_id, how,
+                 f", {outcome.reason}" if outcome.reason else "", outcome.cpu_time_s or 0.0,
+                 outcome.max_rss_kb)
+        self._record_end(outcome)
+
+    def _record_end(self, outcome: Outcome) -> None:
+        event = outcome.event()
+        self.ended[outcome.job_id] = event
+        self._emit(event)
+
+    def _emit(self, event: Message) -> None:
+        if self.controller is None:
+            return  # kept in the view (running / ended) that sync reports
+        self._queue.append(event)
+        if len(self._queue) >= BATCH_MAX:
+            self._flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(BATCH_DELAY_S,
+                                                                      self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._queue and self.controller is not None:
+            self.controller.send({"type": "job_events", "events": self._queue})
+        self._queue = []
+
+    def _drop_queue(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self._queue = []
+
+
+def _running(job: RunningJob) -> Message:
+    return {"id": job.job_id, "pid": job.pid, "started_at": job.started_at}
+
+
+def _ids(message: Message) -> list[int]:
+    ids = message.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                            for i in ids):
+        raise UsageError(f"{message['type']}: ids must be a list of job ids")
+    return ids
+
+
+def _digest(submission: Any) -> str | None:
+    """The signed digest of a submission, or None when it is malformed (then no job of it
+    can carry a valid signature)."""
+    if not isinstance(submission, dict):
+        return None
+    env, umask = submission.get("environment"), submission.get("umask")
+    if (not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in env.items())
+            or not isinstance(umask, int) or isinstance(umask, bool) or not 0 <= umask <= 0o777):
+        return None
+    return jobspec.submission_digest(env, umask)
