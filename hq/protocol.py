@@ -16,20 +16,22 @@ Two front ends over the same framing: ``Channel`` (asyncio, for the daemons) and
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hq.errors import ERRORS_BY_CODE, HqError, Unavailable, UsageError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
+
+if TYPE_CHECKING:
+    import asyncio
 
 Message = dict[str, Any]
 
@@ -128,6 +130,8 @@ class Channel:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  name: str) -> None:
+        import asyncio  # here, not at the top: command line programs never need it
+
         self.reader, self.writer, self.name = reader, writer, name
         self._next_rid = 1
         self._waiting: dict[int, asyncio.Future[Message]] = {}
@@ -135,6 +139,8 @@ class Channel:
 
     async def receive(self) -> Message | None:
         """The next message, or None at a clean end of stream."""
+        import asyncio
+
         try:
             header = await self.reader.readexactly(_HEADER.size)
         except asyncio.IncompleteReadError as err:
@@ -158,6 +164,8 @@ class Channel:
         await self.writer.drain()
 
     async def request(self, message: Message, timeout: float | None = None) -> Message:
+        import asyncio
+
         rid = self._next_rid
         self._next_rid += 1
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -176,6 +184,8 @@ class Channel:
 
     async def serve(self, on_message: Callable[[Message], Awaitable[None] | None]) -> None:
         """Read until the peer goes away; answers to our requests resolve their futures."""
+        import asyncio
+
         try:
             while (message := await self.receive()) is not None:
                 rid = message.get("rid")
@@ -206,6 +216,8 @@ async def open_unix_channel(path: str, name: str, role: str, program: str, *,
                             expect_uid: int | None = None) -> tuple[Channel, Message]:
     """Connect to a daemon's Unix socket, check who listens there (when ``expect_uid`` is
     given) before sending anything, and do the handshake; return the channel and welcome."""
+    import asyncio
+
     reader, writer = await asyncio.open_unix_connection(path, limit=MAX_FRAME)
     if expect_uid is not None:
         peer = peer_credentials(writer.get_extra_info("socket"))

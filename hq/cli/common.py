@@ -7,10 +7,9 @@ prints a traceback at a user for a known failure. Data goes to stdout, messages 
 
 from __future__ import annotations
 
-import json
-import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -38,6 +37,8 @@ def verbosity_options(func: F) -> F:
 
 
 def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    import logging  # here, not at the top: a plain client call should not pay for it
+
     level = logging.WARNING if value == 0 else logging.INFO if value == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
@@ -45,6 +46,8 @@ def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> Non
 
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
+        import logging
+
         logging.getLogger().setLevel(logging.ERROR)
         ctx.meta["hq.quiet"] = True
 
@@ -61,7 +64,33 @@ def say(message: str) -> None:
 
 
 def print_json(data: Any) -> None:
+    import json
+
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
+                 right: Collection[int] = ()) -> str:
+    """An aligned plain-text table: two spaces between columns, columns in ``right``
+    right-aligned (numbers), None shown as ``-``; no trailing blanks."""
+    cells = [[str(h) for h in headers]]
+    cells += [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [cell.rjust(width) if i in right else cell.ljust(width)
+                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def format_time(seconds: float | None) -> str:
+    """A wire time (UTC seconds since the epoch) in local time, ``YYYY-MM-DD HH:MM:SS``."""
+    if seconds is None:
+        return "-"
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
 def run_program(command: click.Command, prog: str,
@@ -90,4 +119,9 @@ def run_program(command: click.Command, prog: str,
     except KeyboardInterrupt:
         click.echo(f"{prog}: interrupted", err=True)
         return 130
+    except BrokenPipeError:
+        # stdout was closed early (``hq-client jobs | head``): not an error worth a traceback.
+        # Point stdout at /dev/null so that flushing it at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return result if isinstance(result, int) else 0

@@ -1,0 +1,290 @@
+"""hq-client: follow and control your own jobs (through your hq-user-server).
+
+Every request is about the caller's own jobs; another user's job is "not found", exactly
+like a job that does not exist. Others' jobs appear only as counts in ``status``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hq.cli.common import (
+    CONTEXT_SETTINGS,
+    json_option,
+    print_json,
+    run_program,
+    say,
+    verbosity_options,
+)
+from hq.cli.jobids import parse_ids
+from hq.cli.jobview import STATE_ORDER, UNFINISHED_STATES
+from hq.errors import UsageError
+
+if TYPE_CHECKING:
+    from hq.protocol import BlockingClient
+
+PROG = "hq-client"
+UNFINISHED = list(UNFINISHED_STATES)
+
+
+def _connect() -> BlockingClient:
+    from hq.cli.userd_link import connect_user_server
+    from hq.config import Installation
+
+    return connect_user_server(Installation.locate(), PROG)
+
+
+def _request(message: dict[str, Any]) -> dict[str, Any]:
+    with _connect() as client:
+        return reply_data(client.request(message))
+
+
+def reply_data(reply: dict[str, Any]) -> dict[str, Any]:
+    """A reply without its envelope (``type``, ``rid``): what ``--json`` prints."""
+    return {key: value for key, value in reply.items() if key not in ("type", "rid")}
+
+
+def parse_one_id(text: str) -> int:
+    """The single job id in ``text``; UsageError for a range or a list."""
+    ids = parse_ids(text)
+    if len(ids) != 1:
+        raise UsageError(f'"{text}" names {len(ids)} jobs; give one job id')
+    return ids[0]
+
+
+def parse_states(values: tuple[str, ...]) -> list[str] | None:
+    """``--state running --state done,failed`` -> the states; None when none were given."""
+    states = [s.strip().lower() for value in values for s in value.split(",") if s.strip()]
+    for state in states:
+        if state not in STATE_ORDER:
+            raise UsageError(f'--state: unknown state "{state}" (use {", ".join(STATE_ORDER)})')
+    return list(dict.fromkeys(states)) or None
+
+
+@click.group(context_settings=CONTEXT_SETTINGS, no_args_is_help=True)
+@verbosity_options
+def cli() -> None:
+    """Follow and control your own hq jobs.
+
+    \b
+    Examples:
+      hq-client status              # your jobs by state, the cluster at a glance
+      hq-client jobs                # your unfinished jobs
+      hq-client show 42             # everything about job 42
+      hq-client log -f 42           # follow job 42's output until it ends
+      hq-client cancel 42-45        # cancel jobs 42 to 45
+    """
+
+
+@cli.command()
+@json_option
+def status(as_json: bool) -> None:
+    """Your jobs by state, others' as counts, and the cluster.
+
+    Example: hq-client status
+    """
+    data = _request({"type": "status"})
+    if as_json:
+        print_json(data)
+    else:
+        from hq.cli.jobview import format_status
+
+        click.echo(format_status(data))
+
+
+@cli.command()
+@click.option("--state", "states", multiple=True, metavar="STATE",
+              help="Only jobs in STATE (repeatable or a comma list): " + ", ".join(STATE_ORDER))
+@click.option("--all", "show_all", is_flag=True, help="Finished jobs too.")
+@click.option("--group", metavar="NAME", help="Only jobs of this group.")
+@click.option("--name", metavar="PATTERN", help="Only jobs whose name matches (* and ?).")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="At most N jobs (the lowest ids).")
+@json_option
+def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str | None,
+         limit: int | None, as_json: bool) -> None:
+    """List your jobs: by default those not finished yet.
+
+    \b
+    Examples:
+      hq-client jobs
+      hq-client jobs --all --name 'sim-*'
+      hq-client jobs --state failed,cancelled --group nightly
+    """
+    wanted = parse_states(states)
+    if wanted and show_all:
+        raise UsageError("--all and --state cannot be combined")
+    if wanted is None and not show_all:
+        wanted = UNFINISHED
+    data = _request({"type": "jobs", "states": wanted, "group": group, "name": name,
+                     "ids": None, "limit": limit})
+    if as_json:
+        print_json(data)
+    elif not data["jobs"]:
+        say("no jobs" if show_all or states else
+            "no unfinished jobs ('hq-client jobs --all' shows finished ones too)")
+    else:
+        from hq.cli.jobview import format_job_table
+
+        click.echo(format_job_table(data["jobs"]))
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@json_option
+def show(job_id: str, as_json: bool) -> None:
+    """Show everything about job ID.
+
+    Example: hq-client show 42
+    """
+    data = _request({"type": "show", "id": parse_one_id(job_id)})
+    if as_json:
+        print_json(data)
+    else:
+        from hq.cli.jobview import format_job_details
+
+        click.echo(format_job_details(data["job"]))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@json_option
+def details(ids: tuple[str, ...], as_json: bool) -> int:
+    """Show everything about jobs IDS (default: your unfinished jobs).
+
+    \b
+    Examples:
+      hq-client details
+      hq-client details 42-45,50
+
+    IDS: 42, 42-45 or 42,44; several may be given.
+    """
+    wanted = parse_ids(*ids) if ids else None
+    data = _request({"type": "jobs", "states": None if wanted else UNFINISHED, "group": None,
+                     "name": None, "ids": wanted, "limit": None})
+    missing = sorted(set(wanted or ()) - {int(job["id"]) for job in data["jobs"]})
+    if as_json:
+        print_json(data)
+    else:
+        from hq.cli.jobview import format_job_details
+
+        click.echo("\n\n".join(format_job_details(job) for job in data["jobs"]))
+        if not data["jobs"] and not wanted:
+            say("no unfinished jobs")
+    if missing:
+        from hq.cli.jobids import format_ids
+
+        click.echo(f"{PROG}: error: no such job: {format_ids(missing)}", err=True)
+        return 3
+    return 0
+
+
+def _change(kind: str, ids: tuple[str, ...], as_json: bool) -> int:
+    data = _request({"type": kind, "ids": parse_ids(*ids)})
+    if as_json:
+        print_json(data)
+    else:
+        for result in data["results"]:
+            click.echo(f"job {result['id']}: {result['result']}")
+    return 3 if any(r["result"] == "not found" for r in data["results"]) else 0
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@json_option
+def cancel(ids: tuple[str, ...], as_json: bool) -> int:
+    """Cancel jobs IDS.
+
+    Pending jobs never start; running ones are killed with their whole process tree.
+
+    Example: hq-client cancel 42 50-59
+
+    IDS: 42, 42-45 or 42,44; several may be given.
+    """
+    return _change("cancel", ids, as_json)
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@json_option
+def hold(ids: tuple[str, ...], as_json: bool) -> int:
+    """Keep pending jobs IDS from starting until they are released.
+
+    Example: hq-client hold 42-45
+
+    IDS: 42, 42-45 or 42,44; several may be given.
+    """
+    return _change("hold", ids, as_json)
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@json_option
+def release(ids: tuple[str, ...], as_json: bool) -> int:
+    """Let held jobs IDS be scheduled again.
+
+    Example: hq-client release 42-45
+
+    IDS: 42, 42-45 or 42,44; several may be given.
+    """
+    return _change("release", ids, as_json)
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@json_option
+def wait(ids: tuple[str, ...], as_json: bool) -> int:
+    """Wait until jobs IDS have finished.
+
+    Exits with the job's exit code (one job), or 0 when all jobs are done, else 1.
+    Ctrl-C stops the waiting, not the jobs.
+
+    Example: hq-client wait 42 && echo "job 42 succeeded"
+
+    IDS: 42, 42-45 or 42,44; several may be given.
+    """
+    from hq.cli.waiting import wait_and_report
+
+    wanted = parse_ids(*ids)
+    with _connect() as client:
+        code, results = wait_and_report(client, wanted, PROG)
+    if as_json and results is not None:
+        print_json({"jobs": results})
+    return code
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--stdout", "which", flag_value="stdout", default=True,
+              help="The job's standard output (the default).")
+@click.option("--stderr", "which", flag_value="stderr", help="The job's standard error.")
+@click.option("--both", "which", flag_value="both",
+              help="Both: the job's stdout to stdout and its stderr to stderr.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing what the job writes until it has finished.")
+def log(job_id: str, which: str, follow: bool) -> int:
+    """Print the output of job ID (read from its output files, as you).
+
+    \b
+    Examples:
+      hq-client log 42
+      hq-client log --stderr 42
+      hq-client log -f --both 42
+    """
+    from hq.cli.joblog import show_log
+
+    wanted = parse_one_id(job_id)
+    with _connect() as client:
+        return show_log(client, wanted, which, follow)
+
+
+def main() -> None:
+    """Entry point of hq-client."""
+    sys.exit(run_program(cli, PROG))
+
+
+if __name__ == "__main__":
+    main()

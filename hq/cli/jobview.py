@@ -1,0 +1,159 @@
+"""How hq-client shows jobs to a person: the jobs table, one job's details, the status summary.
+
+Input is what the user-server answers (JobInfo objects and the ``status`` reply of
+doc/protocol.md); output is plain text. Times are shown in local time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hq.cli.common import format_table, format_time
+from hq.states import JobState
+
+JobInfo = Mapping[str, Any]
+
+STATE_ORDER = tuple(state.value for state in JobState)
+UNFINISHED_STATES = tuple(state.value for state in JobState if not state.finished)
+FINISHED_STATES = frozenset(state.value for state in JobState if state.finished)
+COMMAND_WIDTH = 40
+
+
+def job_result(job: JobInfo) -> str:
+    """The short word on how a job is doing: its pending reason, exit code or signal."""
+    if job.get("signal"):
+        return f"signal {job['signal']}"
+    if job.get("exit_code") is not None:
+        return f"exit {job['exit_code']}"
+    if job.get("state") in ("pending", "held") and job.get("pending_reason"):
+        return str(job["pending_reason"])
+    return ""
+
+
+def _short(text: str | None, width: int) -> str:
+    if not text:
+        return ""
+    line = " ".join(str(text).split())
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def format_job_table(jobs: Sequence[JobInfo]) -> str:
+    """One line per job: id, state, name, cores, host, submitted, result, command."""
+    rows = [(job["id"], job["state"], job.get("name") or "", job.get("cores"),
+             job.get("host") or "", format_time(job.get("submitted_at")), job_result(job),
+             _short(job.get("command"), COMMAND_WIDTH))
+            for job in jobs]
+    return format_table(("ID", "STATE", "NAME", "CORES", "HOST", "SUBMITTED", "RESULT",
+                         "COMMAND"), rows, right={0, 3})
+
+
+def format_duration(seconds: float | None) -> str:
+    """``2h 05m 03s`` style, for time limits; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m {secs:02d}s"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _state_line(job: JobInfo) -> str:
+    state = str(job["state"])
+    if job.get("host") and state in ("dispatched", "running"):
+        return f"{state} on {job['host']}"
+    if state in ("pending", "held") and job.get("pending_reason"):
+        return f"{state} ({job['pending_reason']})"
+    result = job_result(job)
+    if result and state in FINISHED_STATES:
+        host = f" on {job['host']}" if job.get("host") else ""
+        return f"{state}{host}: {result}"
+    return state
+
+
+def _mib(kib: float | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def format_job_details(job: JobInfo) -> str:
+    """Every field of one job, one ``key: value`` per line, for ``show`` and ``details``."""
+    memory = job.get("memory_mb")
+    array = ""
+    if job.get("array_index") is not None:
+        array = f"submission {job.get('submission_id')}, index {job['array_index']}"
+    cpu = job.get("cpu_time_s")
+    fields: list[tuple[str, object]] = [
+        ("state", _state_line(job)),
+        ("owner", job.get("owner")),
+        ("name", job.get("name")),
+        ("command", job.get("command")),
+        ("shell", job.get("shell")),
+        ("directory", job.get("cwd")),
+        ("stdout", job.get("stdout")),
+        ("stderr", job.get("stderr")),
+        ("log file", job.get("log_path")),
+        ("cores", job.get("cores")),
+        ("memory", None if memory is None else f"{memory} MiB"),
+        ("priority", job.get("priority")),
+        ("group", job.get("group")),
+        ("info", job.get("info_text")),
+        ("array", array or None),
+        ("time limit", format_duration(job.get("time_limit_s"))),
+        ("excluded hosts", ", ".join(job.get("excluded_hosts") or ()) or None),
+        ("requeue", "yes" if job.get("requeue", True) else "no"),
+        ("restarts", job.get("restart_count")),
+        ("submitted", format_time(job.get("submitted_at"))),
+        ("started", format_time(job.get("started_at"))),
+        ("ended", format_time(job.get("ended_at"))),
+        ("pid", job.get("pid")),
+        ("exit", job_result(job) if job.get("state") in FINISHED_STATES
+         else None),
+        ("cpu time", None if cpu is None else f"{cpu:.2f} s"),
+        ("peak memory", None if job.get("max_rss_kb") is None else _mib(job["max_rss_kb"])),
+    ]
+    shown = [(key, value) for key, value in fields if value not in (None, "", "-")]
+    width = max(len(key) for key, _ in shown) + 1
+    lines = [f"job {job['id']}"]
+    lines += [f"  {key + ':':{width}} {value}" for key, value in shown]
+    return "\n".join(lines)
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """``{"running": 2, "pending": 5}`` -> ``5 pending, 2 running`` (``none`` when empty)."""
+    ordered = [s for s in STATE_ORDER if counts.get(s)]
+    ordered += sorted(s for s in counts if s not in STATE_ORDER and counts[s])
+    return ", ".join(f"{counts[s]} {s}" for s in ordered) or "none"
+
+
+def format_counts_table(label: str, counts: Mapping[str, Mapping[str, int]]) -> str:
+    """Job counts per user (``label`` heads the first column) and state, states that occur
+    as columns."""
+    states = [s for s in STATE_ORDER if any(c.get(s) for c in counts.values())]
+    states += sorted({s for c in counts.values() for s in c if c[s]} - set(STATE_ORDER))
+    rows = [(name, *(by_state.get(s, 0) for s in states))
+            for name, by_state in sorted(counts.items())]
+    return format_table((label, *(s.upper() for s in states)), rows,
+                        right=set(range(1, len(states) + 1)))
+
+
+def format_status(reply: Mapping[str, Any]) -> str:
+    """The ``status`` reply: own jobs by state, others' as counts per owner, the cluster."""
+    lines = [f"Your jobs ({reply.get('user', '?')}): {counts_text(reply.get('mine') or {})}"]
+    others: Mapping[str, Mapping[str, int]] = reply.get("others") or {}
+    if others:
+        table = format_counts_table("USER", others)
+        lines += ["", "Other users' jobs:", *(f"  {line}" for line in table.splitlines())]
+    cluster = reply.get("cluster") or {}
+    if cluster:
+        active = "active" if cluster.get("active") else "INACTIVE (no new jobs start)"
+        lines += ["", f"Cluster: {active}, {cluster.get('hosts_up', 0)} of "
+                      f"{cluster.get('hosts', 0)} hosts up, {cluster.get('cores_busy', 0)} of "
+                      f"{cluster.get('cores', 0)} cores busy"]
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""hq-submit: hand one job, or a jobs file of many, to hq (through the user's hq-user-server).
+
+Start-up matters here (a script may call hq-submit thousands of times): everything beyond
+click is imported where it is needed, and nothing pulls in rich or sqlalchemy.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hq.cli.common import CONTEXT_SETTINGS, print_json, run_program, verbosity_options
+from hq.errors import UsageError
+
+if TYPE_CHECKING:
+    from hq.jobspec import JobSpec
+
+PROG = "hq-submit"
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("command", required=False)
+@click.option("-c", "--slots", type=int, default=1, show_default=True, metavar="N",
+              help="Cores the job needs.")
+@click.option("-p", "--priority", type=int, default=0, show_default=True, metavar="N",
+              help="Higher runs first among your jobs.")
+@click.option("-g", "--group", metavar="NAME", help="A group name to select jobs by.")
+@click.option("-i", "--info-text", metavar="TEXT", help="A note shown with the job.")
+@click.option("-o", "--stdout", metavar="FILE",
+              help="Standard output file (default hq-%j.out in the job's directory; "
+                   "%j = job id, %a = array index).")
+@click.option("-O", "--stderr", metavar="FILE",
+              help="Standard error file (default hq-%j.err; %j and %a as for -o).")
+@click.option("-l", "--logfile", metavar="FILE",
+              help="File for hq's own notes about the job (start, end, host, usage).")
+@click.option("-E", "--excludeHosts", "--exclude-hosts", "exclude_hosts", multiple=True,
+              metavar="H1,H2", help="Hosts the job must not run on (comma list; repeatable).")
+@click.option("-S", "--shell", metavar="PATH",
+              help="Absolute path of the shell that runs COMMAND (default /bin/sh).")
+@click.option("-f", "--jobsFile", "--jobs-file", "jobs_file", metavar="FILE",
+              help="Submit one job per line of FILE ('-': standard input); see "
+                   "doc/commands.md for the format.")
+@click.option("-m", "--estimated-memory", metavar="SIZE",
+              help="Memory the job is expected to use (e.g. 512M, 2G; a number is MiB).")
+@click.option("-t", "--estimated-time", metavar="DURATION",
+              help="Run time the job is expected to need (e.g. 90, 15m, 2h, 1-12:00:00).")
+@click.option("--name", metavar="NAME", help="A name for the job.")
+@click.option("--cwd", metavar="DIR",
+              help="Directory the job runs in (default: the current directory).")
+@click.option("--time-limit", metavar="DURATION",
+              help="Kill the job after this long (e.g. 30m, 2h, 1-00:00:00).")
+@click.option("--memory", metavar="SIZE",
+              help="Memory to reserve for the job on its host (e.g. 4G).")
+@click.option("--no-requeue", is_flag=True,
+              help="Do not run the job again when its host is lost; mark it failed.")
+@click.option("--hold", is_flag=True,
+              help="Keep the job(s) out of scheduling until 'hq-client release'.")
+@click.option("--wait", is_flag=True,
+              help="Wait until the job(s) finished; exit with the job's exit code.")
+@click.option("--parsable", is_flag=True, help="Print only the job id(s), one per line.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"ids": [...], "submission_id": N} on stdout, for scripts.')
+@verbosity_options
+def cli(command: str | None, slots: int, priority: int, group: str | None,
+        info_text: str | None, stdout: str | None, stderr: str | None, logfile: str | None,
+        exclude_hosts: tuple[str, ...], shell: str | None, jobs_file: str | None,
+        estimated_memory: str | None, estimated_time: str | None, name: str | None,
+        cwd: str | None, time_limit: str | None, memory: str | None, no_requeue: bool,
+        hold: bool, wait: bool, parsable: bool, as_json: bool) -> int:
+    """Run COMMAND (one string, run by the shell) as a job on the cluster.
+
+    \b
+    Examples:
+      hq-submit "sleep 42"
+      hq-submit -c 4 --memory 8G -t 2h -o run.out "./simulate --steps 1000"
+      hq-submit --wait "make test"          # exits with make's exit code
+      hq-submit -f jobs.txt                 # one job per line: command::...<TAB>slots::2
+      id=$(hq-submit --parsable "hostname")
+    """
+    from hq.cli.units import option_value, parse_duration, parse_memory
+    from hq.jobspec import DEFAULT_SHELL, DEFAULT_STDERR, DEFAULT_STDOUT, JobSpec
+
+    if parsable and as_json:
+        raise UsageError("--parsable and --json cannot be combined")
+
+    def duration(text: str | None, option: str) -> int | None:
+        return None if text is None else option_value(parse_duration, text, option)
+
+    def size(text: str | None, option: str) -> int | None:
+        return None if text is None else option_value(parse_memory, text, option)
+
+    template = JobSpec(
+        command="", cwd=job_directory(cwd), shell=shell or DEFAULT_SHELL, name=name,
+        cores=slots, memory_mb=size(memory, "--memory"), priority=priority, group=group,
+        info_text=info_text, time_limit_s=duration(time_limit, "--time-limit"),
+        estimated_time_s=duration(estimated_time, "-t/--estimated-time"),
+        estimated_memory_mb=size(estimated_memory, "-m/--estimated-memory"),
+        stdout=stdout or DEFAULT_STDOUT, stderr=stderr or DEFAULT_STDERR, log_path=logfile,
+        excluded_hosts=host_list(exclude_hosts), requeue=not no_requeue)
+    specs = build_specs(command, jobs_file, template)
+    request = submit_request(specs, hold=hold)
+
+    from hq.cli.userd_link import connect_user_server
+    from hq.config import Installation
+
+    with connect_user_server(Installation.locate(), PROG) as client:
+        reply = client.request(request, timeout=30.0 + len(specs) / 1000)
+        ids = [int(i) for i in reply["ids"]]
+        if not as_json:
+            click.echo("\n".join(map(str, ids)) if parsable else submitted_text(ids))
+        if not wait:
+            if as_json:
+                print_json({"ids": ids, "submission_id": reply["submission_id"]})
+            return 0
+        sys.stdout.flush()
+        from hq.cli.waiting import wait_and_report
+
+        status, results = wait_and_report(client, ids, PROG)
+        if as_json:
+            print_json({"ids": ids, "submission_id": reply["submission_id"],
+                        "jobs": results})
+        return status
+
+
+def job_directory(cwd: str | None) -> str:
+    """The absolute directory a job runs in: ``--cwd`` (relative to here) or here.
+
+    The current directory keeps the name the shell knows ($PWD) when that is the same
+    directory, so that a path through a symlink on a shared filesystem stays valid on hosts
+    where the symlink points elsewhere.
+    """
+    here = os.environ.get("PWD", "")
+    try:
+        if not (os.path.isabs(here) and os.path.samefile(here, ".")):
+            here = os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory no longer exists: cd somewhere else "
+                               "or use --cwd") from None
+    if cwd is None:
+        return here
+    path = os.path.normpath(os.path.join(here, cwd))
+    if not os.path.exists(path):
+        raise UsageError(f"--cwd: no such directory: {path}")
+    if not os.path.isdir(path):
+        raise UsageError(f"--cwd: not a directory: {path}")
+    return path
+
+
+def host_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``-E a,b -E c`` -> ``("a", "b", "c")`` (blanks dropped, order kept, no repeats)."""
+    hosts = (h.strip() for value in values for h in value.split(","))
+    return tuple(dict.fromkeys(h for h in hosts if h))
+
+
+def build_specs(command: str | None, jobs_file: str | None, template: JobSpec
+                ) -> list[JobSpec]:
+    """The jobs to submit: COMMAND with the options in ``template``, or every line of the
+    jobs file with ``template`` as its defaults. UsageError for anything wrong."""
+    import dataclasses
+
+    from hq.cli.jobsfile import parse_jobs_file, read_jobs_file
+
+    if command is not None and jobs_file is not None:
+        raise UsageError("give either COMMAND or -f FILE, not both")
+    if jobs_file is not None:
+        # The options on their own first, so that a bad option is not blamed on line 1.
+        dataclasses.replace(template, command=":").validate()
+        return parse_jobs_file(jobs_file, read_jobs_file(jobs_file), template)
+    if command is None:
+        raise UsageError('nothing to submit: give a COMMAND (hq-submit "sleep 42") '
+                               "or a jobs file (-f FILE)")
+    spec = dataclasses.replace(template, command=command)
+    spec.validate()
+    return [spec]
+
+
+def submit_request(specs: list[JobSpec], *, hold: bool) -> dict[str, Any]:
+    """The ``submit`` message: the jobs, and what they share from this process."""
+    import socket
+
+    umask = os.umask(0o077)  # reading the umask means setting it: put it back at once
+    os.umask(umask)
+    return {"type": "submit", "jobs": [spec.to_wire() for spec in specs],
+            "environment": dict(os.environ), "umask": umask,
+            "submit_host": socket.gethostname(), "hold": hold}
+
+
+def submitted_text(ids: list[int]) -> str:
+    """``Submitted job 42`` or ``Submitted 100 jobs 42-141``."""
+    if len(ids) == 1:
+        return f"Submitted job {ids[0]}"
+    from hq.cli.jobids import format_ids
+
+    return f"Submitted {len(ids)} jobs {format_ids(ids)}"
+
+
+def main() -> None:
+    """Entry point of hq-submit."""
+    sys.exit(run_program(cli, PROG))
+
+
+if __name__ == "__main__":
+    main()
