@@ -91,7 +91,7 @@ class PidLock:
 def setup_logging(log_file: Path | None, verbose: int = 0) -> None:
     """Log to ``log_file`` (0600: logs name users and jobs) or, when None, to stderr."""
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
     else:
@@ -100,3 +100,5 @@ def setup_logging(log_file: Path | None, verbose: int = 0) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    # alembic narrates every plugin it loads at INFO; only its warnings are news
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -18,7 +18,8 @@ import pytest
 # tests/ itself, so that the fixture package imports as `fixtures` however pytest was started
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-pytest_plugins = ["fixtures.mariadb", "fixtures.installation"]
+pytest_plugins = ["fixtures.mariadb", "fixtures.installation", "fixtures.running_hq",
+                  "fixtures.testground"]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

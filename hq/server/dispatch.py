@@ -10,8 +10,10 @@ exec-server only after they committed: so nothing is lost when any process dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # A round runs at most this often: many triggers (jobs ending together) become one round.
 ROUND_INTERVAL_S = 0.005
+PERIODIC_ROUND_S = 5.0
 
 
 def _now() -> dt.datetime:
@@ -74,7 +77,9 @@ class Dispatcher:
 
     async def run(self) -> None:
         while True:
-            await self._wake.wait()
+            # also a periodic round: unreachable hosts become worth another try by themselves
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), PERIODIC_ROUND_S)
             self._wake.clear()
             try:
                 self.round()
@@ -217,6 +222,8 @@ class Dispatcher:
             log.info("host %s: %s -> %s%s", host_name, host.state, new,
                      f": {reason}" if reason else "")
             host.state, host.state_reason = new, reason
+            if new is HostState.UNREACHABLE:
+                host.unreachable_since = time.monotonic()
             self.ctx.record_host(host_name, {"state": new, "state_reason": reason},
                                  f"host {host_name}: {new}" + (f": {reason}" if reason else ""))
             self.wake()

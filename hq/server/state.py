@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,12 @@ from hq.server.scheduler import HostSlot, PendingJob
 from hq.states import EventKind, HostState, JobState, check_job_transition
 
 log = logging.getLogger("hq.server.jobs")
+
+# Job attributes that only hq-server's memory holds (not columns of the jobs table).
+MEMORY_ONLY = frozenset({"confirmed", "cancel_requested"})
+
+# An unreachable host is tried again after this long.
+UNREACHABLE_RETRY_S = 30.0
 
 # Finished jobs kept in memory for quick show/wait answers; older ones are read from the DB.
 RECENT_FINISHED = 20_000
@@ -91,14 +98,19 @@ class Host:
     load1: float | None = None
     free_memory_mb: int | None = None
     last_heartbeat_at: dt.datetime | None = None
+    unreachable_since: float = 0.0
     used_cores: int = 0
     used_memory_mb: int = 0
     jobs: set[int] = field(default_factory=set)
 
     @property
     def takes_jobs(self) -> bool:
-        usable = self.active and not self.drained and not self.retired
-        return usable and self.state in (HostState.UP, HostState.UNKNOWN)
+        if not self.active or self.drained or self.retired:
+            return False
+        if self.state is HostState.UNREACHABLE:
+            # try again now and then: the next dispatch is the probe that finds it back
+            return time.monotonic() - self.unreachable_since > UNREACHABLE_RETRY_S
+        return self.state in (HostState.UP, HostState.UNKNOWN)
 
     def slot(self) -> HostSlot:
         free_memory = None if self.memory_mb is None else self.memory_mb - self.used_memory_mb
@@ -181,7 +193,7 @@ class Cluster:
         for name, value in fields.items():
             setattr(job, name, value)
         values: dict[str, Any] = {"state": new}
-        for name in fields:
+        for name in fields.keys() - MEMORY_ONLY:
             column = {"signal": "signal_number", "host": "host_id"}.get(name, name)
             value = getattr(job, name)
             if name == "host":

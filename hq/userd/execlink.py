@@ -53,8 +53,8 @@ class ExecLink:
     async def connect(self) -> Message:
         """Start the bridge, say hello and return the exec-server's ``sync`` reply."""
         if not is_local(self.address):
-            raise Unavailable(f"host {self.host}: reaching other hosts over ssh is not "
-                              "available in this version")
+            raise Unavailable("reaching other hosts over ssh is not available in this "
+                              "version")
         env = {**os.environ}
         self.process = await asyncio.wait_for(asyncio.create_subprocess_exec(
             sys.executable, "-m", "hq.execd.main", "--bridge",
@@ -68,8 +68,7 @@ class ExecLink:
             self.channel.send({**hello("userd", "hq-user-server"), "settings": self.settings})
             welcome = await asyncio.wait_for(self.channel.receive(), SPAWN_TIMEOUT_S)
             if welcome is None:
-                raise Unavailable(f"host {self.host}: exec-server bridge ended: "
-                                  f"{await self._stderr_tail()}")
+                raise Unavailable(f"exec-server bridge ended: {await self._stderr_tail()}")
             raise_for_error(welcome)
             self.daemon_pid = welcome.get("pid")
             serving = asyncio.create_task(self.channel.serve(
@@ -78,7 +77,7 @@ class ExecLink:
             state = await self.channel.request({"type": "sync"}, timeout=SPAWN_TIMEOUT_S)
         except (TimeoutError, OSError) as err:
             self.close()
-            raise Unavailable(f"host {self.host}: exec-server did not answer: {err}") from None
+            raise Unavailable(f"exec-server did not answer: {err}") from None
         except Exception:
             self.close()
             raise

@@ -1,0 +1,154 @@
+"""A user's jobs on one machine, through the real programs: submit, follow, cancel, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import psutil
+import sqlalchemy as sa
+from fixtures.running_hq import eventually
+
+from hq.db.model import events, jobs
+
+
+def test_a_job_runs_in_its_directory_with_its_environment_and_umask(running_hq):
+    hq = running_hq
+    (hq.workdir / "sub").mkdir()
+    job_id = hq.submit_id("--name", "envcheck",
+                          'pwd; echo "X=$X"; umask; echo "ID=$HQ_JOB_ID"; id -un; echo err >&2',
+                          cwd=hq.workdir / "sub", X="forty two")
+    info = hq.wait_for(job_id, {"done", "failed"})
+    assert info["state"] == "done", info
+    out = (hq.workdir / "sub" / f"hq-{job_id}.out").read_text().splitlines()
+    assert out[0] == str(hq.workdir / "sub")
+    assert out[1] == "X=forty two"
+    assert out[2] == f"{os.umask(0o022):04o}"  # the test process's umask, as submitted
+    assert out[3] == f"ID={job_id}"
+    assert out[4] == psutil.Process().username()
+    assert (hq.workdir / "sub" / f"hq-{job_id}.err").read_text() == "err\n"
+    assert info["exit_code"] == 0 and info["host"] == "localhost"
+    assert info["started_at"] >= info["submitted_at"] and info["ended_at"] >= info["started_at"]
+
+    (row,) = hq.db_rows(sa.select(jobs.c.state, jobs.c.exit_code, jobs.c.pid, jobs.c.started_at,
+                                  jobs.c.ended_at, jobs.c.cpu_time_s, jobs.c.max_rss_kb,
+                                  jobs.c.host_id).where(jobs.c.id == job_id))
+    assert row.state == "done" and row.exit_code == 0 and row.pid > 0
+    assert row.started_at <= row.ended_at and row.host_id is not None
+    assert row.cpu_time_s is not None and row.max_rss_kb > 0
+    transitions = [(r.old_state, r.new_state) for r in hq.db_rows(
+        sa.select(events.c.old_state, events.c.new_state)
+        .where(events.c.job_id == job_id, events.c.old_state.is_not(None))
+        .order_by(events.c.id))]
+    assert transitions == [("pending", "dispatched"), ("dispatched", "running"),
+                           ("running", "done")]
+
+
+def test_submit_wait_exits_with_the_job_exit_code(running_hq):
+    result = running_hq.submit("--wait", "exit 3")
+    assert result.returncode == 3, result.stderr
+    ok = running_hq.submit("--wait", "true")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_output_files_where_asked(running_hq):
+    hq = running_hq
+    job_id = hq.submit_id("-o", "out/%j.txt", "-O", "out/%j.txt", "echo to-out; echo to-err >&2")
+    (hq.workdir / "out").mkdir()  # before it runs? No: the job is quick, so make it first
+    info = hq.wait_for(job_id, {"done", "failed"})
+    if info["state"] == "failed":  # the directory came too late: resubmit now that it exists
+        job_id = hq.submit_id("-o", "out/%j.txt", "-O", "out/%j.txt",
+                              "echo to-out; echo to-err >&2")
+        info = hq.wait_for(job_id, {"done", "failed"})
+    assert info["state"] == "done", info
+    text = (hq.workdir / "out" / f"{job_id}.txt").read_text()
+    assert sorted(text.split()) == ["to-err", "to-out"]
+    assert info["stdout"] == str(hq.workdir / "out" / f"{job_id}.txt")
+
+
+def test_cancel_kills_the_whole_process_tree(running_hq):
+    hq = running_hq
+    marker = hq.workdir / "pids"
+    job_id = hq.submit_id(f"sleep 300 & echo $! > {marker}; sleep 300")
+    info = hq.wait_for(job_id, {"running"})
+    eventually(lambda: marker.exists() and marker.read_text().strip() != "", what="child pid")
+    child = int(marker.read_text())
+    leader = info["pid"]
+    assert psutil.pid_exists(child) and psutil.pid_exists(leader)
+
+    result = hq.client("cancel", str(job_id))
+    assert result.returncode == 0, result.stderr
+    info = hq.wait_for(job_id, {"cancelled", "failed", "done"})
+    assert info["state"] == "cancelled"
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    eventually(lambda: gone(child) and gone(leader), what="the job's processes to end")
+
+
+def test_cancel_a_pending_job_takes_it_out_of_the_queue(running_hq):
+    hq = running_hq
+    assert hq.admin("deactivate").returncode == 0
+    job_id = hq.submit_id("echo should-not-run > never.txt")
+    info = hq.show(job_id)
+    assert info["state"] == "pending" and "deactivated" in info["pending_reason"]
+    assert hq.client("cancel", str(job_id)).returncode == 0
+    assert hq.show(job_id)["state"] == "cancelled"
+    assert hq.admin("activate").returncode == 0
+    time.sleep(0.5)
+    assert not (hq.workdir / "never.txt").exists()
+
+
+def test_a_job_killed_by_a_signal_is_failed_with_the_signal(running_hq):
+    hq = running_hq
+    job_id = hq.submit_id("sleep 300")
+    info = hq.wait_for(job_id, {"running"})
+    os.kill(info["pid"], 9)
+    info = hq.wait_for(job_id, {"failed", "done", "cancelled"})
+    assert info["state"] == "failed"
+    assert info["signal"] == 9 and info["exit_code"] is None
+
+
+def test_hold_and_release(running_hq):
+    hq = running_hq
+    job_id = hq.submit_id("--hold", "echo released > released.txt")
+    assert hq.show(job_id)["state"] == "held"
+    time.sleep(0.3)
+    assert not (hq.workdir / "released.txt").exists()
+    assert hq.client("release", str(job_id)).returncode == 0
+    assert hq.wait_for(job_id, {"done", "failed"})["state"] == "done"
+    assert (hq.workdir / "released.txt").read_text() == "released\n"
+
+
+def test_jobs_file_submits_every_line_with_its_index(running_hq):
+    hq = running_hq
+    jobs_file = hq.workdir / "jobs.tab"
+    jobs_file.write_text("# three tasks\n"
+                         "command::echo task {idx} > task-{idx}.txt\tgroup::batch\n"
+                         "command::echo task {idx} > task-{idx}.txt\tpriority::5\n"
+                         "\n"
+                         "command::echo task {idx} > task-{idx}.txt\n")
+    result = hq.submit("-f", str(jobs_file), "--json")
+    assert result.returncode == 0, result.stderr
+    ids = json.loads(result.stdout)["ids"]
+    assert len(ids) == 3
+    for job_id in ids:
+        assert hq.wait_for(job_id, {"done", "failed"})["state"] == "done"
+    assert sorted(p.name for p in hq.workdir.glob("task-*.txt")) == \
+        ["task-2.txt", "task-3.txt", "task-5.txt"]
+    assert (hq.workdir / "task-5.txt").read_text() == "task 5\n"
+
+
+def test_status_and_jobs_list_own_jobs(running_hq):
+    hq = running_hq
+    first = hq.submit_id("true")
+    hq.wait_for(first, {"done"})
+    status = json.loads(hq.client("status", "--json").stdout)
+    assert status["mine"].get("done", 0) >= 1
+    listing = json.loads(hq.client("jobs", "--all", "--json").stdout)
+    assert first in [j["id"] for j in listing["jobs"]]
