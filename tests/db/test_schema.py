@@ -49,7 +49,7 @@ def test_an_unknown_state_word_is_refused_by_the_database(engine):
     with engine.begin() as conn:
         job_id = _add_job(conn)
     # SQLite reports a CHECK failure as IntegrityError, MariaDB as error 4025 (OperationalError)
-    with pytest.raises(sa.exc.DBAPIError, match="(?i)check|constraint"), engine.begin() as conn:
+    with pytest.raises(sa.exc.DBAPIError, match=r"(?i)check|constraint"), engine.begin() as conn:
         conn.exec_driver_sql(f"UPDATE jobs SET state = 'exploded' WHERE id = {job_id}")
 
 
