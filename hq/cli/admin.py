@@ -252,6 +252,23 @@ def lsusers(as_json: bool) -> None:
 
 @cli.command()
 @json_option
+def reload(as_json: bool) -> None:
+    """Make hq-server take in changes to etc/users and etc/cluster.tab.
+
+    Run hq-dbadmin -a first (it writes the changes to the database), then:
+
+    Example: hq-dbadmin -a && hq-admin reload
+    """
+    result = admin_request("reload")
+    if as_json:
+        print_json(result)
+    else:
+        changed = ", ".join(result["hosts_changed"]) or "none"
+        click.echo(f"reloaded: {result['users']} users; hosts changed: {changed}")
+
+
+@cli.command()
+@json_option
 def shutdown(as_json: bool) -> None:
     """Stop hq-server; running jobs keep running and are picked up again at its restart.
 

@@ -144,6 +144,27 @@ async def deactivate(ctx: ServerContext, session: Session, args: list[str]) -> d
     return await _set_cluster_active(ctx, session, False)
 
 
+async def reload_configuration(ctx: ServerContext) -> dict[str, Any]:
+    """Re-read users and hosts from the database (after hq-dbadmin -a); SIGHUP does this too."""
+    from hq.db.hosts import list_hosts
+    from hq.db.users import list_users
+    from hq.server.loading import apply_host_records
+
+    users, hosts = await ctx.store.read(
+        lambda conn: (list_users(conn, include_retired=True),
+                      list_hosts(conn, include_retired=True)), what="reload")
+    ctx.users = {u.name: u for u in users}
+    changed = apply_host_records(ctx.cluster, hosts)
+    log.info("server: configuration reloaded: %d users, hosts changed: %s",
+             sum(1 for u in users if not u.retired), ", ".join(changed) or "none")
+    ctx.dispatcher.wake()
+    return {"users": sum(1 for u in users if not u.retired), "hosts_changed": changed}
+
+
+async def reload(ctx: ServerContext, session: Session, args: list[str]) -> dict[str, Any]:
+    return await reload_configuration(ctx)
+
+
 def shutdown(ctx: ServerContext, session: Session, args: list[str]) -> dict[str, Any]:
     log.info("server: shutdown requested by %s", session.user.name)
     ctx.stopping.set()
@@ -154,7 +175,8 @@ ADMIN_COMMANDS = {
     "info": info, "status": status, "lscluster": lscluster, "lsusers": lsusers,
     "activatehost": activatehost, "deactivatehost": deactivatehost,
     "activate": activate, "activatecluster": activate,
-    "deactivate": deactivate, "deactivatecluster": deactivate, "shutdown": shutdown,
+    "deactivate": deactivate, "deactivatecluster": deactivate, "reload": reload,
+    "shutdown": shutdown,
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from hq.db.hosts import list_hosts
+from hq.db.hosts import HostRecord, list_hosts
 from hq.db.jobs import JobRow, job_counts, load_unfinished, max_ids
 from hq.db.settings import CLUSTER_ACTIVE, get_setting
 from hq.db.users import UserRecord, list_users
@@ -26,6 +26,33 @@ def spec_of(row: JobRow) -> JobSpec:
         requeue=row.requeue, array_index=row.array_index, signature=row.signature)
 
 
+def _host(rec: HostRecord) -> Host:
+    return Host(id=rec.id, name=rec.name, address=rec.address, ssh_port=rec.ssh_port,
+                cores=rec.cores, max_jobs=rec.max_jobs, memory_mb=rec.memory_mb,
+                active=rec.active, drained=rec.drained, drain_reason=rec.drain_reason,
+                retired=rec.retired, load1=rec.load1, free_memory_mb=rec.free_memory_mb,
+                last_heartbeat_at=rec.last_heartbeat_at)
+
+
+def apply_host_records(cluster: Cluster, records: list[HostRecord]) -> list[str]:
+    """Take configuration changes (hq-dbadmin -a) into running memory; keep live state."""
+    changed = []
+    for rec in records:
+        host = cluster.hosts.get(rec.name)
+        if host is None:
+            cluster.add_host(_host(rec))
+            changed.append(rec.name)
+            continue
+        new = (rec.address, rec.ssh_port, rec.cores, rec.max_jobs, rec.memory_mb, rec.active,
+               rec.retired)
+        if new != (host.address, host.ssh_port, host.cores, host.max_jobs, host.memory_mb,
+                   host.active, host.retired):
+            (host.address, host.ssh_port, host.cores, host.max_jobs, host.memory_mb,
+             host.active, host.retired) = new
+            changed.append(rec.name)
+    return changed
+
+
 def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
     """Users, hosts, every unfinished job, counts and settings, as the database has them.
 
@@ -36,12 +63,7 @@ def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
     users = {u.name: u for u in list_users(conn, include_retired=True)}
     names = {u.id: u.name for u in users.values()}
     for rec in list_hosts(conn, include_retired=True):
-        cluster.add_host(Host(
-            id=rec.id, name=rec.name, address=rec.address, ssh_port=rec.ssh_port,
-            cores=rec.cores, max_jobs=rec.max_jobs, memory_mb=rec.memory_mb,
-            active=rec.active, drained=rec.drained, drain_reason=rec.drain_reason,
-            retired=rec.retired, load1=rec.load1, free_memory_mb=rec.free_memory_mb,
-            last_heartbeat_at=rec.last_heartbeat_at))
+        cluster.add_host(_host(rec))
     subs, rows = load_unfinished(conn)
     for sub in subs:
         cluster.add_submission(sub.id, names[sub.owner_id], sub.environment, sub.umask)

@@ -32,7 +32,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     from hq.db.daemons import record_server_start, record_server_stop
     from hq.db.engine import create_engine, database_errors
     from hq.db.migrate import require_head
-    from hq.server.admin import admin_request
+    from hq.server.admin import admin_request, reload_configuration
     from hq.server.core import Listener, ServerContext
     from hq.server.loading import load_state
     from hq.server.requests import USER_REQUESTS
@@ -76,6 +76,8 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+        reload_configuration(ctx)))
     log.info("server: hq-server %s ready, pid %d, socket %s, database %s, %d unfinished jobs, "
              "%d hosts, cluster %s", __version__, os.getpid(), config.socket_path,
              db.describe(), sum(1 for j in cluster.jobs.values() if not j.state.finished),

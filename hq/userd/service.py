@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 FORWARDED = {"ping", "submit", "status", "jobs", "show", "cancel", "hold", "release", "wait"}
 SERVER_WAIT_S = 10.0      # how long a command waits for a restarting hq-server
 IDLE_CHECK_S = 5.0
+REFUSED_RETRY_S = 10.0
 
 
 class UserServer:
@@ -54,6 +55,7 @@ class UserServer:
         self.clients = 0
         self.last_activity = time.monotonic()
         self.stopping = asyncio.Event()
+        self.refusal: PermissionDenied | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.exec_settings = {"idle_timeout_s": config.exec_server_idle_s,
                               "lease_s": config.lease_s,
@@ -132,6 +134,8 @@ class UserServer:
             job["signature"] = sign_job(self.key, spec, self.user, digest)
 
     async def _server(self) -> Channel:
+        if self.refusal is not None and not self.server_up.is_set():
+            raise self.refusal
         if not self.server_up.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server_up.wait(), SERVER_WAIT_S)
@@ -151,13 +155,18 @@ class UserServer:
                     expect_uid=self.server_uid)
             except (OSError, HqError) as err:
                 if isinstance(err, PermissionDenied):
-                    log.error("hq-server refused us: %s", err)
-                    self.stopping.set()
-                    return
+                    # Tell the user why (every command gets this answer); the admin may add
+                    # them and reload, so ask again now and then.
+                    if self.refusal is None:
+                        log.error("hq-server refused us: %s", err)
+                    self.refusal = err
+                    await asyncio.sleep(REFUSED_RETRY_S)
+                    continue
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.1
+            self.refusal = None
             log.info("hq-server: connected; adopting hosts %s", welcome.get("adopt", []))
             self.server = channel
             self.server_up.set()
@@ -287,6 +296,9 @@ class UserServer:
         while not self.stopping.is_set():
             await asyncio.sleep(IDLE_CHECK_S)
             idle = time.monotonic() - self.last_activity
+            if self.refusal is not None and not self.clients and idle > 60:
+                log.info("user-server: refused by hq-server and idle, exiting")
+                self.stopping.set()
             if self.clients or idle < self.config.user_server_idle_s or self.server is None:
                 continue
             try:
