@@ -13,7 +13,7 @@ UMASK := umask 022
 
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
-.PHONY: FORCE all help sql sql-start sql-stop sql-status test lint system-deps clean
+.PHONY: FORCE all help run sql sql-start sql-stop sql-status test lint system-deps clean
 
 all: $(STAMP) .hqrc ## virtualenv hqVE/ with the pinned packages and hq, and .hqrc (the default)
 
@@ -41,6 +41,9 @@ $(STAMP): hqConf/requirements.txt pyproject.toml
 	    mv -f $@.tmp $@; echo "wrote .hqrc: '. $$hqpath/.hqrc' puts hq's commands on your PATH"; fi
 
 FORCE:
+
+run: all ## demo on this machine: SQLite, this host, hq-server, a 20-task job array
+	@scripts/demo.sh
 
 sql: ## private MariaDB instance in var/mariadb, database hq, etc/hq-db.cfg (run `make` first)
 	@$(UMASK); scripts/hq-sql.sh setup
