@@ -58,6 +58,10 @@ class HostKeyUnknown(Unavailable):
     """The host's key is in no known_hosts file and the policy does not accept new keys."""
 
 
+class LoginFailed(Unavailable):
+    """sshd refused every key of the user: a problem of this user's, not of the host."""
+
+
 class HostKeyChanged(Unavailable):
     """The host's key differs from the known one: never accepted, whatever the policy."""
 
@@ -153,7 +157,7 @@ def open_ssh(target: SshTarget, *, policy: str = "reject", connect_timeout: floa
             f"reinstalled, check the new key and run ssh-keygen -R {hostname}"
         ) from None
     except paramiko.AuthenticationException:
-        raise Unavailable(f"{target}: ssh login as {target.user} failed: no key of yours was "
+        raise LoginFailed(f"{target}: ssh login as {target.user} failed: no key of yours was "
                           "accepted (is your public key in ~/.ssh/authorized_keys there?)"
                           ) from None
     except (paramiko.SSHException, OSError, EOFError) as err:

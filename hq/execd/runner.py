@@ -38,6 +38,7 @@ CANCEL_GRACE_S = 5.0
 TIME_LIMIT_GRACE_S = 10.0
 REASON_CANCELLED = "cancelled"
 REASON_TIME_LIMIT = "time limit"
+REASON_LEASE = "lease expired: no contact with a user-server"
 
 # O_CLOEXEC: the daemon's copy must not leak into other jobs (Popen dup2s it onto 1 and 2).
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -33,7 +33,7 @@ import psutil
 
 from hq import auth, jobspec
 from hq.errors import HqError, UsageError
-from hq.execd.runner import JobRunner, Launch, Outcome, RunningJob
+from hq.execd.runner import REASON_LEASE, JobRunner, Launch, Outcome, RunningJob
 from hq.protocol import (
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -52,6 +52,7 @@ BATCH_DELAY_S = 0.005   # how long the first queued event waits for company
 HELLO_TIMEOUT_S = 10.0
 ACKED_MEMORY_S = 3600.0  # an acknowledged id is remembered this long ...
 ACKED_MEMORY_MAX = 100_000  # ... and at most this many, so memory stays bounded
+LEASE_KILL_GRACE_S = 1.0  # the server waits lease + grace (5 s): be well within it
 RUN_CHUNK = 64          # jobs started between two turns of the loop (reaping, heartbeats)
 
 
@@ -165,9 +166,17 @@ class ExecServer:
                 return
 
     def _check_lease(self, now: float) -> None:
-        """Lease kill (DESIGN §6, a later issue): when no controller has been in contact for
-        ``settings.lease_s`` (since ``self.last_contact``), kill every running job so that the
-        server may requeue them without a job ever running twice. Not implemented yet."""
+        """The lease (DESIGN §6): when no user-server has been in contact for ``lease_s``,
+        kill every running job. hq-server requeues a silent host's jobs only after the lease
+        and a grace period, so a job never runs twice at once, even across a partition."""
+        lease = self.settings.lease_s
+        if lease is None or not self.runner.jobs or now - self.last_contact <= lease:
+            return
+        stopping = self.runner.stop(list(self.runner.jobs), REASON_LEASE, LEASE_KILL_GRACE_S)
+        if stopping:
+            log.warning("exec-server %s: no user-server contact for %.0f s (lease %s s): "
+                        "killing jobs %s", self.hostname, now - self.last_contact, lease,
+                        stopping)
 
     # --- connections ----------------------------------------------------------------------
 
@@ -233,6 +242,8 @@ class ExecServer:
                 answer = await self._run(message)
             elif kind in ("cancel", "ack", "sync"):
                 answer = getattr(self, f"_{kind}")(message)
+            elif kind == "lease":
+                answer = {}  # only renews the lease (last_contact, above)
             else:
                 raise UsageError(f"unknown message type {kind!r}")
         except HqError as err:

@@ -145,8 +145,8 @@ class Listener:
         welcome: Message = {"type": "welcome", "version": 1, "user": name,
                             "server": f"hq-server {__version__}"}
         if role == "userd":
-            welcome["adopt"] = sorted({j.host for j in self.ctx.cluster.active_jobs_of(name)
-                                       if j.host})
+            hosts = sorted({j.host for j in self.ctx.cluster.active_jobs_of(name) if j.host})
+            welcome["adopt"] = [self.ctx.cluster.hosts[h].wire() for h in hosts]
             self._register(session)
         channel.send(welcome)
         try:
@@ -230,9 +230,10 @@ class Listener:
                                             str(message.get("reason", "unreachable")))
             elif kind == "host_state":
                 dispatcher.on_host_state(host, str(message.get("state")),
-                                         message.get("reason"))
+                                         message.get("reason"),
+                                         user=link.user if message.get("user_only") else None)
             elif kind == "heartbeat":
-                dispatcher.on_heartbeat(host, message)
+                dispatcher.on_heartbeat(link, host, message)
             else:
                 raise ProtocolError(f"unknown notification {kind!r}")
         except (HqError, ValueError) as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # A round runs at most this often: many triggers (jobs ending together) become one round.
 ROUND_INTERVAL_S = 0.005
 PERIODIC_ROUND_S = 5.0
+HEALTH_CHECK_S = 0.5
 
 
 def _now() -> dt.datetime:
@@ -96,7 +98,12 @@ class Dispatcher:
                  and (s.max_jobs is None or s.running_jobs < s.max_jobs)]
         if not slots:
             return
-        pending = [j.pending_view for j in cluster.pending_in_order() if j.owner in links]
+        blocked = {owner: cluster.blocked_hosts(owner)
+                   for owner in {owner for owner, _host in cluster.user_blocks}}
+        pending = [j.pending_view if not blocked.get(j.owner) else
+                   dataclasses.replace(j.pending_view, excluded_hosts=j.pending_view
+                                       .excluded_hosts | blocked[j.owner])
+                   for j in cluster.pending_in_order() if j.owner in links]
         if not pending:
             return
         placements = place_jobs(pending, slots, cluster.running_per_user(), self.ctx.policy)
@@ -107,6 +114,8 @@ class Dispatcher:
         batches: dict[tuple[str, str], list[Job]] = defaultdict(list)
         for placement in placements:
             job = cluster.jobs[placement.job_id]
+            # a first job there starts the clock of the lease; later ones must not reset it
+            cluster.last_heard.setdefault((job.owner, placement.host), time.monotonic())
             changes.append(cluster.transition(job, JobState.DISPATCHED, now,
                                               host=placement.host, confirmed=True))
             batches[(job.owner, placement.host)].append(job)
@@ -124,7 +133,11 @@ class Dispatcher:
 
     # --- reports from user-servers ------------------------------------------------------
 
+    def heard(self, link: UserLink, host: str) -> None:
+        self.ctx.cluster.last_heard[(link.user, host)] = time.monotonic()
+
     def on_job_events(self, link: UserLink, host: str, events: list[dict[str, Any]]) -> None:
+        self.heard(link, host)
         changes: list[Change] = []
         acks: list[int] = []
         now = _now()
@@ -148,6 +161,8 @@ class Dispatcher:
     def on_sync(self, link: UserLink, host: str, message: dict[str, Any]) -> None:
         """The exec-server's whole view of ``link.user``'s jobs on ``host``: reconcile."""
         cluster, now = self.ctx.cluster, _now()
+        self.heard(link, host)
+        cluster.user_blocks.pop((link.user, host), None)
         changes: list[Change] = []
         acks: list[int] = []
         seen: set[int] = set()
@@ -213,30 +228,71 @@ class Dispatcher:
             self.record(changes, what=f"undeliverable jobs on {host}")
             self.wake()
 
-    def on_host_state(self, host_name: str, state: str, reason: str | None) -> None:
+    def on_host_state(self, host_name: str, state: str, reason: str | None, *,
+                      user: str | None = None) -> None:
+        """A host's reachability changed; with ``user``, only for that user (host key, login)."""
         host = self.ctx.cluster.hosts.get(host_name)
         if host is None:
+            return
+        if user is not None:
+            if state == HostState.UNREACHABLE:
+                log.info("host %s: unusable for %s: %s", host_name, user, reason)
+                self.ctx.cluster.user_blocks[(user, host_name)] = (reason or "unreachable",
+                                                                   time.monotonic())
             return
         new = HostState(state)
         if host.state is not new or host.state_reason != reason:
             log.info("host %s: %s -> %s%s", host_name, host.state, new,
                      f": {reason}" if reason else "")
+            if new is not host.state:
+                host.state_since = time.monotonic()
             host.state, host.state_reason = new, reason
-            if new is HostState.UNREACHABLE:
-                host.unreachable_since = time.monotonic()
             self.ctx.record_host(host_name, {"state": new, "state_reason": reason},
                                  f"host {host_name}: {new}" + (f": {reason}" if reason else ""))
             self.wake()
 
-    def on_heartbeat(self, host_name: str, message: dict[str, Any]) -> None:
+    def on_heartbeat(self, link: UserLink, host_name: str, message: dict[str, Any]) -> None:
         host = self.ctx.cluster.hosts.get(host_name)
         if host is None:
             return
+        self.heard(link, host_name)
         host.load1 = message.get("load1")
         host.free_memory_mb = message.get("free_memory_mb")
         host.last_heartbeat_at = _now()
         if host.state is not HostState.UP:
             self.on_host_state(host_name, HostState.UP, None)
+
+    # --- silence: heartbeats and the lease -----------------------------------------------
+
+    async def watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_S)
+            try:
+                self.check_health()
+            except Exception:
+                log.exception("health check failed")
+
+    def check_health(self) -> None:
+        """Mark hosts whose exec-servers went silent; requeue their jobs once the lease and
+        its grace have run out (the exec-server has killed them by then, DESIGN §6)."""
+        cluster, config = self.ctx.cluster, self.ctx.config
+        now_m, changes = time.monotonic(), []
+        for (owner, host_name), jobs in cluster.active_pairs().items():
+            heard = cluster.last_heard.setdefault((owner, host_name), now_m)
+            silence = now_m - heard
+            host = cluster.hosts[host_name]
+            # Only a connected user-server's silence says something about the host.
+            if (silence > config.heartbeat_timeout_s and owner in self.ctx.links
+                    and host.state in (HostState.UP, HostState.UNKNOWN)):
+                self.on_host_state(host_name, HostState.HEARTBEAT_LOST,
+                                   f"no heartbeat for {silence:.0f} s")
+            if silence > config.lease_s + config.lease_grace_s:
+                why = f"host {host_name}: no contact for {silence:.0f} s (lease expired)"
+                changes += [self.lost(job, _now(), why) for job in jobs]
+                del cluster.last_heard[(owner, host_name)]
+        if changes:
+            self.record(changes, what="jobs of silent hosts")
+            self.wake()
 
     # --- transitions from reports -------------------------------------------------------
 

@@ -62,6 +62,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     listener = Listener(ctx, USER_REQUESTS, admin_request)
     await listener.start(config.socket_path)
     scheduler = asyncio.create_task(ctx.dispatcher.run())
+    health = asyncio.create_task(ctx.dispatcher.watch_health())
 
     stops = 0
 
@@ -86,6 +87,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
         ready(None)
     await ctx.stopping.wait()
     scheduler.cancel()
+    health.cancel()
     await listener.close()
     config.socket_path.unlink(missing_ok=True)
     await store.write(lambda conn: record_server_stop(conn, instance_id,

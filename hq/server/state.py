@@ -98,7 +98,7 @@ class Host:
     load1: float | None = None
     free_memory_mb: int | None = None
     last_heartbeat_at: dt.datetime | None = None
-    unreachable_since: float = 0.0
+    state_since: float = 0.0  # monotonic time of the last change of ``state``
     used_cores: int = 0
     used_memory_mb: int = 0
     jobs: set[int] = field(default_factory=set)
@@ -107,9 +107,9 @@ class Host:
     def takes_jobs(self) -> bool:
         if not self.active or self.drained or self.retired:
             return False
-        if self.state is HostState.UNREACHABLE:
+        if self.state in (HostState.UNREACHABLE, HostState.HEARTBEAT_LOST):
             # try again now and then: the next dispatch is the probe that finds it back
-            return time.monotonic() - self.unreachable_since > UNREACHABLE_RETRY_S
+            return time.monotonic() - self.state_since > UNREACHABLE_RETRY_S
         return self.state in (HostState.UP, HostState.UNKNOWN)
 
     def slot(self) -> HostSlot:
@@ -144,6 +144,10 @@ class Cluster:
         self.host_ids: dict[int, str] = {}
         self.submissions: dict[int, Submission] = {}
         self.counts: Counter[tuple[str, JobState]] = Counter()
+        # (user, host) -> when hq-server last heard that user's exec-server there (monotonic)
+        self.last_heard: dict[tuple[str, str], float] = {}
+        # (user, host) -> (why, since): the user cannot reach the host (host key, login)
+        self.user_blocks: dict[tuple[str, str], tuple[str, float]] = {}
         self.active = True
         self.next_job_id = 1
         self.next_submission_id = 1
@@ -262,6 +266,26 @@ class Cluster:
                 entry[0] += 1
                 entry[1] += job.spec.cores
         return {user: (n, cores) for user, (n, cores) in usage.items()}
+
+    def blocked_hosts(self, owner: str) -> frozenset[str]:
+        """Hosts ``owner`` cannot use now; a block lapses after a while, to be tried again."""
+        now = time.monotonic()
+        blocked = set()
+        for (user, host), (_why, since) in list(self.user_blocks.items()):
+            if now - since > UNREACHABLE_RETRY_S:
+                del self.user_blocks[(user, host)]
+            elif user == owner:
+                blocked.add(host)
+        return frozenset(blocked)
+
+    def active_pairs(self) -> dict[tuple[str, str], list[Job]]:
+        """Dispatched and running jobs by (owner, host)."""
+        pairs: dict[tuple[str, str], list[Job]] = {}
+        for host in self.hosts.values():
+            for job_id in host.jobs:
+                job = self.jobs[job_id]
+                pairs.setdefault((job.owner, host.name), []).append(job)
+        return pairs
 
     def counts_of(self, owner: str) -> dict[str, int]:
         return {str(state): n for (who, state), n in self.counts.items() if who == owner and n}

@@ -26,6 +26,13 @@ SPAWN_TIMEOUT_S = 20.0
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
+def is_user_problem(err: Exception) -> bool:
+    """Whether a failure to reach a host is the user's own (host key, login), not the host's."""
+    from hq.ssh import HostKeyChanged, HostKeyUnknown, LoginFailed
+
+    return isinstance(err, HostKeyUnknown | HostKeyChanged | LoginFailed)
+
+
 def is_local(address: str) -> bool:
     """Whether ``address`` names this machine (so no ssh is needed to reach it)."""
     return address in LOCAL_NAMES or address in (socket.gethostname(), socket.getfqdn())
@@ -34,36 +41,55 @@ def is_local(address: str) -> bool:
 class ExecLink:
     """One bridge process to one host's exec-server, and the runs waiting to go through it."""
 
-    def __init__(self, host: str, address: str, settings: dict[str, Any],
+    def __init__(self, host: str, address: str, ssh_port: int, settings: dict[str, Any],
+                 ssh_options: dict[str, Any],
                  on_message: Callable[[ExecLink, Message], None],
                  on_lost: Callable[[ExecLink], None]) -> None:
-        self.host, self.address, self.settings = host, address, settings
+        self.host, self.address, self.ssh_port = host, address, ssh_port
+        self.settings, self.ssh_options = settings, ssh_options
         self.on_message, self.on_lost = on_message, on_lost
         self.channel: Channel | None = None
         self.process: asyncio.subprocess.Process | None = None
         self.daemon_pid: int | None = None
         self.ready = asyncio.Event()
         self.queued: list[Message] = []   # runs and cancels held until the first sync is done
-        self.error: str | None = None
+        self.ssh: Any = None              # paramiko.SSHClient for a remote host
+        self._close_remote: Callable[[], None] | None = None
 
     @property
     def up(self) -> bool:
         return self.channel is not None and not self.channel.closed.is_set()
 
-    async def connect(self) -> Message:
-        """Start the bridge, say hello and return the exec-server's ``sync`` reply."""
-        if not is_local(self.address):
-            raise Unavailable("reaching other hosts over ssh is not available in this "
-                              "version")
-        env = {**os.environ}
+    async def _start_local(self) -> Channel:
         self.process = await asyncio.wait_for(asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hq.execd.main", "--bridge",
+            sys.executable, "-P", "-m", "hq.execd.main", "--bridge",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, limit=MAX_FRAME,
+            stderr=asyncio.subprocess.PIPE, env=dict(os.environ), limit=MAX_FRAME,
             start_new_session=True), SPAWN_TIMEOUT_S)
         assert self.process.stdout is not None and self.process.stdin is not None
-        self.channel = Channel(self.process.stdout, self.process.stdin,
-                               f"exec-server on {self.host}")
+        return Channel(self.process.stdout, self.process.stdin, f"exec-server on {self.host}")
+
+    async def _start_remote(self) -> Channel:
+        from hq.auth import user_name
+        from hq.ssh import SshTarget, open_remote_streams, open_ssh
+
+        target = SshTarget(host=self.host, address=self.address, port=self.ssh_port,
+                           user=user_name(os.geteuid()))
+        self.ssh = await asyncio.to_thread(open_ssh, target, **self.ssh_options)
+        # The same installation path on every host (shared filesystem); HQPATH is not secret,
+        # and settings travel in the hello on stdin, never on this command line.
+        argv = ["env", f"HQPATH={os.environ['HQPATH']}", sys.executable, "-P", "-m",
+                "hq.execd.main", "--bridge"]
+        reader, writer, self._close_remote = await open_remote_streams(self.ssh, argv,
+                                                                        limit=MAX_FRAME)
+        return Channel(reader, writer, f"exec-server on {self.host}")  # type: ignore[arg-type]
+
+    async def connect(self) -> Message:
+        """Start the bridge, say hello and return the exec-server's ``sync`` reply."""
+        if is_local(self.address):
+            self.channel = await self._start_local()
+        else:
+            self.channel = await self._start_remote()
         try:
             self.channel.send({**hello("userd", "hq-user-server"), "settings": self.settings})
             welcome = await asyncio.wait_for(self.channel.receive(), SPAWN_TIMEOUT_S)
@@ -85,6 +111,10 @@ class ExecLink:
         return state
 
     async def _stderr_tail(self) -> str:
+        if self.ssh is not None and self.channel is not None:
+            remote = getattr(self.channel.writer, "remote", None)
+            tail = bytes(getattr(remote, "stderr_tail", b"")).decode(errors="replace")
+            return " ".join(tail.split())[-300:] or "no output"
         if self.process is None or self.process.stderr is None:
             return "no output"
         try:
@@ -119,4 +149,11 @@ class ExecLink:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.terminate()
+        if self._close_remote is not None:
+            self._close_remote()
+            self._close_remote = None
+        if self.ssh is not None:
+            ssh, self.ssh = self.ssh, None
+            # closing may wait on a dead peer: not on the loop
+            asyncio.get_running_loop().run_in_executor(None, ssh.close)
 

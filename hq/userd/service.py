@@ -31,7 +31,7 @@ from hq.protocol import (
     open_unix_channel,
     peer_credentials,
 )
-from hq.userd.execlink import ExecLink
+from hq.userd.execlink import ExecLink, is_user_problem
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class UserServer:
         self.exec_settings = {"idle_timeout_s": config.exec_server_idle_s,
                               "lease_s": config.lease_s,
                               "heartbeat_interval_s": config.heartbeat_interval_s}
+        self.ssh_options = {"policy": config.host_key_policy,
+                            "connect_timeout": config.connect_timeout_s}
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -74,6 +76,7 @@ class UserServer:
         self.socket_path.chmod(0o600)
         self.spawn(self._server_loop())
         self.spawn(self._idle_loop())
+        self.spawn(self._lease_loop())
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         creds = peer_credentials(writer.get_extra_info("socket"))
@@ -167,11 +170,13 @@ class UserServer:
                 continue
             delay = 0.1
             self.refusal = None
-            log.info("hq-server: connected; adopting hosts %s", welcome.get("adopt", []))
+            log.info("hq-server: connected; adopting hosts %s",
+                     [h["name"] for h in welcome.get("adopt", [])])
             self.server = channel
             self.server_up.set()
             for host in welcome.get("adopt", []):
-                self.spawn(self._ensure_link(host, None))
+                self.hosts[host["name"]] = host
+                self.spawn(self._ensure_link(host["name"], None))
             for link in list(self.links.values()):
                 if link.up:
                     self.spawn(self._resync(link))
@@ -231,8 +236,9 @@ class UserServer:
             if first is not None:
                 link.send(first)  # queued by the link itself until its first sync is done
             return link
-        address = self.hosts.get(host, {}).get("address", host)
-        link = ExecLink(host, address, self.exec_settings, self._on_exec_message,
+        where = self.hosts.get(host, {})
+        link = ExecLink(host, where.get("address", host), int(where.get("ssh_port", 22)),
+                        self.exec_settings, self.ssh_options, self._on_exec_message,
                         self._on_link_lost)
         self.links[host] = link
         if first is not None:
@@ -241,10 +247,12 @@ class UserServer:
             state = await link.connect()
         except HqError as err:
             log.warning("host %s: %s", host, err)
-            self.links.pop(host, None)
+            if self.links.get(host) is link:
+                del self.links[host]
             ids = [j["id"] for m in link.queued if m.get("type") == "run" for j in m["jobs"]]
+            # A host key or login problem is this user's, not the host's: others may use it.
             self._to_server({"type": "host_state", "host": host, "state": "unreachable",
-                             "reason": str(err)})
+                             "reason": str(err), "user_only": is_user_problem(err)})
             if ids:
                 self._to_server({"type": "undeliverable", "host": host, "ids": ids,
                                  "reason": str(err)})
@@ -285,9 +293,27 @@ class UserServer:
                 self.spawn(self._reconnect_later(link.host))
 
     async def _reconnect_later(self, host: str) -> None:
-        await asyncio.sleep(1.0)
-        if host not in self.links and not self.stopping.is_set():
-            await self._ensure_link(host, None)
+        """Try again until the link is back: jobs may still run there, and their ends must
+        reach hq-server. After twice the lease their jobs are requeued anyway, so stop."""
+        give_up = time.monotonic() + 2 * self.config.lease_s + self.config.lease_grace_s
+        delay = 1.0
+        while not self.stopping.is_set() and time.monotonic() < give_up:
+            await asyncio.sleep(delay)
+            if host in self.links:
+                return  # something else (a new run) connected it meanwhile
+            if await self._ensure_link(host, None) is not None:
+                return
+            delay = min(delay * 2, 5.0)
+
+    async def _lease_loop(self) -> None:
+        """Renew every exec-server's lease, but only while hq-server hears from us: an
+        exec-server cut off from hq-server must let its lease run out."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            if self.server_up.is_set():
+                for link in list(self.links.values()):
+                    if link.up and link.ready.is_set():
+                        link.send({"type": "lease"})
 
     # --- lifetime ------------------------------------------------------------------------
 
