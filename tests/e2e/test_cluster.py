@@ -1,0 +1,239 @@
+"""Many hosts and many users: jobs over ssh on the test hosts, as their owners, isolated."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+import sqlalchemy as sa
+from fixtures.running_hq import eventually
+
+from hq.db.model import hosts, jobs
+
+pytestmark = pytest.mark.root
+
+
+def _host_of_jobs(hq, ids):
+    rows = hq.db_rows(sa.select(jobs.c.id, hosts.c.name, jobs.c.state, jobs.c.restart_count)
+                      .select_from(jobs.outerjoin(hosts, hosts.c.id == jobs.c.host_id))
+                      .where(jobs.c.id.in_(ids)))
+    return {r.id: (r.name, str(r.state), r.restart_count) for r in rows}
+
+
+@pytest.mark.parametrize("cluster_hq", ["sqlite", "mariadb"], indirect=True)
+def test_two_users_run_100_jobs_each_on_three_hosts_as_themselves(cluster_hq):
+    hq = cluster_hq
+    submitted = {}
+    for user in hq.users:
+        work = hq.workdir(user)
+        jobs_file = work / "jobs.tab"
+        jobs_file.write_text("command::id -un; hostname; sleep 0.2\n" * 100)
+        os.chown(jobs_file, user.uid, user.gid)
+        submitted[user.name] = (work, hq.submit_ids(user, "-f", str(jobs_file), cwd=work))
+    all_ids = [i for _work, ids in submitted.values() for i in ids]
+    hq.wait_jobs(all_ids, {"done", "failed", "cancelled"}, timeout=180)
+    placed = _host_of_jobs(hq, all_ids)
+    assert {state for _h, state, _r in placed.values()} == {"done"}
+    assert {host for host, _s, _r in placed.values()} == {"hqnode1", "hqnode2", "hqnode3"}
+    for user in hq.users:
+        work, ids = submitted[user.name]
+        for job_id in ids:
+            out = work / f"hq-{job_id}.out"
+            name, hostname = out.read_text().split()
+            assert name == user.name
+            assert hostname == placed[job_id][0]
+            assert out.stat().st_uid == user.uid
+
+
+def test_another_user_gets_no_such_job_for_everything(cluster_hq):
+    hq = cluster_hq
+    alice, bob = hq.users.alice, hq.users.bob
+    work = hq.workdir(alice)
+    (job_id,) = hq.submit_ids(alice, "--name", "secret-name", "echo secret; sleep 60", cwd=work)
+    for args in (["show", str(job_id)], ["log", str(job_id)], ["cancel", str(job_id)],
+                 ["hold", str(job_id)], ["release", str(job_id)], ["wait", str(job_id)],
+                 ["details", str(job_id)]):
+        result = hq.client(bob, *args)
+        assert result.returncode == 3, (args, result.stdout, result.stderr)
+        # the very answer a job id that does not exist gets
+        assert re.search(r"no such job|not found", result.stdout + result.stderr), args
+        assert "secret" not in result.stdout + result.stderr
+    listing = hq.client(bob, "jobs", "--all", "--json")
+    assert job_id not in [j["id"] for j in json.loads(listing.stdout)["jobs"]]
+    status = json.loads(hq.client(bob, "status", "--json").stdout)
+    assert status["others"][alice.name]  # others' jobs only as counts
+    assert "secret" not in json.dumps(status)
+    assert hq.show(alice, job_id)["state"] in ("pending", "dispatched", "running")
+
+
+FORGE = r"""
+import json, sys
+from hq.config import Installation, load_server
+from hq.protocol import BlockingClient
+inst = Installation.locate()
+client, welcome = BlockingClient.connect(str(load_server(inst).socket_path), "hq-server",
+                                         role="userd", program="forger")
+out = {"welcome_user": welcome["user"]}
+for request in ({"type": "show", "id": int(sys.argv[1]), "user": sys.argv[2]},
+                {"type": "cancel", "ids": [int(sys.argv[1])], "user": sys.argv[2]}):
+    try:
+        out[request["type"]] = client.request(request)
+    except Exception as err:
+        out[request["type"]] = f"{type(err).__name__}: {err}"
+print(json.dumps(out))
+"""
+
+
+def test_a_forged_identity_field_changes_nothing(cluster_hq):
+    hq = cluster_hq
+    alice, bob = hq.users.alice, hq.users.bob
+    (job_id,) = hq.submit_ids(alice, "sleep 60", cwd=hq.workdir(alice))
+    result = hq.run_python(bob, FORGE, str(job_id), alice.name)
+    out = json.loads(result.stdout)
+    assert out["welcome_user"] == bob.name
+    assert out["show"].startswith("NotFound")
+    assert out["cancel"]["results"] == [{"id": job_id, "result": "not found"}]
+    assert hq.show(alice, job_id)["state"] in ("pending", "dispatched", "running")
+
+
+def test_an_edited_job_in_the_database_is_refused(cluster_hq):
+    hq = cluster_hq
+    alice = hq.users.alice
+    work = hq.workdir(alice)
+    (job_id,) = hq.submit_ids(alice, "--hold", "echo harmless > ran.txt", cwd=work)
+    # someone with write access to the database rewrites the command
+    hq.stop_server()
+    hq.write_db(sa.update(jobs).where(jobs.c.id == job_id)
+                .values(command=f"echo tampered > {work}/tampered.txt"))
+    hq.start_server()
+    assert hq.client(alice, "release", str(job_id)).returncode == 0
+    hq.wait_jobs([job_id], {"done", "failed", "cancelled"})
+    info = hq.show(alice, job_id)
+    assert info["state"] == "failed" and "signature" in info["pending_reason"]
+    time.sleep(0.5)
+    assert not (work / "tampered.txt").exists() and not (work / "ran.txt").exists()
+
+
+def test_odd_commands_and_names_run_exactly_as_typed(cluster_hq):
+    hq = cluster_hq
+    alice = hq.users.alice
+    work = hq.workdir(alice)
+    command = "printf '%s|' \"it's\" 'a;b' '$(id)' '`x`' 'new\nline'"
+    name = "n'a;m$(e)\nx"
+    (job_id,) = hq.submit_ids(alice, "--name", name, command, cwd=work)
+    hq.wait_jobs([job_id], {"done", "failed"})
+    info = hq.show(alice, job_id)
+    assert info["state"] == "done" and info["name"] == name and info["command"] == command
+    assert (work / f"hq-{job_id}.out").read_text() == "it's|a;b|$(id)|`x`|new\nline|"
+
+
+def _job_log(work):
+    """start/end lines the jobs wrote: job id -> list of (event, host, time)."""
+    runs: dict[int, list[tuple[str, str, float]]] = {}
+    for line in (work / "runs.log").read_text().splitlines():
+        event, job_id, host, when = line.split()
+        runs.setdefault(int(job_id), []).append((event, host, float(when)))
+    return runs
+
+
+def _check_runs(runs, victims, lost_host, lost_at):
+    """Each job ran to its end once; a victim's first copy, on the lost host, never ended
+    (it died with the host) and its second copy started only after the host was lost."""
+    for job_id, events in runs.items():
+        events = sorted(events, key=lambda e: e[2])
+        if job_id not in victims:
+            assert [e[0] for e in events] == ["start", "end"], (job_id, events)
+            continue
+        assert [e[0] for e in events] == ["start", "start", "end"], (job_id, events)
+        assert events[0][1] == lost_host and events[1][1] != lost_host, (job_id, events)
+        assert events[1][2] > lost_at, f"job {job_id} started again before its host was lost"
+
+
+TRACED = ("echo start $HQ_JOB_ID $(hostname) $(date +%s.%N) >> {log}; sleep {secs}; "
+          "echo end $HQ_JOB_ID $(hostname) $(date +%s.%N) >> {log}")
+
+
+def _submit_traced(hq, user, work, count, secs):
+    command = TRACED.format(log=work / "runs.log", secs=secs)
+    return [hq.submit_ids(user, command, cwd=work)[0] for _ in range(count)]
+
+
+@pytest.mark.parametrize("fault", ["kill", "crash"])
+def test_a_lost_host_has_its_jobs_requeued_and_finished_elsewhere(cluster_hq, fault):
+    hq = cluster_hq
+    alice = hq.users.alice
+    work = hq.workdir(alice)
+    ids = _submit_traced(hq, alice, work, 6, 6)
+    eventually(lambda: all(h for h, _s, _r in _host_of_jobs(hq, ids).values()) and
+               {s for _h, s, _r in _host_of_jobs(hq, ids).values()} == {"running"},
+               timeout=60, what="all six jobs running")
+    victims = [i for i, (h, _s, _r) in _host_of_jobs(hq, ids).items() if h == "hqnode1"]
+    assert victims, "no job on hqnode1"
+    lost_at = time.time()
+    getattr(hq.hosts, fault)(1)
+    faulted = time.monotonic()
+    # the host is marked within the heartbeat timeout (3 s) plus a little
+    eventually(lambda: hq.hosts_view()["hqnode1"]["state"] != "up", timeout=15,
+               what="hqnode1 to be marked")
+    assert time.monotonic() - faulted < 12
+    hq.wait_jobs(ids, {"done", "failed"}, timeout=120)
+    placed = _host_of_jobs(hq, ids)
+    for job_id in ids:
+        host, state, restarts = placed[job_id]
+        assert state == "done"
+        if job_id in victims:
+            assert restarts == 1 and host != "hqnode1"
+        else:
+            assert restarts == 0
+    reason = hq.hosts_view()["hqnode1"]["reason"]
+    assert reason
+    _check_runs(_job_log(work), set(victims), "hqnode1", lost_at)
+    hq.hosts.boot(1)
+
+
+def test_a_partition_healed_within_the_lease_loses_nothing(cluster_hq):
+    hq = cluster_hq
+    alice = hq.users.alice
+    work = hq.workdir(alice)
+    ids = _submit_traced(hq, alice, work, 6, 6)
+    eventually(lambda: {s for _h, s, _r in _host_of_jobs(hq, ids).values()} == {"running"},
+               timeout=60, what="all six jobs running")
+    hq.hosts.partition(2)
+    time.sleep(2.5)
+    hq.hosts.heal(2)
+    hq.wait_jobs(ids, {"done", "failed"}, timeout=60)
+    placed = _host_of_jobs(hq, ids)
+    assert {s for _h, s, _r in placed.values()} == {"done"}
+    assert {r for _h, _s, r in placed.values()} == {0}, "a job was requeued"
+    runs = _job_log(work)
+    assert all(len(events) == 2 for events in runs.values())
+
+
+def test_an_unknown_host_key_keeps_the_job_pending_with_the_reason(cluster_hq):
+    hq = cluster_hq
+    bob = hq.users.bob
+    known = bob.known_hosts
+    saved = known.read_text()
+    address = hq.hosts.address(3)
+    known.write_text("".join(line + "\n" for line in saved.splitlines()
+                             if not line.startswith((address + " ", f"[{address}]"))))
+    try:
+        work = hq.workdir(bob)
+        (stuck,) = hq.submit_ids(bob, "-E", "hqnode1,hqnode2", "hostname", cwd=work)
+        (fine,) = hq.submit_ids(bob, "-E", "hqnode3", "hostname", cwd=work)
+        hq.wait_jobs([fine], {"done"})
+
+        def reason_shown() -> bool:
+            info = hq.show(bob, stuck)
+            return info["state"] == "pending" and "known_hosts" in (info["pending_reason"] or "")
+        eventually(reason_shown, timeout=20, what="the host key reason")
+        assert re.search(r"hqnode3", hq.show(bob, stuck)["pending_reason"])
+        # the host is fine for everybody else
+        (other,) = hq.submit_ids(hq.users.alice, "-E", "hqnode1,hqnode2", "hostname",
+                                 cwd=hq.workdir(hq.users.alice))
+        hq.wait_jobs([other], {"done"})
+    finally:
+        known.write_text(saved)
