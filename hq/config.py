@@ -425,6 +425,7 @@ class ServerConfig:
     pid_file: Path
     log_file: Path
     server_user: str | None = None       # account hq-server runs as; None = owner of the root
+    ssh_address: str | None = None       # how other hosts reach hq-server's host; None: hostname
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 10.0    # no heartbeat this long: host "heartbeat lost"
     lease_s: float = 30.0                # an exec-server unreached this long kills its jobs
@@ -459,6 +460,7 @@ _SERVER_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "pid_file": ("server", "pid_file", Path),
     "log_file": ("server", "log_file", Path),
     "server_user": ("server", "server_user", syntax.user_name),
+    "ssh_address": ("server", "ssh_address", syntax.address),
     "heartbeat_interval_s": ("server", "heartbeat_interval", syntax.positive_number),
     "heartbeat_timeout_s": ("server", "heartbeat_timeout", syntax.positive_number),
     "lease_s": ("server", "lease", syntax.positive_number),

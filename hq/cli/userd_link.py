@@ -11,6 +11,7 @@ socket accepts connections, or non-zero with a one-line reason on stderr.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from hq.protocol import BlockingClient
 
 SOCKET_NAME = "userd.sock"
+HEAD_FILE = "hq-server.host"   # written by hq-server next to its socket
 START_LOCK_NAME = "userd.start.lock"
 START_TIMEOUT_S = 20.0
 _NAME = "hq-user-server"
@@ -32,42 +34,73 @@ _NOT_LISTENING = (FileNotFoundError, ConnectionRefusedError)
 
 
 def connect_user_server(inst: Installation, program: str) -> BlockingClient:
-    """A handshaken link to this user's hq-user-server for ``inst``, starting it if needed."""
+    """A handshaken link to this user's hq-user-server for ``inst``, wherever this runs.
+
+    Inside a job: through the exec-server that runs it (``HQ_EXECD_SOCKET``), which relays to
+    the user-server. On a host other than hq-server's: over ssh to that host (``hq.cli.relay``
+    there). On hq-server's host: the user-server's own socket, starting it if needed.
+    """
+    execd = os.environ.get("HQ_EXECD_SOCKET")
+    if execd:
+        client = _try_connect(Path(execd), program, name="hq-exec-server")
+        if client is not None:
+            return client
+    head = server_head(inst)
+    if head is not None and head[0] != socket.gethostname():
+        from hq.cli.remote_link import connect_over_ssh
+
+        return connect_over_ssh(inst, head[1], program)
+    path = ensure_user_server(inst)
+    client = _try_connect(path, program)
+    if client is None:
+        raise Unavailable(f"{_NAME} started but does not answer on {path}")
+    return client
+
+
+def server_head(inst: Installation) -> tuple[str, str] | None:
+    """(hostname, ssh address) of hq-server's host as it wrote them at start, if it runs."""
+    from hq.config import load_server
+
+    try:
+        lines = (load_server(inst).socket_path.parent / HEAD_FILE).read_text().split()
+    except OSError:
+        return None
+    return (lines[0], lines[1]) if len(lines) == 2 else None
+
+
+def ensure_user_server(inst: Installation) -> Path:
+    """The socket of this user's user-server on this host, started first if nothing listens."""
     from hq.auth import runtime_dir
+    from hq.protocol import socket_is_live
 
     rundir = runtime_dir(inst.root)
     path = rundir / SOCKET_NAME
-    client = _try_connect(path, program)
-    if client is not None:
-        return client
+    if socket_is_live(path):
+        return path
     import fcntl
 
     fd = os.open(rundir / START_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         # Another CLI may have started it while we waited for the lock.
-        client = _try_connect(path, program)
-        if client is None:
+        if not socket_is_live(path):
             start_user_server(inst)
-            client = _try_connect(path, program)
-        if client is None:
-            raise Unavailable(f"{_NAME} started but does not answer on {path}")
-        return client
+        return path
     finally:
         os.close(fd)  # releases the lock
 
 
-def _try_connect(path: Path, program: str) -> BlockingClient | None:
+def _try_connect(path: Path, program: str, name: str = _NAME) -> BlockingClient | None:
     """The link, or None when nothing listens at ``path``."""
     from hq.protocol import BlockingClient
 
     try:
-        client, _welcome = BlockingClient.connect(str(path), _NAME, role="cli", program=program,
+        client, _welcome = BlockingClient.connect(str(path), name, role="cli", program=program,
                                                   expect_uid=os.geteuid())
     except _NOT_LISTENING:
         return None
     except OSError as err:
-        raise Unavailable(f"cannot reach {_NAME} at {path}: {err.strerror or err}") from None
+        raise Unavailable(f"cannot reach {name} at {path}: {err.strerror or err}") from None
     return client
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 
 from hq import auth, jobspec
-from hq.errors import HqError, UsageError
+from hq.errors import HqError, Unavailable, UsageError
 from hq.execd.runner import REASON_LEASE, JobRunner, Launch, Outcome, RunningJob
 from hq.protocol import (
     MAX_FRAME,
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 1000        # events per job_events message
 BATCH_DELAY_S = 0.005   # how long the first queued event waits for company
 HELLO_TIMEOUT_S = 10.0
+RELAY_TIMEOUT_S = 120.0  # a command inside a job waiting on hq-server (e.g. hq-client wait)
 ACKED_MEMORY_S = 3600.0  # an acknowledged id is remembered this long ...
 ACKED_MEMORY_MAX = 100_000  # ... and at most this many, so memory stays bounded
 LEASE_KILL_GRACE_S = 1.0  # the server waits lease + grace (5 s): be well within it
@@ -191,7 +192,10 @@ class ExecServer:
             if hello is None:
                 channel.close()
                 return
-            check_hello(hello, {"userd"})
+            role = check_hello(hello, {"userd", "cli"})
+            if role == "cli":
+                await self._serve_command(channel)
+                return
             self.settings = self.settings.updated(hello.get("settings"))
         except (HqError, TimeoutError, OSError) as err:
             log.warning("exec-server %s: handshake refused: %s", self.hostname, err)
@@ -222,6 +226,32 @@ class ExecServer:
                 self.controller = None
                 self._drop_queue()
                 log.info("exec-server %s: user-server disconnected", self.hostname)
+
+    async def _serve_command(self, channel: Channel) -> None:
+        """hq-submit or hq-client inside one of our jobs: pass its requests to the
+        user-server that controls us, and its answers back."""
+        channel.send({"type": "welcome", "version": PROTOCOL_VERSION, "host": self.hostname,
+                      "pid": os.getpid(), "user": self.user})
+        log.info("exec-server %s: relaying for a command inside a job", self.hostname)
+
+        async def relay(message: Message) -> None:
+            if self.controller is None:
+                channel.reply_error(message, Unavailable(
+                    f"no user-server is connected to the exec-server on {self.hostname}"))
+                return
+            request = {k: v for k, v in message.items() if k != "rid"}
+            try:
+                answer = await self.controller.request({"type": "relay", "request": request},
+                                                       timeout=RELAY_TIMEOUT_S)
+            except HqError as err:
+                channel.reply_error(message, err)
+            except TimeoutError:
+                channel.reply_error(message, Unavailable("the user-server did not answer"))
+            else:
+                channel.reply(message, **{k: v for k, v in answer.items()
+                                          if k not in ("type", "rid")})
+
+        await channel.serve(relay)
 
     async def _heartbeats(self, channel: Channel) -> None:
         while not channel.closed.is_set():
@@ -302,7 +332,9 @@ class ExecServer:
             return
         submission = submissions[submission_id]
         env = dict(submission["environment"])
-        env.update(HQ_JOB_ID=str(job_id), HQ_SUBMISSION_ID=submission_id, HQ_HOST=self.hostname)
+        # HQ_EXECD_SOCKET: hq-submit inside the job reaches the user-server through us
+        env.update(HQ_JOB_ID=str(job_id), HQ_SUBMISSION_ID=submission_id, HQ_HOST=self.hostname,
+                   HQ_EXECD_SOCKET=str(self.socket_path))
         # Not inherited from a submitting job: only an array job has an index.
         env.pop("HQ_ARRAY_INDEX", None)
         if spec.array_index is not None:

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import click
 
@@ -26,6 +27,7 @@ from hq.errors import HqError
 
 log = logging.getLogger("hq.server")
 PROG = "hq-server"
+HEAD_FILE = "hq-server.host"   # in the socket's directory; read by hq.cli.userd_link
 
 
 async def serve(inst: Installation, ready: Ready | None) -> None:
@@ -61,6 +63,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
                                          now), what="server start", refuse_when_down=True)
     listener = Listener(ctx, USER_REQUESTS, admin_request)
     await listener.start(config.socket_path)
+    head_file = write_head_file(config.socket_path.parent, config.ssh_address)
     scheduler = asyncio.create_task(ctx.dispatcher.run())
     health = asyncio.create_task(ctx.dispatcher.watch_health())
 
@@ -90,12 +93,24 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     health.cancel()
     await listener.close()
     config.socket_path.unlink(missing_ok=True)
+    head_file.unlink(missing_ok=True)
     await store.write(lambda conn: record_server_stop(conn, instance_id,
                                                       dt.datetime.now(dt.UTC)),
                       what="server stop")
     store.stop()
     engine.dispose()
     log.info("server: stopped")
+
+
+def write_head_file(run_dir: Path, ssh_address: str | None) -> Path:
+    """Tell commands on other hosts where hq-server's host is: its hostname (to know whether
+    they run there) and the address to ssh to (to reach their user-server there)."""
+    path = run_dir / HEAD_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{socket.gethostname()}\n{ssh_address or socket.gethostname()}\n")
+    tmp.chmod(0o644)
+    tmp.replace(path)
+    return path
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -108,21 +108,25 @@ class UserServer:
         self.spawn(self._answer(channel, message))
 
     async def _answer(self, channel: Channel, message: Message) -> None:
+        """Answer one request of a command (directly, or relayed by an exec-server)."""
         try:
-            kind = message["type"]
-            if kind not in FORWARDED:
-                raise UsageError(f"unknown request {kind!r}")
-            request = {k: v for k, v in message.items() if k != "rid"}
-            if kind == "submit":
-                self._sign(request)
-            timeout = float(request.get("timeout_s") or 0) + 60.0
-            reply = await (await self._server()).request(request, timeout=timeout)
-            channel.reply(message, **{k: v for k, v in reply.items()
-                                      if k not in ("type", "rid")})
+            request = message.get("request", {}) if message["type"] == "relay" else message
+            channel.reply(message, **await self._forward(request))
         except HqError as err:
             channel.reply_error(message, err)
         except (TimeoutError, ConnectionError) as err:
             channel.reply_error(message, Unavailable(f"hq-server did not answer: {err}"))
+
+    async def _forward(self, message: Message) -> Message:
+        kind = message.get("type")
+        if kind not in FORWARDED:
+            raise UsageError(f"unknown request {kind!r}")
+        request = {k: v for k, v in message.items() if k != "rid"}
+        if kind == "submit":
+            self._sign(request)
+        timeout = float(request.get("timeout_s") or 0) + 60.0
+        reply = await (await self._server()).request(request, timeout=timeout)
+        return {k: v for k, v in reply.items() if k not in ("type", "rid")}
 
     def _sign(self, request: Message) -> None:
         env, umask = request.get("environment"), request.get("umask")
@@ -282,6 +286,8 @@ class UserServer:
         self.last_activity = time.monotonic()
         if kind in ("job_events", "heartbeat"):
             self._to_server({**message, "host": link.host})
+        elif kind == "relay" and link.channel is not None:
+            self.spawn(self._answer(link.channel, message))
         else:
             log.warning("host %s: unexpected message %r from exec-server", link.host, kind)
 

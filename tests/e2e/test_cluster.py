@@ -237,3 +237,28 @@ def test_an_unknown_host_key_keeps_the_job_pending_with_the_reason(cluster_hq):
         hq.wait_jobs([other], {"done"})
     finally:
         known.write_text(saved)
+
+
+def test_hq_submit_on_a_compute_host_reaches_the_user_server_over_ssh(cluster_hq, head_sshd):
+    import shlex
+    import sys
+
+    from fixtures.testground import run_as
+
+    hq = cluster_hq
+    alice = hq.users.alice
+    work = hq.workdir(alice)
+    remote = shlex.join(["env", f"HQPATH={hq.root}", sys.executable, "-P", "-m",
+                         "hq.cli.submit", "--parsable", "--cwd", str(work),
+                         "hostname > where.txt; id -un >> where.txt"])
+    result = run_as(alice, ["ssh", "-o", "BatchMode=yes", hq.hosts.address(2), remote],
+                    timeout=60)
+    assert result.returncode == 0, result.stderr
+    job_id = int(result.stdout.strip())
+    hq.wait_jobs([job_id], {"done", "failed"})
+    host, user = (work / "where.txt").read_text().split()
+    assert user == alice.name and host.startswith("hqnode")
+    assert hq.show(alice, job_id)["state"] == "done"
+    # it went over ssh to hq-server's host (the head's sshd saw alice come from hqnode2)
+    head_log = (hq.hosts.state_dir / "head" / "sshd.log").read_text()
+    assert f"Accepted publickey for {alice.name} from {hq.hosts.address(2)}" in head_log

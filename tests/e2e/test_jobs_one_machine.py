@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import psutil
@@ -152,3 +153,16 @@ def test_status_and_jobs_list_own_jobs(running_hq):
     assert status["mine"].get("done", 0) >= 1
     listing = json.loads(hq.client("jobs", "--all", "--json").stdout)
     assert first in [j["id"] for j in listing["jobs"]]
+
+
+def test_hq_submit_inside_a_job_reaches_the_user_server_through_the_exec_server(running_hq):
+    hq = running_hq
+    inner = f"{sys.executable} -P -m hq.cli.submit --parsable 'echo inner > inner.txt'"
+    outer = hq.submit_id(f"{inner} > inner_id.txt")
+    assert hq.wait_for(outer, {"done", "failed"})["state"] == "done"
+    inner_id = int((hq.workdir / "inner_id.txt").read_text())
+    assert hq.wait_for(inner_id, {"done", "failed"})["state"] == "done"
+    assert (hq.workdir / "inner.txt").read_text() == "inner\n"
+    # it went through the exec-server that ran the outer job
+    (log,) = (hq.home / ".hq" / "log").glob("execd-*.log")
+    assert "relaying for a command inside a job" in log.read_text()
