@@ -430,6 +430,7 @@ class ServerConfig:
     heartbeat_timeout_s: float = 10.0    # no heartbeat this long: host "heartbeat lost"
     lease_s: float = 30.0                # an exec-server unreached this long kills its jobs
     lease_grace_s: float = 5.0           # extra wait before hq-server requeues them
+    retry_unreachable_s: float = 30.0    # an unreachable host gets a new try after this long
     user_server_idle_s: float = 300.0
     exec_server_idle_s: float = 300.0
     db_flush_interval_s: float = 0.02    # longest delay of a batched write
@@ -465,6 +466,7 @@ _SERVER_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "heartbeat_timeout_s": ("server", "heartbeat_timeout", syntax.positive_number),
     "lease_s": ("server", "lease", syntax.positive_number),
     "lease_grace_s": ("server", "lease_grace", syntax.positive_number),
+    "retry_unreachable_s": ("server", "retry_unreachable", syntax.positive_number),
     "user_server_idle_s": ("server", "user_server_idle_timeout", syntax.positive_number),
     "exec_server_idle_s": ("server", "exec_server_idle_timeout", syntax.positive_number),
     "db_flush_interval_s": ("server", "db_flush_interval", syntax.positive_number),

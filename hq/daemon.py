@@ -14,10 +14,11 @@ import logging
 import os
 import select
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
-from hq.errors import Unavailable
+from hq.errors import HqError, Unavailable
 
 Ready = Callable[[str | None], None]
 
@@ -102,3 +103,44 @@ def setup_logging(log_file: Path | None, verbose: int = 0) -> None:
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     # alembic narrates every plugin it loads at INFO; only its warnings are news
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def run_daemon(prog: str, *, detached: bool, log_file: Path, verbose: int, pid_file: Path,
+               serve: Callable[[Ready | None], Coroutine[Any, Any, None]],
+               already_serving: Callable[[], bool] = lambda: False) -> int:
+    """The life of a daemon: detach (when asked), log, hold the pid lock, run ``serve``.
+
+    Errors before ``serve`` reports ready reach the starting process as its one-line error and
+    exit code. When the lock is taken and ``already_serving()`` says the other instance
+    answers, there is nothing to do: exit 0.
+    """
+    import asyncio
+
+    log = logging.getLogger(prog)
+    ready = detach(prog) if detached else None
+    try:
+        setup_logging(log_file if detached else None, verbose)
+        try:
+            lock = PidLock(pid_file, prog)
+        except Unavailable:
+            if already_serving():
+                if ready is not None:
+                    ready(None)
+                return 0
+            raise
+        try:
+            asyncio.run(serve(ready))
+        finally:
+            lock.release()
+    except HqError as err:
+        if ready is None:
+            raise
+        log.error("%s: cannot start: %s", prog, err)
+        ready(f"{err.exit_code}|{err}")
+        return err.exit_code
+    except Exception as err:
+        log.exception("%s: crashed", prog)
+        if ready is not None:
+            ready(f"1|{err}")
+        raise
+    return 0

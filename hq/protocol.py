@@ -321,3 +321,32 @@ def socket_is_live(path: str | os.PathLike[str]) -> bool:
         return False
     finally:
         sock.close()
+
+
+def relay_stdio(sock: socket.socket, chunk: int = 65536) -> None:
+    """Copy stdin -> ``sock`` (a thread) and ``sock`` -> stdout (here) until either side ends.
+
+    The far end of an stdio tunnel (the exec-server bridge, the ssh relay to a user-server):
+    raw fds and no re-framing, so bytes go on the moment they arrive, in whatever chunks.
+    """
+    import contextlib
+    import threading
+
+    def upstream() -> None:
+        with contextlib.suppress(OSError):
+            while data := os.read(0, chunk):
+                sock.sendall(data)
+        # Wakes the reader below, which then ends the relay.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    threading.Thread(target=upstream, name="stdin->socket", daemon=True).start()
+    try:
+        while data := sock.recv(chunk):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+    except OSError:
+        pass  # the other side went away (EPIPE) or the socket was reset: we are done
+    finally:
+        sock.close()

@@ -8,7 +8,6 @@ command for people; it has no options.
 from __future__ import annotations
 
 import os
-import selectors
 import socket
 import sys
 
@@ -18,7 +17,7 @@ def main() -> None:
     from hq.cli.userd_link import ensure_user_server
     from hq.config import Installation
     from hq.errors import HqError
-    from hq.protocol import peer_credentials
+    from hq.protocol import peer_credentials, relay_stdio
 
     try:
         path = ensure_user_server(Installation.locate())
@@ -29,27 +28,7 @@ def main() -> None:
     except (HqError, OSError) as err:
         sys.stderr.write(f"hq relay: error: {err}\n")
         sys.exit(5)
-    copy_both_ways(sys.stdin.fileno(), sys.stdout.fileno(), sock)
-
-
-def copy_both_ways(fd_in: int, fd_out: int, sock: socket.socket) -> None:
-    selector = selectors.DefaultSelector()
-    selector.register(fd_in, selectors.EVENT_READ, "in")
-    selector.register(sock, selectors.EVENT_READ, "sock")
-    while True:
-        for key, _ in selector.select():
-            if key.data == "in":
-                data = os.read(fd_in, 65536)
-                if not data:
-                    return
-                sock.sendall(data)
-            else:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd_out, view):]
+    relay_stdio(sock)
 
 
 if __name__ == "__main__":

@@ -26,18 +26,17 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import click
 
 from hq.errors import HqError, Unavailable
+from hq.protocol import relay_stdio
 
 PROG = "hq-exec-server"
 START_TIMEOUT_S = 10.0
 LOCK_WAIT_S = 3.0  # how long a new daemon waits for an exiting one's lock
-_CHUNK = 256 * 1024
 
 
 def daemon_files(runtime_dir: Path, hostname: str) -> tuple[Path, Path, Path]:
@@ -97,7 +96,7 @@ def bridge() -> int:
     sock_path, _pid_lock, start_lock = daemon_files(auth.runtime_dir(inst.root),
                                                     socket.gethostname())
     sock = _connect(sock_path) or _start_daemon(inst.root, sock_path, start_lock)
-    _relay(sock)
+    relay_stdio(sock, chunk=256 * 1024)
     return 0
 
 
@@ -164,33 +163,6 @@ def _read_until_eof(fd: int, deadline: float) -> str:
             break
         data += chunk
     return data.decode(errors="replace")
-
-
-def _relay(sock: socket.socket) -> None:
-    """Copy stdin -> socket (a thread) and socket -> stdout (here) until either side ends.
-
-    Raw fds and no framing: bytes go on the moment they arrive, in whatever chunks.
-    """
-    def upstream() -> None:
-        try:
-            while data := os.read(0, _CHUNK):
-                sock.sendall(data)
-        except OSError:
-            pass
-        # Wakes the reader below, which then ends the bridge.
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-    threading.Thread(target=upstream, name="stdin->socket", daemon=True).start()
-    try:
-        while data := sock.recv(_CHUNK):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(1, view):]
-    except OSError:
-        pass  # the user-server went away (EPIPE) or the socket was reset: we are done
-    finally:
-        sock.close()
 
 
 # --- daemon -----------------------------------------------------------------------------------

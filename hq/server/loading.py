@@ -53,13 +53,15 @@ def apply_host_records(cluster: Cluster, records: list[HostRecord]) -> list[str]
     return changed
 
 
-def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
+def load_state(conn: sa.Connection, retry_unreachable_s: float = 30.0,
+               ) -> tuple[Cluster, dict[str, UserRecord]]:
     """Users, hosts, every unfinished job, counts and settings, as the database has them.
 
     Dispatched and running jobs come back unconfirmed: they are left alone (never dispatched
     again) until their owner's user-server reports what its exec-servers really run.
     """
     cluster = Cluster()
+    cluster.retry_after_s = retry_unreachable_s
     users = {u.name: u for u in list_users(conn, include_retired=True)}
     names = {u.id: u.name for u in users.values()}
     for rec in list_hosts(conn, include_retired=True):

@@ -22,8 +22,7 @@ import click
 from hq import __version__
 from hq.cli.common import CONTEXT_SETTINGS, run_program
 from hq.config import Installation, load_database, load_server
-from hq.daemon import PidLock, Ready, detach, setup_logging
-from hq.errors import HqError
+from hq.daemon import Ready, run_daemon
 
 log = logging.getLogger("hq.server")
 PROG = "hq-server"
@@ -47,7 +46,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     with database_errors(db):
         require_head(engine)
         with engine.connect() as conn:
-            cluster, users = load_state(conn)
+            cluster, users = load_state(conn, config.retry_unreachable_s)
     loop = asyncio.get_running_loop()
     store = Store(engine, loop, flush_interval=config.db_flush_interval_s,
                   batch_max=config.db_batch_max)
@@ -130,26 +129,8 @@ def cli(daemon: bool, verbose: int) -> int:
     inst = Installation.locate()
     config = load_server(inst)
     load_database(inst)  # a world-readable hq-db.cfg stops us here, before detaching
-    ready = detach(PROG) if daemon else None
-    try:
-        setup_logging(config.log_file if daemon else None, verbose)
-        lock = PidLock(config.pid_file, "hq-server")
-        try:
-            asyncio.run(serve(inst, ready))
-        finally:
-            lock.release()
-    except HqError as err:
-        if ready is None:
-            raise
-        log.error("server: cannot start: %s", err)
-        ready(f"{err.exit_code}|{err}")
-        return err.exit_code
-    except Exception as err:
-        log.exception("server: crashed")
-        if ready is not None:
-            ready(f"1|{err}")
-        raise
-    return 0
+    return run_daemon(PROG, detached=daemon, log_file=config.log_file, verbose=verbose,
+                      pid_file=config.pid_file, serve=lambda ready: serve(inst, ready))
 
 
 def main() -> None:

@@ -25,9 +25,6 @@ log = logging.getLogger("hq.server.jobs")
 # Job attributes that only hq-server's memory holds (not columns of the jobs table).
 MEMORY_ONLY = frozenset({"confirmed", "cancel_requested"})
 
-# An unreachable host is tried again after this long.
-UNREACHABLE_RETRY_S = 30.0
-
 # Finished jobs kept in memory for quick show/wait answers; older ones are read from the DB.
 RECENT_FINISHED = 20_000
 
@@ -99,6 +96,7 @@ class Host:
     free_memory_mb: int | None = None
     last_heartbeat_at: dt.datetime | None = None
     state_since: float = 0.0  # monotonic time of the last change of ``state``
+    retry_after_s: float = 30.0  # [server] retry_unreachable
     used_cores: int = 0
     used_memory_mb: int = 0
     jobs: set[int] = field(default_factory=set)
@@ -109,7 +107,7 @@ class Host:
             return False
         if self.state in (HostState.UNREACHABLE, HostState.HEARTBEAT_LOST):
             # try again now and then: the next dispatch is the probe that finds it back
-            return time.monotonic() - self.state_since > UNREACHABLE_RETRY_S
+            return time.monotonic() - self.state_since > self.retry_after_s
         return self.state in (HostState.UP, HostState.UNKNOWN)
 
     def slot(self) -> HostSlot:
@@ -148,6 +146,7 @@ class Cluster:
         self.last_heard: dict[tuple[str, str], float] = {}
         # (user, host) -> (why, since): the user cannot reach the host (host key, login)
         self.user_blocks: dict[tuple[str, str], tuple[str, float]] = {}
+        self.retry_after_s = 30.0  # [server] retry_unreachable: how long a block lasts
         self.active = True
         self.next_job_id = 1
         self.next_submission_id = 1
@@ -155,6 +154,7 @@ class Cluster:
     # --- building -----------------------------------------------------------------------
 
     def add_host(self, host: Host) -> None:
+        host.retry_after_s = self.retry_after_s
         self.hosts[host.name] = host
         self.host_ids[host.id] = host.name
 
@@ -272,7 +272,7 @@ class Cluster:
         now = time.monotonic()
         blocked = set()
         for (user, host), (_why, since) in list(self.user_blocks.items()):
-            if now - since > UNREACHABLE_RETRY_S:
+            if now - since > self.retry_after_s:
                 del self.user_blocks[(user, host)]
             elif user == owner:
                 blocked.add(host)

@@ -18,8 +18,7 @@ import click
 from hq.auth import runtime_dir, server_uid, state_dir
 from hq.cli.common import CONTEXT_SETTINGS, run_program
 from hq.config import Installation, load_server
-from hq.daemon import PidLock, Ready, detach, setup_logging
-from hq.errors import HqError, Unavailable
+from hq.daemon import Ready, run_daemon
 from hq.protocol import socket_is_live
 
 log = logging.getLogger("hq.userd")
@@ -59,34 +58,10 @@ def cli(daemon: bool, verbose: int) -> int:
     """
     inst = Installation.locate()
     run = runtime_dir(inst.root)
-    ready = detach(PROG) if daemon else None
-    try:
-        log_file = state_dir() / "log" / f"user-server-{socket.gethostname()}.log"
-        setup_logging(log_file if daemon else None, verbose)
-        try:
-            lock = PidLock(run / "userd.pid", "hq-user-server")
-        except Unavailable:
-            if socket_is_live(run / "userd.sock"):
-                if ready is not None:
-                    ready(None)   # another one runs and serves: nothing to do
-                return 0
-            raise
-        try:
-            asyncio.run(serve(inst, ready))
-        finally:
-            lock.release()
-    except HqError as err:
-        if ready is None:
-            raise
-        log.error("user-server: cannot start: %s", err)
-        ready(f"{err.exit_code}|{err}")
-        return err.exit_code
-    except Exception as err:
-        log.exception("user-server: crashed")
-        if ready is not None:
-            ready(f"1|{err}")
-        raise
-    return 0
+    return run_daemon(PROG, detached=daemon, verbose=verbose, pid_file=run / "userd.pid",
+                      log_file=state_dir() / "log" / f"user-server-{socket.gethostname()}.log",
+                      serve=lambda ready: serve(inst, ready),
+                      already_serving=lambda: socket_is_live(run / "userd.sock"))
 
 
 def main() -> None:

@@ -166,10 +166,17 @@ def test_a_lost_host_has_its_jobs_requeued_and_finished_elsewhere(cluster_hq, fa
     hq = cluster_hq
     alice = hq.users.alice
     work = hq.workdir(alice)
-    ids = _submit_traced(hq, alice, work, 6, 6)
-    eventually(lambda: all(h for h, _s, _r in _host_of_jobs(hq, ids).values()) and
-               {s for _h, s, _r in _host_of_jobs(hq, ids).values()} == {"running"},
-               timeout=60, what="all six jobs running")
+    (once,) = hq.submit_ids(alice, "--no-requeue", "-E", "hqnode2,hqnode3", "sleep 30",
+                            cwd=work)
+    ids = _submit_traced(hq, alice, work, 5, 6)
+    try:
+        eventually(lambda: {s for _h, s, _r in _host_of_jobs(hq, [*ids, once]).values()}
+                   == {"running"}, timeout=60, what="all six jobs running")
+    except AssertionError:
+        print("DEBUG", _host_of_jobs(hq, [*ids, once]), hq.hosts_view())
+        print("DEBUG", [hq.show(alice, i)["pending_reason"] for i in [*ids, once]])
+        print((hq.root / "var/log/hq-server.log").read_text()[-5000:])
+        raise
     victims = [i for i, (h, _s, _r) in _host_of_jobs(hq, ids).items() if h == "hqnode1"]
     assert victims, "no job on hqnode1"
     lost_at = time.time()
@@ -190,6 +197,8 @@ def test_a_lost_host_has_its_jobs_requeued_and_finished_elsewhere(cluster_hq, fa
             assert restarts == 0
     reason = hq.hosts_view()["hqnode1"]["reason"]
     assert reason
+    hq.wait_jobs([once], {"failed"}, timeout=30)   # --no-requeue: failed, not run again
+    assert "lost" in hq.show(alice, once)["pending_reason"]
     _check_runs(_job_log(work), set(victims), "hqnode1", lost_at)
     hq.hosts.boot(1)
 
@@ -262,3 +271,38 @@ def test_hq_submit_on_a_compute_host_reaches_the_user_server_over_ssh(cluster_hq
     # it went over ssh to hq-server's host (the head's sshd saw alice come from hqnode2)
     head_log = (hq.hosts.state_dir / "head" / "sshd.log").read_text()
     assert f"Accepted publickey for {alice.name} from {hq.hosts.address(2)}" in head_log
+
+
+def test_a_partition_longer_than_the_lease_never_runs_a_job_twice_at_once(cluster_hq):
+    hq = cluster_hq
+    alice = hq.users.alice
+    work = hq.workdir(alice)
+    log = work / "runs.log"
+    stamp = "$HQ_JOB_ID $(hostname) $(date +%s.%N)"
+    command = (f"trap 'echo killed {stamp} >> {log}; exit 1' TERM; "
+               f"echo start {stamp} >> {log}; sleep 25 & wait; echo end {stamp} >> {log}")
+    (job_id,) = hq.submit_ids(alice, "-E", "hqnode3", command, cwd=work)
+    eventually(lambda: hq.show(alice, job_id)["state"] == "running", timeout=30,
+               what="the job to run")
+    first_host = hq.show(alice, job_id)["host"]
+    index = int(first_host.removeprefix("hqnode"))
+    hq.hosts.partition(index)
+    try:
+        # the exec-server there kills it when its lease (6 s) runs out; hq-server requeues it
+        # only after the lease and its grace (8 s), and it starts again on the other host
+        eventually(lambda: hq.show(alice, job_id)["restart_count"] == 1, timeout=30,
+                   what="the job to be requeued")
+
+        def runs() -> list[list[str]]:
+            return [line.split() for line in log.read_text().splitlines()]
+
+        eventually(lambda: any(e[0] == "start" and e[2] != first_host for e in runs()),
+                   timeout=30, what="the second copy to start")
+    finally:
+        hq.hosts.heal(index)
+    events = runs()
+    killed = [float(e[3]) for e in events if e[0] == "killed" and e[2] == first_host]
+    assert killed, f"the partitioned copy was not killed by its lease: {events}"
+    second = [float(e[3]) for e in events if e[0] == "start" and e[2] != first_host]
+    assert second[0] > killed[0], "the second copy started before the first was killed"
+    assert hq.show(alice, job_id)["host"] != first_host
