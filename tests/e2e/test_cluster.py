@@ -169,14 +169,8 @@ def test_a_lost_host_has_its_jobs_requeued_and_finished_elsewhere(cluster_hq, fa
     (once,) = hq.submit_ids(alice, "--no-requeue", "-E", "hqnode2,hqnode3", "sleep 30",
                             cwd=work)
     ids = _submit_traced(hq, alice, work, 5, 6)
-    try:
-        eventually(lambda: {s for _h, s, _r in _host_of_jobs(hq, [*ids, once]).values()}
-                   == {"running"}, timeout=60, what="all six jobs running")
-    except AssertionError:
-        print("DEBUG", _host_of_jobs(hq, [*ids, once]), hq.hosts_view())
-        print("DEBUG", [hq.show(alice, i)["pending_reason"] for i in [*ids, once]])
-        print((hq.root / "var/log/hq-server.log").read_text()[-5000:])
-        raise
+    eventually(lambda: {s for _h, s, _r in _host_of_jobs(hq, [*ids, once]).values()}
+               == {"running"}, timeout=60, what="all six jobs running")
     victims = [i for i, (h, _s, _r) in _host_of_jobs(hq, ids).items() if h == "hqnode1"]
     assert victims, "no job on hqnode1"
     lost_at = time.time()

@@ -190,3 +190,14 @@ def test_admin_sees_the_cluster(running_hq):
     users = json.loads(hq.admin("lsusers", "--json").stdout)["users"]
     assert users[0]["running"] == 1 and users[0]["user_server"] is True
     assert hq.client("cancel", str(job_id)).returncode == 0
+
+
+def test_log_follow_prints_output_while_the_job_runs_and_ends_with_it(running_hq):
+    hq = running_hq
+    job_id = hq.submit_id("for i in 1 2 3; do echo step $i; sleep 0.5; done")
+    hq.wait_for(job_id, {"running"})
+    started = time.monotonic()
+    follow = hq.client("log", "-f", str(job_id), timeout=60)
+    assert follow.returncode == 0, follow.stderr
+    assert follow.stdout == "step 1\nstep 2\nstep 3\n"
+    assert time.monotonic() - started >= 0.5  # it waited for the job, not just read a file

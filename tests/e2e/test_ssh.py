@@ -226,7 +226,7 @@ def test_login_without_an_authorized_key_fails(healthy_test_hosts: SshHosts,
     shutil.copy(healthy_test_hosts.known_hosts, scratch_home / ".ssh" / "known_hosts")
     result = probe(alice, CONNECT_AND_RUN, healthy_test_hosts, 1, home=scratch_home,
                    argv=["true"])
-    assert result["error"] == "Unavailable", result
+    assert result["error"] == "LoginFailed", result   # the user's problem, not the host's
     assert result["message"].startswith("host hqnode1 (10.200.0.11): ssh login as hqalice "
                                         "failed")
 

@@ -215,8 +215,10 @@ def test_cpu_time_and_peak_memory_are_measured(tmp_path: Path) -> None:
         cpu, memory = await jobs.outcome(1), await jobs.outcome(2)
         assert cpu.exit_code == 0 and memory.exit_code == 0, (tmp_path / "1.err").read_text()
         assert cpu.cpu_time_s is not None and cpu.cpu_time_s > 0.2
-        assert memory.max_rss_kb is not None and memory.max_rss_kb > 90 * 1024
-        assert cpu.max_rss_kb is not None and cpu.max_rss_kb < 90 * 1024
+        # The 100 MiB allocation shows in full. (A small job's peak is not asserted: Linux
+        # counts the forking parent's size into it, so it depends on who started it.)
+        assert memory.max_rss_kb is not None and memory.max_rss_kb > 100 * 1024
+        assert cpu.max_rss_kb is not None and cpu.max_rss_kb > 0
     run(test)
 
 
