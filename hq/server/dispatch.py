@@ -241,11 +241,13 @@ class Dispatcher:
                                                                    time.monotonic())
             return
         new = HostState(state)
+        if new in (HostState.UNREACHABLE, HostState.HEARTBEAT_LOST):
+            # every failure restarts the wait before the next try, not only the first one:
+            # else a dead host would be tried again at once, round after round
+            host.state_since = time.monotonic()
         if host.state is not new or host.state_reason != reason:
             log.info("host %s: %s -> %s%s", host_name, host.state, new,
                      f": {reason}" if reason else "")
-            if new is not host.state:
-                host.state_since = time.monotonic()
             host.state, host.state_reason = new, reason
             self.ctx.record_host(host_name, {"state": new, "state_reason": reason},
                                  f"host {host_name}: {new}" + (f": {reason}" if reason else ""))

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from hq.errors import Unavailable
+from hq.errors import HqError, Unavailable
 from hq.protocol import MAX_FRAME, Channel, Message, hello, raise_for_error
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class ExecLink:
         self.ready = asyncio.Event()
         self.queued: list[Message] = []   # runs and cancels held until the first sync is done
         self.ssh: Any = None              # paramiko.SSHClient for a remote host
+        self.connected = False            # connect() succeeded and the link has not been lost
         self._close_remote: Callable[[], None] | None = None
 
     @property
@@ -85,12 +86,16 @@ class ExecLink:
         return Channel(reader, writer, f"exec-server on {self.host}")  # type: ignore[arg-type]
 
     async def connect(self) -> Message:
-        """Start the bridge, say hello and return the exec-server's ``sync`` reply."""
-        if is_local(self.address):
-            self.channel = await self._start_local()
-        else:
-            self.channel = await self._start_remote()
+        """Start the bridge, say hello and return the exec-server's ``sync`` reply.
+
+        Any failure is an Unavailable with one line (what ssh, the bridge or the exec-server
+        said), so the caller can tell hq-server and put the jobs back in the queue.
+        """
         try:
+            if is_local(self.address):
+                self.channel = await self._start_local()
+            else:
+                self.channel = await self._start_remote()
             self.channel.send({**hello("userd", "hq-user-server"), "settings": self.settings})
             welcome = await asyncio.wait_for(self.channel.receive(), SPAWN_TIMEOUT_S)
             if welcome is None:
@@ -101,12 +106,18 @@ class ExecLink:
                 lambda message: self.on_message(self, message)))
             serving.add_done_callback(lambda _t: self._lost())
             state = await self.channel.request({"type": "sync"}, timeout=SPAWN_TIMEOUT_S)
-        except (TimeoutError, OSError) as err:
-            self.close()
-            raise Unavailable(f"exec-server did not answer: {err}") from None
-        except Exception:
+        except HqError:
             self.close()
             raise
+        except (TimeoutError, OSError) as err:
+            self.close()
+            raise Unavailable(f"exec-server did not answer: {err or type(err).__name__}"
+                              ) from None
+        except Exception as err:   # e.g. paramiko refusing a channel on a dying connection
+            self.close()
+            raise Unavailable(f"cannot start the exec-server: {type(err).__name__}: {err}"
+                              ) from None
+        self.connected = True
         log.info("host %s: exec-server pid %s connected", self.host, self.daemon_pid)
         return state
 
@@ -137,10 +148,11 @@ class ExecLink:
             self.send(message)
 
     def _lost(self) -> None:
-        if self.ready.is_set() or self.channel is not None:
-            log.warning("host %s: link to exec-server lost", self.host)
         self.close()
-        self.on_lost(self)
+        if self.connected:   # a link that never came up is the connecting code's to report
+            self.connected = False
+            log.warning("host %s: link to exec-server lost", self.host)
+            self.on_lost(self)
 
     def close(self) -> None:
         self.ready.clear()
