@@ -433,7 +433,7 @@ class ServerConfig:
     retry_unreachable_s: float = 30.0    # an unreachable host gets a new try after this long
     user_server_idle_s: float = 300.0
     exec_server_idle_s: float = 300.0
-    db_flush_interval_s: float = 0.02    # longest delay of a batched write
+    db_flush_interval_s: float = 0.001   # longest wait for more work to batch with
     db_batch_max: int = 5000
     load_factor: float = 1.1             # no new job while load1 + busy > factor * cores
     max_running_per_user: int = 0        # 0 = unlimited

@@ -48,7 +48,7 @@ from hq.protocol import (
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000        # events per job_events message
-BATCH_DELAY_S = 0.005   # how long the first queued event waits for company
+BATCH_DELAY_S = 0.001   # how long the first queued event waits for company
 HELLO_TIMEOUT_S = 10.0
 RELAY_TIMEOUT_S = 120.0  # a command inside a job waiting on hq-server (e.g. hq-client wait)
 ACKED_MEMORY_S = 3600.0  # an acknowledged id is remembered this long ...

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # A round runs at most this often: many triggers (jobs ending together) become one round.
-ROUND_INTERVAL_S = 0.005
+ROUND_INTERVAL_S = 0.001
 PERIODIC_ROUND_S = 5.0
 HEALTH_CHECK_S = 0.5
 
