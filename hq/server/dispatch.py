@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # A round runs at most this often: many triggers (jobs ending together) become one round.
 ROUND_INTERVAL_S = 0.001
 PERIODIC_ROUND_S = 5.0
+# Pending jobs a round looks at beyond the free cores, per queue: how far small jobs can pass
+# one that fits nowhere now.
+BACKFILL_DEPTH = 32
 HEALTH_CHECK_S = 0.5
 
 
@@ -98,12 +101,13 @@ class Dispatcher:
                  and (s.max_jobs is None or s.running_jobs < s.max_jobs)]
         if not slots:
             return
+        per_queue = sum(s.free_cores for s in slots) + BACKFILL_DEPTH
         blocked = {owner: cluster.blocked_hosts(owner)
                    for owner in {owner for owner, _host in cluster.user_blocks}}
         pending = [j.pending_view if not blocked.get(j.owner) else
                    dataclasses.replace(j.pending_view, excluded_hosts=j.pending_view
                                        .excluded_hosts | blocked[j.owner])
-                   for j in cluster.pending_in_order() if j.owner in links]
+                   for j in cluster.pending_heads(per_queue, links)]
         if not pending:
             return
         placements = place_jobs(pending, slots, cluster.running_per_user(), self.ctx.policy)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 MAX_JOBS_PER_SUBMIT = 1_000_000
 MAX_WAIT_S = 60.0
+WAIT_COALESCE_S = 0.05
 
 
 def _now() -> dt.datetime:
@@ -326,14 +327,21 @@ async def wait(ctx: ServerContext, session: Session, message: dict[str, Any]) ->
     ids = _ids(message)
     timeout = min(float(message.get("timeout_s") or 1.0), MAX_WAIT_S)
     deadline = time.monotonic() + timeout
+    latest: dict[int, dict[str, Any]] = {}
     while True:
-        states = await _states_of(ctx, session, ids)
-        finished = all(JobState(s["state"]).finished for s in states)
+        # finished jobs do not change any more: look again only at the others
+        unfinished = [i for i in ids if i not in latest
+                      or not JobState(latest[i]["state"]).finished]
+        for state in await _states_of(ctx, session, unfinished):
+            latest[state["id"]] = state
+        finished = all(JobState(s["state"]).finished for s in latest.values())
         remaining = deadline - time.monotonic()
         if finished or remaining <= 0:
-            return {"jobs": states, "finished": finished}
+            return {"jobs": [latest[i] for i in sorted(latest)], "finished": finished}
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.dispatcher.finished.wait(), remaining)
+        # jobs often end in bursts: one look after the burst instead of one per job
+        await asyncio.sleep(min(WAIT_COALESCE_S, max(0.0, deadline - time.monotonic())))
 
 
 async def _states_of(ctx: ServerContext, session: Session,

@@ -9,9 +9,11 @@ row that the caller hands to the store in the same batch.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +138,9 @@ class Cluster:
     def __init__(self) -> None:
         self.jobs: dict[int, Job] = {}
         self.pending: dict[int, Job] = {}
-        self.pending_sorted = True
+        # the same jobs by (owner, priority), each in id order: a round looks only at the
+        # head of each queue, so its cost does not grow with the number of pending jobs
+        self.pending_queues: dict[tuple[str, int], dict[int, Job]] = {}
         self.recent_finished: OrderedDict[int, Job] = OrderedDict()
         self.hosts: dict[str, Host] = {}
         self.host_ids: dict[int, str] = {}
@@ -174,9 +178,7 @@ class Cluster:
             return
         self.submissions[job.submission_id].unfinished += 1
         if job.state is JobState.PENDING:
-            if self.pending and job.id < next(reversed(self.pending)):
-                self.pending_sorted = False
-            self.pending[job.id] = job
+            self._queue(job)
         elif job.state.active and job.host in self.hosts:
             self._occupy(job)
 
@@ -190,7 +192,7 @@ class Cluster:
         if old.active and job.host in self.hosts:
             self._release(job)
         if old is JobState.PENDING:
-            self.pending.pop(job.id, None)
+            self._unqueue(job)
         self.counts[(job.owner, old)] -= 1
         self.counts[(job.owner, new)] += 1
         job.state = new
@@ -206,9 +208,7 @@ class Cluster:
         if new is JobState.PENDING:
             job.pending_reason = reason
             values["pending_reason"] = reason
-            if self.pending and job.id < next(reversed(self.pending)):
-                self.pending_sorted = False
-            self.pending[job.id] = job
+            self._queue(job)
         elif new.finished:
             if reason is not None:
                 job.pending_reason = reason
@@ -228,6 +228,24 @@ class Cluster:
                       user_name=job.owner, old_state=str(old), new_state=str(new),
                       message=f"job {job.id}: {old} -> {new}{where}{why}")
         return Change(job.id, values, event)
+
+    def _queue(self, job: Job) -> None:
+        self.pending[job.id] = job
+        key = (job.owner, job.spec.priority)
+        queue = self.pending_queues.setdefault(key, {})
+        in_order = not queue or job.id > next(reversed(queue))
+        queue[job.id] = job
+        if not in_order:  # a requeued job goes back to its place (rare)
+            self.pending_queues[key] = dict(sorted(queue.items()))
+
+    def _unqueue(self, job: Job) -> None:
+        self.pending.pop(job.id, None)
+        key = (job.owner, job.spec.priority)
+        queue = self.pending_queues.get(key)
+        if queue is not None:
+            queue.pop(job.id, None)
+            if not queue:
+                del self.pending_queues[key]
 
     def _occupy(self, job: Job) -> None:
         host = self.hosts[job.host]  # type: ignore[index]
@@ -251,11 +269,15 @@ class Cluster:
 
     # --- queries ------------------------------------------------------------------------
 
-    def pending_in_order(self) -> list[Job]:
-        if not self.pending_sorted:
-            self.pending = dict(sorted(self.pending.items()))
-            self.pending_sorted = True
-        return list(self.pending.values())
+    def pending_heads(self, per_queue: int, owners: Container[str]) -> list[Job]:
+        """The first ``per_queue`` pending jobs of each (owner, priority) queue, in id order.
+
+        A round can place at most as many jobs as there are free cores, so the heads are
+        enough; the few extra let small jobs pass a big one that fits nowhere (backfill)."""
+        heads = [job for (owner, _prio), queue in self.pending_queues.items() if owner in owners
+                 for job in itertools.islice(queue.values(), per_queue)]
+        heads.sort(key=lambda job: job.id)
+        return heads
 
     def running_per_user(self) -> dict[str, tuple[int, int]]:
         usage: dict[str, list[int]] = {}
