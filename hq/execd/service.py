@@ -101,7 +101,8 @@ class ExecServer:
         self.ended: dict[int, Message] = {}  # ended events not yet acknowledged, by job id
         self.acked: OrderedDict[int, float] = OrderedDict()  # job id -> when acknowledged
         self.controller: Channel | None = None
-        self.last_contact = clock()  # the lease (later issue) counts from here
+        self.last_contact = clock()  # the lease counts from here
+        self._key: bytes | None = None
         self._queue: list[Message] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._stop: asyncio.Event | None = None
@@ -291,16 +292,22 @@ class ExecServer:
 
     # --- requests -------------------------------------------------------------------------
 
+    def _signing_key(self) -> bytes | None:
+        """The user's key, read once: every run message needs it (None: refuse every job)."""
+        if self._key is None:
+            try:
+                self._key = auth.load_signing_key(create=False)
+            except HqError as err:
+                log.warning("exec-server %s: cannot check job signatures: %s", self.hostname,
+                            err)
+        return self._key
+
     async def _run(self, message: Message) -> Message:
         jobs = message.get("jobs")
         submissions = message.get("submissions") or {}
         if not isinstance(jobs, list) or not isinstance(submissions, dict):
             raise UsageError("run: jobs must be a list and submissions an object")
-        try:
-            key: bytes | None = auth.load_signing_key(create=False)
-        except HqError as err:
-            key = None  # every job of this message is refused below
-            log.warning("exec-server %s: cannot check job signatures: %s", self.hostname, err)
+        key = self._signing_key()
         digests: dict[str, str | None] = {}
         for n, item in enumerate(jobs):
             if n and n % RUN_CHUNK == 0:
