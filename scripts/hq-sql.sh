@@ -339,8 +339,7 @@ sys.exit(u.find_spec("hq.cli.dbadmin") is None)' 2>/dev/null
 
 upgrade_schema() {
     if ! dbadmin_available; then
-        warn "hq-dbadmin is not available yet (no hqVE or no module hq.cli.dbadmin): skipped 'hq-dbadmin upgrade', so the tables and report_* views are missing. Run 'make' and then 'make sql' again."
-        return 0
+        die "hq is not installed here yet (no hqVE/ with hq-dbadmin), so the schema and its report_* views cannot be made: run 'make', then 'make sql' again (it keeps what it made so far)"
     fi
     say "hq-dbadmin upgrade (as $SRVUSER)"
     if is_root && [ "$SRVUSER" != root ]; then

@@ -17,15 +17,18 @@ from hq.db.model import events, jobs
 def test_a_job_runs_in_its_directory_with_its_environment_and_umask(running_hq):
     hq = running_hq
     (hq.workdir / "sub").mkdir()
+    # an umask no daemon has by accident: the job must get the submitter's
     job_id = hq.submit_id("--name", "envcheck",
-                          'pwd; echo "X=$X"; umask; echo "ID=$HQ_JOB_ID"; id -un; echo err >&2',
-                          cwd=hq.workdir / "sub", X="forty two")
+                          'pwd; echo "X=$X"; umask; echo "ID=$HQ_JOB_ID"; id -un; echo err >&2;'
+                          ' touch made-by-job',
+                          cwd=hq.workdir / "sub", X="forty two", umask=0o027)
     info = hq.wait_for(job_id, {"done", "failed"})
     assert info["state"] == "done", info
     out = (hq.workdir / "sub" / f"hq-{job_id}.out").read_text().splitlines()
     assert out[0] == str(hq.workdir / "sub")
     assert out[1] == "X=forty two"
-    assert out[2] == f"{os.umask(0o022):04o}"  # the test process's umask, as submitted
+    assert out[2] == "0027"
+    assert (hq.workdir / "sub" / "made-by-job").stat().st_mode & 0o777 == 0o640
     assert out[3] == f"ID={job_id}"
     assert out[4] == psutil.Process().username()
     assert (hq.workdir / "sub" / f"hq-{job_id}.err").read_text() == "err\n"
@@ -55,17 +58,17 @@ def test_submit_wait_exits_with_the_job_exit_code(running_hq):
 
 def test_output_files_where_asked(running_hq):
     hq = running_hq
+    (hq.workdir / "out").mkdir()  # hq opens output files; it makes no directories
     job_id = hq.submit_id("-o", "out/%j.txt", "-O", "out/%j.txt", "echo to-out; echo to-err >&2")
-    (hq.workdir / "out").mkdir()  # before it runs? No: the job is quick, so make it first
     info = hq.wait_for(job_id, {"done", "failed"})
-    if info["state"] == "failed":  # the directory came too late: resubmit now that it exists
-        job_id = hq.submit_id("-o", "out/%j.txt", "-O", "out/%j.txt",
-                              "echo to-out; echo to-err >&2")
-        info = hq.wait_for(job_id, {"done", "failed"})
     assert info["state"] == "done", info
     text = (hq.workdir / "out" / f"{job_id}.txt").read_text()
     assert sorted(text.split()) == ["to-err", "to-out"]
     assert info["stdout"] == str(hq.workdir / "out" / f"{job_id}.txt")
+    missing = hq.submit_id("-o", "nowhere/%j.txt", "true")
+    failed = hq.wait_for(missing, {"done", "failed"})
+    assert failed["state"] == "failed"
+    assert "cannot start" in failed["pending_reason"] and "nowhere" in failed["pending_reason"]
 
 
 def test_cancel_kills_the_whole_process_tree(running_hq):
