@@ -58,10 +58,6 @@ def check_job_transition(old: JobState, new: JobState) -> None:
         raise InvalidTransition(f"job state {old} -> {new} is not allowed")
 
 
-def job_transition_allowed(old: JobState, new: JobState) -> bool:
-    return new in _JOB_TRANSITIONS[old]
-
-
 class HostState(enum.StrEnum):
     """Whether hq can reach a host; independent of the admin's active/drained switches."""
 

@@ -49,18 +49,3 @@ def record_events(conn: sa.Connection, batch: Sequence[Event]) -> None:
     if batch:
         rows = [{k: v for k, v in asdict(e).items() if k != "id"} for e in batch]
         conn.execute(sa.insert(events), rows)
-
-
-def list_events(conn: sa.Connection, *, job_id: int | None = None,
-                host_name: str | None = None, kind: EventKind | None = None,
-                limit: int = 100) -> list[Event]:
-    """The newest ``limit`` events matching the filters, oldest first."""
-    query = sa.select(events).order_by(events.c.id.desc()).limit(limit)
-    if job_id is not None:
-        query = query.where(events.c.job_id == job_id)
-    if host_name is not None:
-        query = query.where(events.c.host_name == host_name)
-    if kind is not None:
-        query = query.where(events.c.kind == kind)
-    rows = conn.execute(query).mappings().all()
-    return [Event(**row) for row in reversed(rows)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 from hq import __version__
 from hq.auth import user_name
 from hq.config import DatabaseConfig, Installation, ServerConfig
+from hq.db.daemons import record_user_server_gone, record_user_server_seen
 from hq.db.events import Event, record_events
 from hq.db.hosts import update_host
 from hq.db.users import UserRecord
@@ -169,6 +170,7 @@ class Listener:
         link = UserLink(session.user.name, session.pid, session.channel,
                         dt.datetime.now(dt.UTC))
         self.ctx.links[session.user.name] = link
+        self._record_user_server(session, gone=False)
         if old is not None:
             log.info("user-server of %s: pid %d replaces pid %d", link.user, link.pid, old.pid)
             old.channel.close()
@@ -181,6 +183,20 @@ class Listener:
         if link is not None and link.channel is session.channel:
             del self.ctx.links[session.user.name]
             log.info("user-server of %s: disconnected (pid %d)", link.user, link.pid)
+            self._record_user_server(session, gone=True)
+
+    def _record_user_server(self, session: Session, *, gone: bool) -> None:
+        """The user_servers table: who ran a user-server, from when to when (for reports).
+        The peer pid is on this host: user-servers run on hq-server's host."""
+        user_id, pid, now = session.user.id, session.pid, dt.datetime.now(dt.UTC)
+        if gone:
+            self.ctx.store.write(lambda conn: record_user_server_gone(conn, user_id, pid, now),
+                                 what="user-server gone")
+        else:
+            host = socket.gethostname()
+            self.ctx.store.write(
+                lambda conn: record_user_server_seen(conn, user_id, host, pid, now),
+                what="user-server seen")
 
     def _route(self, session: Session, message: Message) -> None:
         kind = message["type"]
@@ -238,7 +254,3 @@ class Listener:
                 raise ProtocolError(f"unknown notification {kind!r}")
         except (HqError, ValueError) as err:
             log.warning("user-server of %s: %s", link.user, err)
-
-
-def server_pid_info() -> dict[str, Any]:
-    return {"pid": os.getpid(), "version": __version__}

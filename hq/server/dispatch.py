@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from hq.db.events import record_events
+from hq.db.hosts import update_host
 from hq.db.jobs import update_jobs
 from hq.server.scheduler import place_jobs
 from hq.server.state import Change, Job
@@ -37,6 +38,7 @@ PERIODIC_ROUND_S = 5.0
 # one that fits nowhere now.
 BACKFILL_DEPTH = 32
 HEALTH_CHECK_S = 0.5
+HOST_RECORD_S = 10.0   # how often hosts' load and heartbeat times reach the database
 
 
 def _now() -> dt.datetime:
@@ -52,6 +54,7 @@ class Dispatcher:
         self.ctx = ctx
         self._wake = asyncio.Event()
         self.finished = asyncio.Event()   # pulsed whenever jobs finish (for wait requests)
+        self._hosts_recorded_at = 0.0
 
     # --- recording ----------------------------------------------------------------------
 
@@ -66,8 +69,7 @@ class Dispatcher:
 
         future = self.ctx.store.write(work, what=what)
         future.add_done_callback(_log_failure)
-        if any(self.ctx.cluster.jobs[c.job_id].state.finished for c in changes
-               if c.job_id in self.ctx.cluster.jobs):
+        if any(c.values["state"].finished for c in changes):
             self._pulse_finished()
         return future
 
@@ -94,9 +96,9 @@ class Dispatcher:
 
     def round(self) -> None:
         cluster, links = self.ctx.cluster, self.ctx.links
-        if not cluster.active or not cluster.pending or not links:
+        if not cluster.active or not cluster.pending_queues or not links:
             return
-        slots = [h.slot() for h in cluster.hosts.values() if h.takes_jobs]
+        slots = [h.slot() for h in cluster.usable_hosts()]
         slots = [s for s in slots if s.free_cores > 0
                  and (s.max_jobs is None or s.running_jobs < s.max_jobs)]
         if not slots:
@@ -121,7 +123,7 @@ class Dispatcher:
             # a first job there starts the clock of the lease; later ones must not reset it
             cluster.last_heard.setdefault((job.owner, placement.host), time.monotonic())
             changes.append(cluster.transition(job, JobState.DISPATCHED, now,
-                                              host=placement.host, confirmed=True))
+                                              host=placement.host))
             batches[(job.owner, placement.host)].append(job)
         future = self.record(changes, what=f"dispatch of {len(changes)} jobs")
         future.add_done_callback(lambda f: None if f.exception() else self._send_runs(batches))
@@ -182,7 +184,6 @@ class Dispatcher:
             if job is None:
                 continue
             seen.add(job.id)
-            job.confirmed = True
             if job.state is JobState.DISPATCHED:
                 changes.append(self._started(job, host, {**entry, "at": entry.get("started_at")},
                                              now))
@@ -197,7 +198,6 @@ class Dispatcher:
         for job in cluster.active_jobs_of(link.user, host):
             if job.id in seen:
                 continue
-            job.confirmed = True
             changes.append(self.lost(job, now, f"not known to the exec-server on {host}"))
         self._record_and_ack(link, host, changes, acks)
         self.wake()
@@ -299,6 +299,27 @@ class Dispatcher:
         if changes:
             self.record(changes, what="jobs of silent hosts")
             self.wake()
+        if now_m - self._hosts_recorded_at >= HOST_RECORD_S and self._record_host_load():
+            self._hosts_recorded_at = now_m
+
+    def _record_host_load(self) -> bool:
+        """Load and last heartbeat into the hosts table (report_hosts reads them): one
+        write for all hosts now and then, not one per heartbeat."""
+        rows = {h.name: {"load1": h.load1, "free_memory_mb": h.free_memory_mb,
+                         "last_heartbeat_at": h.last_heartbeat_at}
+                for h in self.ctx.cluster.hosts.values()
+                if h.last_heartbeat_at is not None and h.last_heartbeat_at != h.recorded_heartbeat}
+        if not rows:
+            return False
+        for name, values in rows.items():
+            self.ctx.cluster.hosts[name].recorded_heartbeat = values["last_heartbeat_at"]
+
+        def work(conn: Any) -> None:
+            for name, values in rows.items():
+                update_host(conn, name, values)
+
+        self.ctx.store.write(work, what="host load").add_done_callback(_log_failure)
+        return True
 
     # --- transitions from reports -------------------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -11,7 +10,7 @@ from hq.db.hosts import HostRecord, list_hosts
 from hq.db.jobs import JobRow, job_counts, load_unfinished, max_ids
 from hq.db.settings import CLUSTER_ACTIVE, get_setting
 from hq.db.users import UserRecord, list_users
-from hq.jobspec import JobSpec, resolve_path
+from hq.jobspec import JobSpec
 from hq.server.state import Cluster, Host, Job
 
 
@@ -24,6 +23,17 @@ def spec_of(row: JobRow) -> JobSpec:
         stdout=row.stdout_path, stderr=row.stderr_path, log_path=row.log_path,
         excluded_hosts=tuple(h for h in row.excluded_hosts.split(",") if h),
         requeue=row.requeue, array_index=row.array_index, signature=row.signature)
+
+
+def job_from_row(row: JobRow) -> Job:
+    """A job as the database has it (at start-up, or a finished one shown on request)."""
+    return Job(id=row.id, submission_id=row.submission_id, owner=row.owner,
+               owner_id=row.owner_id, spec=spec_of(row), submitted_at=row.submitted_at,
+               state=row.state, pending_reason=row.pending_reason, host=row.host,
+               pid=row.pid, exit_code=row.exit_code, signal=row.signal_number,
+               eligible_at=row.eligible_at, started_at=row.started_at, ended_at=row.ended_at,
+               cpu_time_s=row.cpu_time_s, max_rss_kb=row.max_rss_kb,
+               restart_count=row.restart_count)
 
 
 def _host(rec: HostRecord) -> Host:
@@ -57,8 +67,8 @@ def load_state(conn: sa.Connection, retry_unreachable_s: float = 30.0,
                ) -> tuple[Cluster, dict[str, UserRecord]]:
     """Users, hosts, every unfinished job, counts and settings, as the database has them.
 
-    Dispatched and running jobs come back unconfirmed: they are left alone (never dispatched
-    again) until their owner's user-server reports what its exec-servers really run.
+    Dispatched and running jobs are left alone (never dispatched again) until their owner's
+    user-server reports what its exec-servers really run (sync), or their lease runs out.
     """
     cluster = Cluster()
     cluster.retry_after_s = retry_unreachable_s
@@ -70,17 +80,7 @@ def load_state(conn: sa.Connection, retry_unreachable_s: float = 30.0,
     for sub in subs:
         cluster.add_submission(sub.id, names[sub.owner_id], sub.environment, sub.umask)
     for row in rows:
-        fields: dict[str, Any] = {
-            "id": row.id, "submission_id": row.submission_id, "owner": row.owner,
-            "owner_id": row.owner_id, "spec": spec_of(row),
-            "stdout_path": resolve_path(row.stdout_path, row.id, row.array_index, row.cwd),
-            "stderr_path": resolve_path(row.stderr_path, row.id, row.array_index, row.cwd),
-            "submitted_at": row.submitted_at, "state": row.state,
-            "pending_reason": row.pending_reason, "host": row.host, "pid": row.pid,
-            "eligible_at": row.eligible_at, "started_at": row.started_at,
-            "restart_count": row.restart_count, "confirmed": not row.state.active,
-        }
-        cluster.add_job(Job(**fields))
+        cluster.add_job(job_from_row(row))
     cluster.counts = Counter(job_counts(conn))
     cluster.next_job_id, cluster.next_submission_id = (n + 1 for n in max_ids(conn))
     cluster.active = (get_setting(conn, CLUSTER_ACTIVE) or "yes") == "yes"

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from hq import __version__
 from hq.db.events import Event, record_events
-from hq.db.jobs import JobRow, find_job, insert_submission, list_finished_jobs
+from hq.db.jobs import find_job, insert_submission, list_finished_jobs
 from hq.errors import NotFound, UsageError
-from hq.jobspec import JobSpec, resolve_path
+from hq.jobspec import JobSpec
+from hq.server.loading import job_from_row
 from hq.server.scheduler import pending_reason
 from hq.server.state import Job
 from hq.states import EventKind, JobState
@@ -71,20 +72,23 @@ def _check_submission(ctx: ServerContext, message: dict[str, Any]) -> tuple[
         raise UsageError("the cluster has no hosts (etc/cluster.tab)")
     most_cores = max(h.cores for h in hosts)
     declared = [h.memory_mb for h in hosts if h.memory_mb is not None]
+    # only when every host declares its memory can a request be too big for all of them
+    most_memory = max(declared) if len(declared) == len(hosts) else None
+    known = set(ctx.cluster.hosts)
     for n, spec in enumerate(specs, 1):
-        where = f"job {n} of {len(specs)}: " if len(specs) > 1 else ""
+        problem = None
         if not spec.signature:
-            raise UsageError(f"{where}unsigned job: submit through hq-submit")
-        if spec.cores > most_cores:
-            raise UsageError(f"{where}asks for {spec.cores} cores, but the largest host has "
-                             f"{most_cores}")
-        if spec.memory_mb and len(declared) == len(hosts) and spec.memory_mb > max(declared):
-            raise UsageError(f"{where}asks for {spec.memory_mb} MiB, but the largest host has "
-                             f"{max(declared)} MiB")
-        unknown = set(spec.excluded_hosts) - set(ctx.cluster.hosts)
-        if unknown:
-            raise UsageError(f"{where}--excludeHosts names unknown host(s): "
-                             f"{', '.join(sorted(unknown))}")
+            problem = "unsigned job: submit through hq-submit"
+        elif spec.cores > most_cores:
+            problem = f"asks for {spec.cores} cores, but the largest host has {most_cores}"
+        elif spec.memory_mb and most_memory is not None and spec.memory_mb > most_memory:
+            problem = (f"asks for {spec.memory_mb} MiB, but the largest host has "
+                       f"{most_memory} MiB")
+        elif unknown := set(spec.excluded_hosts) - known:
+            problem = f"--excludeHosts names unknown host(s): {', '.join(sorted(unknown))}"
+        if problem is not None:
+            where = f"job {n} of {len(specs)}: " if len(specs) > 1 else ""
+            raise UsageError(where + problem)
     return specs, env, umask, submit_host, bool(message.get("hold"))
 
 
@@ -134,8 +138,6 @@ async def submit(ctx: ServerContext, session: Session, message: dict[str, Any]) 
     for job_id, spec in zip(ids, specs, strict=True):
         cluster.add_job(Job(
             id=job_id, submission_id=sub_id, owner=owner.name, owner_id=owner.id, spec=spec,
-            stdout_path=resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd),
-            stderr_path=resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd),
             submitted_at=now, state=state, eligible_at=None if hold else now))
     ctx.dispatcher.wake()
     return {"ids": ids, "submission_id": sub_id}
@@ -170,32 +172,11 @@ def _why_pending(ctx: ServerContext, job: Job) -> str:
         return "the cluster is deactivated (hq-admin activate)"
     if job.owner not in ctx.links:
         return f"waiting for the user-server of {job.owner} (any hq-client command starts it)"
-    slots = [h.slot() for h in cluster.hosts.values() if h.takes_jobs]
+    slots = [h.slot() for h in cluster.usable_hosts()]
     if not slots:
         return "no host is taking jobs (all inactive, drained or unreachable)"
     return pending_reason(job.pending_view, slots, list(cluster.hosts),
                           cluster.running_per_user(), ctx.policy)
-
-
-def _row_info(row: JobRow) -> dict[str, Any]:
-    """JobInfo for a finished job read back from the database."""
-    return {
-        "id": row.id, "name": row.name, "owner": row.owner, "state": str(row.state),
-        "pending_reason": row.pending_reason, "host": row.host, "cores": row.cores,
-        "memory_mb": row.memory_mb, "priority": row.priority, "group": row.group_name,
-        "info_text": row.info_text, "submission_id": row.submission_id,
-        "array_index": row.array_index, "command": row.command, "shell": row.shell,
-        "cwd": row.cwd,
-        "stdout": resolve_path(row.stdout_path, row.id, row.array_index, row.cwd),
-        "stderr": resolve_path(row.stderr_path, row.id, row.array_index, row.cwd),
-        "log_path": row.log_path,
-        "excluded_hosts": [h for h in row.excluded_hosts.split(",") if h],
-        "time_limit_s": row.time_limit_s, "requeue": row.requeue, "pid": row.pid,
-        "exit_code": row.exit_code, "signal": row.signal_number,
-        "submitted_at": _epoch(row.submitted_at), "started_at": _epoch(row.started_at),
-        "ended_at": _epoch(row.ended_at), "cpu_time_s": row.cpu_time_s,
-        "max_rss_kb": row.max_rss_kb, "restart_count": row.restart_count,
-    }
 
 
 def _own(ctx: ServerContext, session: Session, job_id: int) -> Job | None:
@@ -213,7 +194,7 @@ async def show(ctx: ServerContext, session: Session, message: dict[str, Any]) ->
     row = await ctx.store.read(lambda conn: find_job(conn, job_id), what=f"show {job_id}")
     if row is None or row.owner != session.user.name:
         raise NotFound(f"no such job: {job_id}")
-    return {"job": _row_info(row)}
+    return {"job": job_info(ctx, job_from_row(row))}
 
 
 async def jobs(ctx: ServerContext, session: Session, message: dict[str, Any]) -> dict:
@@ -229,7 +210,7 @@ async def jobs(ctx: ServerContext, session: Session, message: dict[str, Any]) ->
             lambda conn: list_finished_jobs(conn, session.user.id, limit=limit or 1000,
                                             ids=ids),
             what="list finished jobs")
-        infos = [job_info(ctx, j) for j in found] + [_row_info(r) for r in rows
+        infos = [job_info(ctx, j) for j in found] + [job_info(ctx, job_from_row(r)) for r in rows
                                                      if r.id not in seen]
     else:
         infos = [job_info(ctx, j) for j in found]
@@ -253,7 +234,7 @@ def status(ctx: ServerContext, session: Session, message: dict[str, Any]) -> dic
     hosts = [h for h in ctx.cluster.hosts.values() if not h.retired]
     return {"user": me, "mine": ctx.cluster.counts_of(me), "others": others,
             "cluster": {"active": ctx.cluster.active, "hosts": len(hosts),
-                        "hosts_up": sum(1 for h in hosts if h.takes_jobs),
+                        "hosts_up": len(ctx.cluster.usable_hosts()),
                         "cores": sum(h.cores for h in hosts),
                         "cores_busy": sum(h.used_cores for h in hosts)}}
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hq.db.events import Event
-from hq.jobspec import JobSpec, submission_digest
+from hq.jobspec import JobSpec, resolve_path
 from hq.server.scheduler import HostSlot, PendingJob
 from hq.states import EventKind, HostState, JobState, check_job_transition
 
 log = logging.getLogger("hq.server.jobs")
 
 # Job attributes that only hq-server's memory holds (not columns of the jobs table).
-MEMORY_ONLY = frozenset({"confirmed", "cancel_requested"})
+MEMORY_ONLY = frozenset({"cancel_requested"})
 
 # Finished jobs kept in memory for quick show/wait answers; older ones are read from the DB.
 RECENT_FINISHED = 20_000
@@ -37,7 +37,6 @@ class Submission:
     owner: str
     environment: dict[str, str]
     umask: int
-    digest: str
     unfinished: int = 0
 
 
@@ -48,8 +47,6 @@ class Job:
     owner: str
     owner_id: int
     spec: JobSpec
-    stdout_path: str
-    stderr_path: str
     submitted_at: dt.datetime
     state: JobState = JobState.PENDING
     pending_reason: str | None = None
@@ -64,10 +61,15 @@ class Job:
     max_rss_kb: int | None = None
     restart_count: int = 0
     cancel_requested: bool = False
-    # sync and reconnection: a dispatched/running job whose exec-server has not confirmed it
-    # since hq-server started
-    confirmed: bool = True
     _pending_view: PendingJob | None = None
+
+    @property
+    def stdout_path(self) -> str:
+        return resolve_path(self.spec.stdout, self.id, self.spec.array_index, self.spec.cwd)
+
+    @property
+    def stderr_path(self) -> str:
+        return resolve_path(self.spec.stderr, self.id, self.spec.array_index, self.spec.cwd)
 
     @property
     def pending_view(self) -> PendingJob:
@@ -97,19 +99,18 @@ class Host:
     load1: float | None = None
     free_memory_mb: int | None = None
     last_heartbeat_at: dt.datetime | None = None
-    state_since: float = 0.0  # monotonic time of the last change of ``state``
-    retry_after_s: float = 30.0  # [server] retry_unreachable
+    recorded_heartbeat: dt.datetime | None = None  # the last one written to the database
+    state_since: float = 0.0  # monotonic time of the last failure (or other state change)
     used_cores: int = 0
     used_memory_mb: int = 0
     jobs: set[int] = field(default_factory=set)
 
-    @property
-    def takes_jobs(self) -> bool:
+    def takes_jobs(self, retry_after_s: float) -> bool:
         if not self.active or self.drained or self.retired:
             return False
         if self.state in (HostState.UNREACHABLE, HostState.HEARTBEAT_LOST):
             # try again now and then: the next dispatch is the probe that finds it back
-            return time.monotonic() - self.state_since > self.retry_after_s
+            return time.monotonic() - self.state_since > retry_after_s
         return self.state in (HostState.UP, HostState.UNKNOWN)
 
     def slot(self) -> HostSlot:
@@ -137,8 +138,7 @@ class Cluster:
 
     def __init__(self) -> None:
         self.jobs: dict[int, Job] = {}
-        self.pending: dict[int, Job] = {}
-        # the same jobs by (owner, priority), each in id order: a round looks only at the
+        # pending jobs by (owner, priority), each in id order: a round looks only at the
         # head of each queue, so its cost does not grow with the number of pending jobs
         self.pending_queues: dict[tuple[str, int], dict[int, Job]] = {}
         self.recent_finished: OrderedDict[int, Job] = OrderedDict()
@@ -150,7 +150,7 @@ class Cluster:
         self.last_heard: dict[tuple[str, str], float] = {}
         # (user, host) -> (why, since): the user cannot reach the host (host key, login)
         self.user_blocks: dict[tuple[str, str], tuple[str, float]] = {}
-        self.retry_after_s = 30.0  # [server] retry_unreachable: how long a block lasts
+        self.retry_after_s = 30.0  # [server] retry_unreachable: a failed host or block waits
         self.active = True
         self.next_job_id = 1
         self.next_submission_id = 1
@@ -158,14 +158,12 @@ class Cluster:
     # --- building -----------------------------------------------------------------------
 
     def add_host(self, host: Host) -> None:
-        host.retry_after_s = self.retry_after_s
         self.hosts[host.name] = host
         self.host_ids[host.id] = host.name
 
     def add_submission(self, sub_id: int, owner: str, environment: dict[str, str],
                        umask: int) -> Submission:
-        sub = Submission(sub_id, owner, environment, umask,
-                         submission_digest(environment, umask))
+        sub = Submission(sub_id, owner, environment, umask)
         self.submissions[sub_id] = sub
         return sub
 
@@ -230,7 +228,6 @@ class Cluster:
         return Change(job.id, values, event)
 
     def _queue(self, job: Job) -> None:
-        self.pending[job.id] = job
         key = (job.owner, job.spec.priority)
         queue = self.pending_queues.setdefault(key, {})
         in_order = not queue or job.id > next(reversed(queue))
@@ -239,7 +236,6 @@ class Cluster:
             self.pending_queues[key] = dict(sorted(queue.items()))
 
     def _unqueue(self, job: Job) -> None:
-        self.pending.pop(job.id, None)
         key = (job.owner, job.spec.priority)
         queue = self.pending_queues.get(key)
         if queue is not None:
@@ -288,6 +284,10 @@ class Cluster:
                 entry[0] += 1
                 entry[1] += job.spec.cores
         return {user: (n, cores) for user, (n, cores) in usage.items()}
+
+    def usable_hosts(self) -> list[Host]:
+        """Hosts a round may place jobs on now."""
+        return [h for h in self.hosts.values() if h.takes_jobs(self.retry_after_s)]
 
     def blocked_hosts(self, owner: str) -> frozenset[str]:
         """Hosts ``owner`` cannot use now; a block lapses after a while, to be tried again."""

@@ -13,7 +13,7 @@ import time
 import sqlalchemy as sa
 from fixtures.running_hq import eventually, wait_gone
 
-from hq.db.model import jobs, server_instances
+from hq.db.model import jobs, server_instances, user_servers
 
 
 def _states(hq, ids):
@@ -69,6 +69,11 @@ def test_killing_the_user_server_keeps_running_jobs_and_a_new_one_adopts_them(ru
     assert new_userd.pid != userd.pid
     info = hq.wait_for(job_id, {"done", "failed"}, timeout=30)
     assert info["state"] == "done" and info["restart_count"] == 0
+    # the registry of user-servers shows the killed one ended and the new one running
+    def registry() -> dict[int, object]:
+        return dict(hq.db_rows(sa.select(user_servers.c.pid, user_servers.c.stopped_at)))
+    eventually(lambda: registry().get(userd.pid) is not None, what="the old one marked gone")
+    assert new_userd.pid in registry() and registry()[new_userd.pid] is None
     assert (hq.workdir / f"hq-{job_id}.out").read_text() == "started\nfinished\n"
 
 
@@ -185,6 +190,13 @@ def test_admin_sees_the_cluster(running_hq):
     (host,) = hosts
     assert host["name"] == "localhost" and host["state"] == "up"
     assert host["free_cores"] == 1 and host["running_jobs"] == 1
+    # a report writer sees the host's load and heartbeat in the database
+    def reported() -> bool:
+        (row,) = hq.db_rows(sa.text("SELECT load1, last_heartbeat_at, running_jobs "
+                                    "FROM report_hosts"))
+        return row.load1 is not None and row.last_heartbeat_at is not None \
+            and row.running_jobs == 1
+    eventually(reported, timeout=15, what="load and heartbeat in report_hosts")
     assert hq.admin("deactivatehost:localhost").returncode == 0
     assert json.loads(hq.admin("lscluster", "--json").stdout)["hosts"][0]["active"] is False
     users = json.loads(hq.admin("lsusers", "--json").stdout)["users"]
