@@ -103,6 +103,7 @@ class ExecServer:
         self.controller: Channel | None = None
         self.last_contact = clock()  # the lease counts from here
         self._key: bytes | None = None
+        self.job_logs: dict[int, tuple[str, int]] = {}  # job -> (its -l file, its umask)
         self._queue: list[Message] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._stop: asyncio.Event | None = None
@@ -351,10 +352,16 @@ class ExecServer:
             umask=submission["umask"], time_limit_s=spec.time_limit_s,
             stdout=jobspec.resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd),
             stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd)))
+        if spec.log_path:
+            self.job_logs[job_id] = (jobspec.resolve_path(spec.log_path, job_id,
+                                                          spec.array_index, spec.cwd),
+                                     submission["umask"])
         if isinstance(result, Outcome):
             log.warning("job %s: %s", job_id, result.reason)
             self._record_end(result)
             return
+        self._note(job_id, f"job {job_id}: started on {self.hostname} at "
+                           f"{_when(result.started_at)}, pid {result.pid}")
         log.info("job %s: started pid %s", job_id, result.pid)
         self._emit({"id": job_id, "event": "started", "pid": result.pid,
                     "at": result.started_at})
@@ -401,7 +408,34 @@ class ExecServer:
                  outcome.max_rss_kb)
         self._record_end(outcome)
 
+    def _note(self, job_id: int, line: str) -> None:
+        """A line in the job's own log file (hq-submit -l), appended as the job's owner
+        would; a file that cannot be written is logged here, never a reason to fail."""
+        where = self.job_logs.get(job_id)
+        if where is None:
+            return
+        path, umask = where
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o666 & ~umask)
+            try:
+                os.write(fd, (line + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as err:
+            log.warning("job %s: cannot write its log file %s: %s", job_id, path, err)
+
     def _record_end(self, outcome: Outcome) -> None:
+        how = (f"killed by signal {outcome.signal}" if outcome.signal is not None
+               else f"exit code {outcome.exit_code}" if outcome.exit_code is not None
+               else "did not run")
+        usage = "" if outcome.cpu_time_s is None else (
+            f"; cpu {outcome.cpu_time_s:.2f} s, peak memory {(outcome.max_rss_kb or 0) // 1024}"
+            " MiB")
+        self._note(outcome.job_id, f"job {outcome.job_id}: ended at {_when(outcome.ended_at)}, "
+                                   f"{how}{f' ({outcome.reason})' if outcome.reason else ''}"
+                                   f"{usage}")
+        self.job_logs.pop(outcome.job_id, None)
         event = outcome.event()
         self.ended[outcome.job_id] = event
         self._emit(event)
@@ -429,6 +463,10 @@ class ExecServer:
             self._flush_timer.cancel()
             self._flush_timer = None
         self._queue = []
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
 
 
 def _running(job: RunningJob) -> Message:

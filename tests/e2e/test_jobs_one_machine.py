@@ -169,3 +169,13 @@ def test_hq_submit_inside_a_job_reaches_the_user_server_through_the_exec_server(
     # it went through the exec-server that ran the outer job
     (log,) = (hq.home / ".hq" / "log").glob("execd-*.log")
     assert "relaying for a command inside a job" in log.read_text()
+
+
+def test_logfile_gets_hqs_notes_on_the_job(running_hq):
+    hq = running_hq
+    job_id = hq.submit_id("-l", "notes-%j.log", "exit 4")
+    assert hq.wait_for(job_id, {"done", "failed"})["state"] == "failed"
+    started, ended = (hq.workdir / f"notes-{job_id}.log").read_text().splitlines()
+    assert started.startswith(f"job {job_id}: started on ") and ", pid " in started
+    assert ended.startswith(f"job {job_id}: ended at ") and "exit code 4" in ended
+    assert "cpu " in ended and "peak memory" in ended
