@@ -62,7 +62,7 @@ class Settings:
     """What the user-server's hello may set; the newest controller's values apply."""
 
     idle_timeout_s: float = 300.0
-    lease_s: float | None = None  # kept for the lease kill of a later issue (DESIGN §6)
+    lease_s: float | None = None  # no user-server contact this long: kill the jobs (§6)
     heartbeat_interval_s: float = 2.0
 
     def updated(self, data: Any) -> Settings:

@@ -1,7 +1,7 @@
 """The user-server's link to its exec-server on one host.
 
-The link is a child process, ``hq-exec-server --bridge``, whose stdin and stdout carry the
-protocol: started directly for this host (and, in a later version, over ssh for others). The
+The link is ``hq-exec-server --bridge``, whose stdin and stdout carry the protocol: a child
+process for this host, a command over ssh (paramiko, hq.ssh) for the others. The
 bridge finds or starts the long-lived exec-server daemon there, so jobs outlive the link and a
 new link re-adopts them: the first thing each new link does is ``sync``.
 """

@@ -211,12 +211,17 @@ class UserServer:
 
     def _run(self, host: str, message: Message) -> None:
         good, refused = [], []
+        submissions = message.get("submissions", {})
+        digests: dict[str, str] = {}   # one hash of an environment per submission, not per job
         for job in message.get("jobs", []):
-            sub = message.get("submissions", {}).get(str(job.get("submission_id")), {})
+            sub_id = str(job.get("submission_id"))
             try:
+                if sub_id not in digests:
+                    sub = submissions.get(sub_id, {})
+                    digests[sub_id] = submission_digest(sub.get("environment", {}),
+                                                        sub.get("umask", 0))
                 spec = JobSpec.from_wire(job.get("spec"))
-                digest = submission_digest(sub.get("environment", {}), sub.get("umask", 0))
-                ok = job_signature_ok(self.key, spec, self.user, digest)
+                ok = job_signature_ok(self.key, spec, self.user, digests[sub_id])
             except HqError:
                 ok = False
             (good if ok else refused).append(job)
