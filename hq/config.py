@@ -53,6 +53,29 @@ class Installation:
         return self.root / "var"
 
     @property
+    def data_dir(self) -> Path:
+        """``root/var/db``: the embedded SQLite database; 0700, only the admin enters it."""
+        return self.var / "db"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The embedded SQLite database, ``var/db/hq.db``.
+
+        Installations made before the database had a private directory kept it in
+        ``var/hq.db`` (0644 in a 0755 directory): that file is used until hq-server, at its
+        next start, moves it here (``hq.db.engine.relocate_sqlite``).
+        """
+        path = self.data_dir / "hq.db"
+        if not path.exists() and self.legacy_sqlite_path.exists():
+            return self.legacy_sqlite_path
+        return path
+
+    @property
+    def legacy_sqlite_path(self) -> Path:
+        """Where the embedded database was before ``var/db`` existed."""
+        return self.var / "hq.db"
+
+    @property
     def hqconf(self) -> Path:
         """``root/hqConf``: installation settings (requirements, database server)."""
         return self.root / "hqConf"
@@ -322,6 +345,7 @@ class DatabaseConfig:
     password: str | None = field(default=None, repr=False)
     socket: str | None = None      # unix socket path (mysql); used instead of host and port
     sqlite_path: Path | None = None
+    sqlite_default: bool = False   # sqlite_path is the default, not set in hq-db.cfg
     url: str | None = field(default=None, repr=False)  # explicit SQLAlchemy URL; wins
     source: str = "<embedded default>"                 # the file it came from, for messages
 
@@ -373,7 +397,7 @@ def _dialect_of_url(url: str) -> str:
 
 
 def load_database(inst: Installation) -> DatabaseConfig:
-    """Read etc/hq-db.cfg; without that file, the embedded SQLite database var/hq.db.
+    """Read etc/hq-db.cfg; without that file, the embedded SQLite database var/db/hq.db.
 
     The file holds credentials, so it is refused unless only its owner can read and write it.
     """
@@ -381,7 +405,7 @@ def load_database(inst: Installation) -> DatabaseConfig:
     source = str(path)
     text = syntax.read_private_text(path, holds="database credentials")
     if text is None:
-        return DatabaseConfig(dialect="sqlite", sqlite_path=inst.var / "hq.db")
+        return DatabaseConfig(dialect="sqlite", sqlite_path=inst.sqlite_path, sqlite_default=True)
     sections = syntax.read_ini(source, text, {"database": _DB_KEYS})
     if "database" not in sections:
         raise ConfigError(source, "missing [DATABASE] section")
@@ -400,6 +424,7 @@ def load_database(inst: Installation) -> DatabaseConfig:
         raise ConfigError(source, "missing: mysql needs the account hq-server logs in as",
                           field="database_username")
     socket = get("database_socket", inst.root.joinpath)  # relative to the installation
+    sqlite_path = get("database_path", inst.root.joinpath) if dialect == "sqlite" else None
     return DatabaseConfig(
         dialect=dialect,
         name=get("database_name") or "hq",
@@ -408,8 +433,8 @@ def load_database(inst: Installation) -> DatabaseConfig:
         username=username,
         password=get("database_password"),
         socket=None if socket is None else str(socket),
-        sqlite_path=(get("database_path", inst.root.joinpath) or inst.var / "hq.db"
-                     if dialect == "sqlite" else None),
+        sqlite_path=sqlite_path or (inst.sqlite_path if dialect == "sqlite" else None),
+        sqlite_default=dialect == "sqlite" and sqlite_path is None and url is None,
         url=url,
         source=source,
     )

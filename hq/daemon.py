@@ -73,13 +73,14 @@ class PidLock:
     def __init__(self, path: Path, what: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             other = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
             os.close(self.fd)
             raise Unavailable(f"{what} is already running (pid {other}, lock {path})") from None
+        os.fchmod(self.fd, 0o600)  # one left 0644 by an older hq
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
 
@@ -94,6 +95,7 @@ def setup_logging(log_file: Path | None, verbose: int = 0) -> None:
     if log_file is not None:
         log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
         handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
     else:
         handler = logging.StreamHandler(sys.stderr)

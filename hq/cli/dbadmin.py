@@ -249,17 +249,45 @@ def current(db: Database, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              metavar="N", help="Name at most N damaged job rows.")
+@json_option
 @click.pass_obj
-def check(db: Database) -> None:
-    """Exit 0 when the schema is at the newest revision, else 6 with the command to run.
+def check(db: Database, limit: int, as_json: bool) -> int:
+    """Check the database: the schema is current and every job row agrees with its events.
 
-    Example: hq-dbadmin check && hq-server --daemon
+    Exits 6 with the command to run when the schema is not at the newest revision, and 1,
+    naming each job, when a job row disagrees with the last event recorded for that job
+    (its state, or an end time that a finished job lacks or an unfinished one has).
+
+    
+    Examples:
+      hq-dbadmin check && hq-server --daemon
+      hq-dbadmin check --json
     """
     from hq.db import migrate
+    from hq.db.consistency import job_row_mismatches
 
     with db.errors():
         migrate.require_head(db.engine)
-        say(f"schema at the newest revision {migrate.head_revision()}")
+        with db.engine.connect() as conn:
+            mismatches, total = job_row_mismatches(conn, limit=limit)
+    if as_json:
+        print_json({"schema": migrate.head_revision(), "job_rows_disagreeing": total,
+                    "jobs": [{"id": m.job_id, "row_state": str(m.row_state),
+                              "event_state": m.event_state, "problem": m.describe()}
+                             for m in mismatches]})
+    else:
+        for mismatch in mismatches:
+            click.echo(mismatch.describe())
+    if total:
+        more = f" (the first {len(mismatches)} listed)" if total > len(mismatches) else ""
+        click.echo(f"{PROG}: error: {total} job row(s) disagree with the event log{more}",
+                   err=True)
+        return 1
+    say(f"schema at the newest revision {migrate.head_revision()}; every job row agrees "
+        "with its events")
+    return 0
 
 
 def main() -> None:

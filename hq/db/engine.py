@@ -1,14 +1,19 @@
 """Connecting to the database: every difference between SQLite and MariaDB lives here.
 
 SQLite (the embedded default) runs in WAL mode with foreign keys on and a busy timeout, so a
-reader (hq-dbadmin, a report) never blocks hq-server. MariaDB connections are pre-pinged, and a
-whole transaction is retried when the server went away or chose it as a deadlock victim.
+reader (hq-dbadmin, a report) never blocks hq-server. Its files hold every job's command,
+directory and environment: they are created 0600 in a directory only their owner enters,
+and opened only when nobody else can read them (``secure_sqlite_files``).
+
+MariaDB connections are pre-pinged, and a whole transaction is retried when the server went
+away or chose it as a deadlock victim.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 
 from hq.config import DatabaseConfig
-from hq.errors import DatabaseError
+from hq.errors import DatabaseError, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,8 @@ T = TypeVar("T")
 # 2006 server has gone away, 2013 lost connection, 1213 deadlock, 1205 lock wait timeout.
 RETRYABLE_MYSQL_ERRORS = frozenset({2006, 2013, 1213, 1205})
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The database and the files SQLite keeps beside it; SQLite gives them the database's mode.
+SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
 def url_for(db: DatabaseConfig) -> sa.URL:
@@ -63,9 +70,74 @@ def create_engine(db: DatabaseConfig) -> sa.Engine:
                         " (use mysql or sqlite)")
 
 
+def secure_sqlite_files(path: str | os.PathLike[str]) -> None:
+    """Make sure the SQLite database at ``path`` is private to this account, or refuse it.
+
+    A missing directory is made 0700 and a missing database file is created 0600 (an empty
+    file is an empty database), so that SQLite's -wal and -shm files, which copy its mode, are
+    private from the start. Existing files of ours that others may read are tightened to 0600.
+    A file another account owns (a -wal planted in a shared directory, say) or a symbolic
+    link is refused, and so is a directory that others may write without a sticky bit (they
+    could swap the file).
+    """
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.stat(directory)
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise PermissionDenied(f"the database directory {directory} may be written by others "
+                               f"(mode {stat.S_IMODE(st.st_mode):04o}): run chmod 700 "
+                               f"{directory}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+    for name in (path + suffix for suffix in SQLITE_SUFFIXES):
+        try:
+            st = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise PermissionDenied(f"database file {name} is not a regular file (a symbolic "
+                                   "link?): refusing to use it")
+        if st.st_uid != os.geteuid():
+            raise PermissionDenied(f"database file {name} belongs to uid {st.st_uid}, not to "
+                                   "you: run hq-server and hq-dbadmin as that account")
+        if not st.st_mode & 0o077:
+            continue
+        try:
+            os.chmod(name, 0o600)
+        except OSError as err:
+            raise PermissionDenied(
+                f"database file {name} may be read by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}) and cannot be tightened ({err.strerror}): "
+                f"run chmod 600 {name}") from None
+        log.warning("database file %s: mode %04o tightened to 0600 (it holds every job's "
+                    "command and environment)", name, stat.S_IMODE(st.st_mode))
+
+
+def relocate_sqlite(old: os.PathLike[str] | str, new: os.PathLike[str] | str) -> bool:
+    """Move the SQLite database ``old`` (with its -wal and -shm) to ``new`` if ``new`` does not
+    exist yet; True when it moved. Only safe while no process has the database open: hq-server
+    calls it at start, holding its pid lock, for the move from var/hq.db to var/db/hq.db."""
+    old, new = os.fspath(old), os.fspath(new)
+    if not os.path.exists(old) or os.path.exists(new):
+        return False
+    os.makedirs(os.path.dirname(new), mode=0o700, exist_ok=True)
+    for suffix in ("-wal", "-shm", ""):  # the database last: it is what says "moved"
+        if os.path.exists(old + suffix):
+            os.replace(old + suffix, new + suffix)
+    log.warning("database: moved %s to %s, a directory only this account enters", old, new)
+    return True
+
+
 def _sqlite_engine(db: DatabaseConfig, url: sa.URL) -> sa.Engine:
     if url.database and url.database != ":memory:":
-        os.makedirs(os.path.dirname(url.database), exist_ok=True)
+        secure_sqlite_files(url.database)
     engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")

@@ -87,12 +87,21 @@ def insert_submission(conn: sa.Connection, submission: dict[str, Any],
 
 
 def update_jobs(conn: sa.Connection, changes: Iterable[tuple[int, dict[str, Any]]]) -> None:
-    """Apply outcome changes; rows with the same set of columns go in one executemany."""
-    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    """Apply outcome changes, in order, in the caller's transaction.
+
+    Each job's changes are folded into one row update first (a later value of a column wins),
+    and only then are rows with the same set of columns written by one executemany: grouping
+    the raw changes would let a group seen first (job K ended) carry a later change of another
+    job (J ended) past that job's earlier one (J started), leaving J ``running`` for ever.
+    """
+    folded: dict[int, dict[str, Any]] = {}
     for job_id, values in changes:
         unknown = set(values) - OUTCOME_COLUMNS
         if unknown:
             raise ValueError(f"job {job_id}: not outcome columns: {sorted(unknown)}")
+        folded.setdefault(job_id, {}).update(values)
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for job_id, values in folded.items():
         by_columns[tuple(sorted(values))].append({"b_id": job_id, **values})
     for columns, rows in by_columns.items():
         stmt = (sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"))

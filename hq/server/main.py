@@ -30,8 +30,11 @@ HEAD_FILE = "hq-server.host"   # in the socket's directory; read by hq.cli.userd
 
 
 async def serve(inst: Installation, ready: Ready | None) -> None:
+    # Everything hq-server writes is the admin's alone (database, logs, pid file); what users
+    # must reach (the socket, its directory, the head file) is opened up explicitly.
+    os.umask(0o077)
     from hq.db.daemons import record_server_start, record_server_stop
-    from hq.db.engine import create_engine, database_errors
+    from hq.db.engine import create_engine, database_errors, relocate_sqlite
     from hq.db.migrate import require_head
     from hq.server.admin import admin_request, reload_configuration
     from hq.server.core import Listener, ServerContext
@@ -42,6 +45,10 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
 
     config = load_server(inst)
     db = load_database(inst)
+    if db.sqlite_default and db.sqlite_path == inst.legacy_sqlite_path:
+        # We hold the pid lock, so no hq-server has it open: the one safe moment to move it.
+        relocate_sqlite(inst.legacy_sqlite_path, inst.data_dir / "hq.db")
+        db = load_database(inst)
     engine = create_engine(db)
     with database_errors(db):
         require_head(engine)

@@ -11,6 +11,8 @@ import psutil
 import sqlalchemy as sa
 from fixtures.running_hq import eventually
 
+from hq.config import load_database
+from hq.db.engine import create_engine
 from hq.db.model import events, jobs
 
 
@@ -179,3 +181,35 @@ def test_logfile_gets_hqs_notes_on_the_job(running_hq):
     assert started.startswith(f"job {job_id}: started on ") and ", pid " in started
     assert ended.startswith(f"job {job_id}: ended at ") and "exit code 4" in ended
     assert "cpu " in ended and "peak memory" in ended
+
+
+def test_dbadmin_check_finds_a_job_row_edited_behind_hq(running_hq):
+    hq = running_hq
+    ids = [hq.submit_id("true") for _ in range(3)]
+    for job_id in ids:
+        assert hq.wait_for(job_id, {"done", "failed"})["state"] == "done"
+    clean = hq.dbadmin("check")
+    assert clean.returncode == 0, clean.stderr
+    assert "every job row agrees" in clean.stderr
+
+    # what the batching bug did to a few rows: finished by its events, "running" in its row
+    engine = create_engine(load_database(hq.inst))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(jobs).where(jobs.c.id == ids[1]).values(state="running"))
+    finally:
+        engine.dispose()
+    damaged = hq.dbadmin("check")
+    assert damaged.returncode == 1
+    assert damaged.stdout.splitlines() == [
+        f"job {ids[1]}: row says running, its last event "
+        f"({_event_time(hq, ids[1])} UTC) says done"]
+    assert "1 job row(s) disagree with the event log" in damaged.stderr
+    as_json = json.loads(hq.dbadmin("check", "--json").stdout)
+    assert as_json["job_rows_disagreeing"] == 1
+    assert [j["id"] for j in as_json["jobs"]] == [ids[1]]
+
+
+def _event_time(hq, job_id: int) -> str:
+    (at,) = hq.db_rows(sa.select(sa.func.max(events.c.at)).where(events.c.job_id == job_id))[0]
+    return f"{at:%Y-%m-%d %H:%M:%S}"

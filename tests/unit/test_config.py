@@ -287,9 +287,27 @@ def test_missing_users_file(in_installation: Installation) -> None:
 
 def test_no_db_cfg_means_the_embedded_sqlite_database(inst: Installation) -> None:
     db = load_database(inst)
-    assert db == DatabaseConfig(dialect="sqlite", sqlite_path=inst.var / "hq.db")
-    assert url_for(db).render_as_string() == f"sqlite:///{inst.var / 'hq.db'}"
-    assert db.describe() == f"sqlite:///{inst.var / 'hq.db'} (from <embedded default>)"
+    path = inst.var / "db" / "hq.db"
+    assert db == DatabaseConfig(dialect="sqlite", sqlite_path=path, sqlite_default=True)
+    assert url_for(db).render_as_string() == f"sqlite:///{path}"
+    assert db.describe() == f"sqlite:///{path} (from <embedded default>)"
+
+
+def test_a_database_left_in_var_by_an_older_hq_is_used_until_it_moves(inst: Installation,
+                                                                     ) -> None:
+    inst.var.mkdir(exist_ok=True)
+    (inst.var / "hq.db").write_bytes(b"")
+    assert load_database(inst).sqlite_path == inst.var / "hq.db"
+    (inst.var / "db").mkdir()
+    (inst.var / "db" / "hq.db").write_bytes(b"")
+    assert load_database(inst).sqlite_path == inst.var / "db" / "hq.db"
+
+
+def test_a_configured_sqlite_path_is_not_the_default(inst: Installation) -> None:
+    write(inst.db_cfg, "[DATABASE]\ndatabase_dialect = sqlite\ndatabase_path = data/jobs.db\n",
+          mode=0o600)
+    db = load_database(inst)
+    assert (db.sqlite_path, db.sqlite_default) == (inst.root / "data" / "jobs.db", False)
 
 
 ORIGINAL_DB_CFG = """[DATABASE]
