@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -70,16 +71,24 @@ class PidLock:
     never blocks a restart, and two daemons can never both hold it.
     """
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: Path, what: str, wait_s: float = 0.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise Unavailable(f"{what} is already running (pid {other}, lock {path})") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # an instance that is exiting may still hold it for a moment
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                other = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(self.fd)
+                raise Unavailable(f"{what} is already running (pid {other}, lock {path})"
+                                  ) from None
         os.fchmod(self.fd, 0o600)  # one left 0644 by an older hq
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
@@ -90,18 +99,20 @@ class PidLock:
         os.close(self.fd)
 
 
-def setup_logging(log_file: Path | None, verbose: int = 0) -> None:
+def setup_logging(log_file: Path | None, verbose: int = 0, *, also_stderr: bool = False) -> None:
     """Log to ``log_file`` (0600: logs name users and jobs) or, when None, to stderr."""
+    handlers: list[logging.Handler] = []
     if log_file is not None:
         log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         os.fchmod(fd, 0o600)
-        handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handlers.append(logging.StreamHandler(os.fdopen(fd, "a", buffering=1)))
+    if log_file is None or also_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     # alembic narrates every plugin it loads at INFO; only its warnings are news
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -109,21 +120,25 @@ def setup_logging(log_file: Path | None, verbose: int = 0) -> None:
 
 def run_daemon(prog: str, *, detached: bool, log_file: Path, verbose: int, pid_file: Path,
                serve: Callable[[Ready | None], Coroutine[Any, Any, None]],
-               already_serving: Callable[[], bool] = lambda: False) -> int:
+               already_serving: Callable[[], bool] = lambda: False,
+               lock_wait_s: float = 0.0, log_both: bool = False) -> int:
     """The life of a daemon: detach (when asked), log, hold the pid lock, run ``serve``.
 
     Errors before ``serve`` reports ready reach the starting process as its one-line error and
-    exit code. When the lock is taken and ``already_serving()`` says the other instance
-    answers, there is nothing to do: exit 0.
+    exit code. When the lock is taken (after waiting up to ``lock_wait_s`` for an instance
+    that is exiting) and ``already_serving()`` says the other instance answers, there is
+    nothing to do: exit 0. In the foreground the log goes to stderr, and with ``log_both`` to
+    the log file as well.
     """
     import asyncio
 
     log = logging.getLogger(prog)
     ready = detach(prog) if detached else None
     try:
-        setup_logging(log_file if detached else None, verbose)
+        setup_logging(log_file if detached or log_both else None, verbose,
+                      also_stderr=log_both and not detached)
         try:
-            lock = PidLock(pid_file, prog)
+            lock = PidLock(pid_file, prog, wait_s=lock_wait_s)
         except Unavailable:
             if already_serving():
                 if ready is not None:

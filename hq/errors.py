@@ -74,8 +74,15 @@ class DatabaseError(HqError):
     code = "database"
 
 
+class ProtocolError(HqError):
+    """A peer broke the protocol (bad frame, bad JSON, a wrong or ill-typed field, a version
+    this side does not speak); it gets this error and its link is dropped."""
+
+    code = "protocol"
+
+
 ERRORS_BY_CODE: dict[str, type[HqError]] = {
     cls.code: cls
     for cls in (HqError, UsageError, ConfigError, NotFound, PermissionDenied, Unavailable,
-                DatabaseError)
+                DatabaseError, ProtocolError)
 }

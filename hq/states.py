@@ -1,7 +1,8 @@
 """Job and host states and the transitions allowed between them.
 
 This module is the one place that says which state change is legal; every component that
-changes a state asks ``check_job_transition`` first. It imports nothing from hq.
+changes a state asks ``check_job_transition`` or ``check_host_transition`` first. It imports
+nothing from hq.
 """
 
 from __future__ import annotations
@@ -65,6 +66,22 @@ class HostState(enum.StrEnum):
     UP = "up"                          # an exec-server answers heartbeats
     UNREACHABLE = "unreachable"        # ssh connect or exec-server spawn failed (reason kept)
     HEARTBEAT_LOST = "heartbeat_lost"  # was up, heartbeats stopped; jobs wait for the lease
+
+
+_HOST_TRANSITIONS: dict[HostState, frozenset[HostState]] = {
+    HostState.UNKNOWN: frozenset({HostState.UP, HostState.UNREACHABLE, HostState.HEARTBEAT_LOST}),
+    HostState.UP: frozenset({HostState.UNREACHABLE, HostState.HEARTBEAT_LOST}),
+    # the next contact that works brings it back; a failed retry keeps it unreachable
+    HostState.UNREACHABLE: frozenset({HostState.UP}),
+    HostState.HEARTBEAT_LOST: frozenset({HostState.UP, HostState.UNREACHABLE}),
+}
+
+
+def check_host_transition(old: HostState, new: HostState) -> None:
+    """Raise InvalidTransition unless a host may go from ``old`` to ``new`` (a host stays in
+    its state with a new reason without a transition; it never becomes ``unknown`` again)."""
+    if new is not old and new not in _HOST_TRANSITIONS[old]:
+        raise InvalidTransition(f"host state {old} -> {new} is not allowed")
 
 
 class DependencyKind(enum.StrEnum):

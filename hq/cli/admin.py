@@ -7,7 +7,7 @@ spelling still works beside ``activatehost node07``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -22,6 +22,18 @@ from hq.cli.common import (
     verbosity_options,
 )
 from hq.cli.jobview import counts_text, format_counts_table
+from hq.protocol.messages import (
+    AdminInfo,
+    AdminStatus,
+    HostInfo,
+    ListHosts,
+    ListUsers,
+    Reload,
+    Request,
+    SetClusterActive,
+    SetHostActive,
+    Shutdown,
+)
 
 PROG = "hq-admin"
 ALIASES = {"activatecluster": "activate", "deactivatecluster": "deactivate"}
@@ -53,14 +65,29 @@ def split_colon_form(args: Sequence[str], commands: Sequence[str]) -> list[str]:
     return list(args)
 
 
-def admin_request(command: str, *args: str) -> Any:
-    """Send one admin command to hq-server and return its ``result``."""
+def admin_request(request: Request) -> Any:
+    """Send one admin request to hq-server and return its typed reply.
+
+    An hq-server of protocol version 1 (still running after an upgrade, until the admin
+    restarts it) knew one ``admin`` request with a command word: it is asked that way."""
     from hq.cli.admin_link import connect_server
     from hq.config import Installation
 
     with connect_server(Installation.locate(), PROG) as client:
-        return client.request({"type": "admin", "command": command, "args": list(args)})[
-            "result"]
+        if client.version == 1:
+            return client.legacy_admin(request, *_legacy_command(request))
+        return client.request(request)
+
+
+def _legacy_command(request: Request) -> tuple[str, list[str]]:
+    """The version-1 ``admin`` command word and arguments that asked for ``request``."""
+    if isinstance(request, SetHostActive):
+        return ("activatehost" if request.active else "deactivatehost"), [request.host]
+    if isinstance(request, SetClusterActive):
+        return ("activate" if request.active else "deactivate"), []
+    names = {AdminInfo: "info", AdminStatus: "status", ListHosts: "lscluster",
+             ListUsers: "lsusers", Reload: "reload", Shutdown: "shutdown"}
+    return names[type(request)], []
 
 
 def _yes(value: object) -> str:
@@ -106,21 +133,19 @@ def info(as_json: bool) -> None:
 
     Example: hq-admin info
     """
-    result = admin_request("info")
+    result = admin_request(AdminInfo())
     if as_json:
         print_json(result)
         return
-    servers = result.get("user_servers") or []
     lines = [
-        ("hq-server", f"{result.get('version')}, pid {result.get('pid')}, running since "
-                      f"{format_time(result.get('started_at'))}"),
-        ("database", result.get("database")),
-        ("socket", result.get("socket")),
-        ("cluster", "active" if result.get("cluster_active") else "INACTIVE"),
-        ("jobs", counts_text(result.get("jobs") or {})),
-        ("user-servers", ", ".join(f"{s['user']} (pid {s['pid']}, since "
-                                   f"{format_time(s.get('since'))})" for s in servers)
-         or "none"),
+        ("hq-server", f"{result.version}, pid {result.pid}, running since "
+                      f"{format_time(result.started_at)}"),
+        ("database", result.database),
+        ("socket", result.socket),
+        ("cluster", "active" if result.cluster_active else "INACTIVE"),
+        ("jobs", counts_text(result.jobs)),
+        ("user-servers", ", ".join(f"{s.user} (pid {s.pid}, since {format_time(s.since)})"
+                                   for s in result.user_servers) or "none"),
     ]
     for key, value in lines:
         click.echo(f"{key + ':':13} {value}")
@@ -133,27 +158,26 @@ def status(as_json: bool) -> None:
 
     Example: hq-admin status
     """
-    result = admin_request("status")
+    result = admin_request(AdminStatus())
     if as_json:
         print_json(result)
         return
-    click.echo(f"cluster: {'active' if result.get('cluster_active') else 'INACTIVE'}")
-    click.echo(f"jobs:    {counts_text(result.get('jobs') or {})}")
-    if per_user := result.get("per_user"):
+    click.echo(f"cluster: {'active' if result.cluster_active else 'INACTIVE'}")
+    click.echo(f"jobs:    {counts_text(result.jobs)}")
+    if result.per_user:
         click.echo("")
-        click.echo(format_counts_table("USER", per_user))
+        click.echo(format_counts_table("USER", result.per_user))
 
 
-def format_hosts(hosts: Sequence[Mapping[str, Any]]) -> str:
+def format_hosts(hosts: Sequence[HostInfo]) -> str:
     """The ``lscluster`` table: host, state, active, free/total cores, jobs, load, reason."""
     rows = []
     for host in hosts:
-        active = "drained" if host.get("drained") else _yes(host.get("active"))
-        load = host.get("load1")
-        rows.append((host["name"], host.get("state"), active,
-                     f"{host.get('free_cores', '?')}/{host.get('cores', '?')}",
-                     host.get("running_jobs"), None if load is None else f"{load:.2f}",
-                     host.get("reason") or ""))
+        active = "drained" if host.drained else _yes(host.active)
+        load = host.load1
+        rows.append((host.name, host.state, active, f"{host.free_cores}/{host.cores}",
+                     host.running_jobs, None if load is None else f"{load:.2f}",
+                     host.reason or ""))
     return format_table(("HOST", "STATE", "ACTIVE", "FREE/CORES", "JOBS", "LOAD", "REASON"),
                         rows, right={3, 4, 5})
 
@@ -165,21 +189,21 @@ def lscluster(as_json: bool) -> None:
 
     Example: hq-admin lscluster
     """
-    result = admin_request("lscluster")
+    result = admin_request(ListHosts())
     if as_json:
         print_json(result)
     else:
-        click.echo(format_hosts(result.get("hosts") or []))
+        click.echo(format_hosts(result.hosts))
 
 
-def _host_change(command: str, name: str, as_json: bool, verb: str) -> None:
-    result = admin_request(command, name)
+def _host_change(name: str, active: bool, as_json: bool, verb: str) -> None:
+    result = admin_request(SetHostActive(host=name, active=active))
     if as_json:
         print_json(result)
-    elif result.get("changed"):
-        click.echo(f"host {result.get('host', name)}: {verb}d")
+    elif result.changed:
+        click.echo(f"host {result.host}: {verb}d")
     else:
-        click.echo(f"host {result.get('host', name)}: already {verb}d")
+        click.echo(f"host {result.host}: already {verb}d")
 
 
 @cli.command()
@@ -190,7 +214,7 @@ def activatehost(name: str, as_json: bool) -> None:
 
     Example: hq-admin activatehost node07   (or: hq-admin activatehost:node07)
     """
-    _host_change("activatehost", name, as_json, "activate")
+    _host_change(name, True, as_json, "activate")
 
 
 @cli.command()
@@ -201,15 +225,15 @@ def deactivatehost(name: str, as_json: bool) -> None:
 
     Example: hq-admin deactivatehost node07   (or: hq-admin deactivatehost:node07)
     """
-    _host_change("deactivatehost", name, as_json, "deactivate")
+    _host_change(name, False, as_json, "deactivate")
 
 
-def _cluster_change(command: str, as_json: bool, verb: str) -> None:
-    result = admin_request(command)
+def _cluster_change(active: bool, as_json: bool, verb: str) -> None:
+    result = admin_request(SetClusterActive(active=active))
     if as_json:
         print_json(result)
     else:
-        click.echo(f"cluster {verb}d" if result.get("changed") else f"cluster already {verb}d")
+        click.echo(f"cluster {verb}d" if result.changed else f"cluster already {verb}d")
 
 
 @cli.command()
@@ -219,7 +243,7 @@ def activate(as_json: bool) -> None:
 
     Example: hq-admin activate
     """
-    _cluster_change("activate", as_json, "activate")
+    _cluster_change(True, as_json, "activate")
 
 
 @cli.command()
@@ -229,7 +253,7 @@ def deactivate(as_json: bool) -> None:
 
     Example: hq-admin deactivate
     """
-    _cluster_change("deactivate", as_json, "deactivate")
+    _cluster_change(False, as_json, "deactivate")
 
 
 @cli.command()
@@ -239,13 +263,12 @@ def lsusers(as_json: bool) -> None:
 
     Example: hq-admin lsusers
     """
-    result = admin_request("lsusers")
+    result = admin_request(ListUsers())
     if as_json:
         print_json(result)
         return
-    rows = [(user["name"], ",".join(user.get("roles") or ()) or "-", user.get("pending", 0),
-             user.get("running", 0), _yes(user.get("user_server")))
-            for user in result.get("users") or []]
+    rows = [(user.name, ",".join(user.roles) or "-", user.pending, user.running,
+             _yes(user.user_server)) for user in result.users]
     click.echo(format_table(("USER", "ROLES", "PENDING", "RUNNING", "USER-SERVER"), rows,
                             right={2, 3}))
 
@@ -259,12 +282,12 @@ def reload(as_json: bool) -> None:
 
     Example: hq-dbadmin -a && hq-admin reload
     """
-    result = admin_request("reload")
+    result = admin_request(Reload())
     if as_json:
         print_json(result)
     else:
-        changed = ", ".join(result["hosts_changed"]) or "none"
-        click.echo(f"reloaded: {result['users']} users; hosts changed: {changed}")
+        changed = ", ".join(result.hosts_changed) or "none"
+        click.echo(f"reloaded: {result.users} users; hosts changed: {changed}")
 
 
 @cli.command()
@@ -274,7 +297,7 @@ def shutdown(as_json: bool) -> None:
 
     Example: hq-admin shutdown
     """
-    result = admin_request("shutdown")
+    result = admin_request(Shutdown())
     if as_json:
         print_json(result)
     else:

@@ -22,6 +22,7 @@ from hq.cli.common import (
 from hq.cli.jobids import parse_ids
 from hq.cli.jobview import STATE_ORDER, UNFINISHED_STATES
 from hq.errors import UsageError
+from hq.protocol.messages import Cancel, Hold, Jobs, Release, Request, Show, Status
 
 if TYPE_CHECKING:
     from hq.protocol import BlockingClient
@@ -37,14 +38,9 @@ def _connect() -> BlockingClient:
     return connect_user_server(Installation.locate(), PROG)
 
 
-def _request(message: dict[str, Any]) -> dict[str, Any]:
+def _request(message: Request) -> Any:
     with _connect() as client:
-        return reply_data(client.request(message))
-
-
-def reply_data(reply: dict[str, Any]) -> dict[str, Any]:
-    """A reply without its envelope (``type``, ``rid``): what ``--json`` prints."""
-    return {key: value for key, value in reply.items() if key not in ("type", "rid")}
+        return client.request(message)
 
 
 def parse_one_id(text: str) -> int:
@@ -86,7 +82,7 @@ def status(as_json: bool) -> None:
 
     Example: hq-client status
     """
-    data = _request({"type": "status"})
+    data = _request(Status())
     if as_json:
         print_json(data)
     else:
@@ -119,17 +115,16 @@ def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str |
         raise UsageError("--all and --state cannot be combined")
     if wanted is None and not show_all:
         wanted = UNFINISHED
-    data = _request({"type": "jobs", "states": wanted, "group": group, "name": name,
-                     "ids": None, "limit": limit})
+    data = _request(Jobs(states=wanted, group=group, name=name, limit=limit))
     if as_json:
         print_json(data)
-    elif not data["jobs"]:
+    elif not data.jobs:
         say("no jobs" if show_all or states else
             "no unfinished jobs ('hq-client jobs --all' shows finished ones too)")
     else:
         from hq.cli.jobview import format_job_table
 
-        click.echo(format_job_table(data["jobs"]))
+        click.echo(format_job_table(data.jobs))
 
 
 @cli.command()
@@ -140,13 +135,13 @@ def show(job_id: str, as_json: bool) -> None:
 
     Example: hq-client show 42
     """
-    data = _request({"type": "show", "id": parse_one_id(job_id)})
+    data = _request(Show(id=parse_one_id(job_id)))
     if as_json:
         print_json(data)
     else:
         from hq.cli.jobview import format_job_details
 
-        click.echo(format_job_details(data["job"]))
+        click.echo(format_job_details(data.job))
 
 
 @cli.command()
@@ -163,16 +158,15 @@ def details(ids: tuple[str, ...], as_json: bool) -> int:
     IDS: 42, 42-45 or 42,44; several may be given.
     """
     wanted = parse_ids(*ids) if ids else None
-    data = _request({"type": "jobs", "states": None if wanted else UNFINISHED, "group": None,
-                     "name": None, "ids": wanted, "limit": None})
-    missing = sorted(set(wanted or ()) - {int(job["id"]) for job in data["jobs"]})
+    data = _request(Jobs(states=None if wanted else UNFINISHED, ids=wanted))
+    missing = sorted(set(wanted or ()) - {job.id for job in data.jobs})
     if as_json:
         print_json(data)
     else:
         from hq.cli.jobview import format_job_details
 
-        click.echo("\n\n".join(format_job_details(job) for job in data["jobs"]))
-        if not data["jobs"] and not wanted:
+        click.echo("\n\n".join(format_job_details(job) for job in data.jobs))
+        if not data.jobs and not wanted:
             say("no unfinished jobs")
     if missing:
         from hq.cli.jobids import format_ids
@@ -182,14 +176,14 @@ def details(ids: tuple[str, ...], as_json: bool) -> int:
     return 0
 
 
-def _change(kind: str, ids: tuple[str, ...], as_json: bool) -> int:
-    data = _request({"type": kind, "ids": parse_ids(*ids)})
+def _change(kind: type[Cancel | Hold | Release], ids: tuple[str, ...], as_json: bool) -> int:
+    data = _request(kind(ids=parse_ids(*ids)))
     if as_json:
         print_json(data)
     else:
-        for result in data["results"]:
-            click.echo(f"job {result['id']}: {result['result']}")
-    return 3 if any(r["result"] == "not found" for r in data["results"]) else 0
+        for result in data.results:
+            click.echo(f"job {result.id}: {result.result}")
+    return 3 if any(r.result == "not found" for r in data.results) else 0
 
 
 @cli.command()
@@ -204,7 +198,7 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> int:
 
     IDS: 42, 42-45 or 42,44; several may be given.
     """
-    return _change("cancel", ids, as_json)
+    return _change(Cancel, ids, as_json)
 
 
 @cli.command()
@@ -217,7 +211,7 @@ def hold(ids: tuple[str, ...], as_json: bool) -> int:
 
     IDS: 42, 42-45 or 42,44; several may be given.
     """
-    return _change("hold", ids, as_json)
+    return _change(Hold, ids, as_json)
 
 
 @cli.command()
@@ -230,7 +224,7 @@ def release(ids: tuple[str, ...], as_json: bool) -> int:
 
     IDS: 42, 42-45 or 42,44; several may be given.
     """
-    return _change("release", ids, as_json)
+    return _change(Release, ids, as_json)
 
 
 @cli.command()

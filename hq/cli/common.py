@@ -1,24 +1,22 @@
-"""What every hq command line program shares: options, output and the one error exit.
+"""What every hq command line program shares: options and output.
 
-Every program is started through ``run_program``: it turns an HqError or a click usage error
-into ``<program>: error: <one line>`` on stderr with the documented exit code, so no program
-prints a traceback at a user for a known failure. Data goes to stdout, messages to stderr.
+Every program is started through ``hq.program.run_program`` (re-exported here), which turns an
+error into ``<program>: error: <one line>`` with the documented exit code. Data goes to stdout,
+messages to stderr.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import click
 
-from hq.errors import HqError
+from hq.program import CONTEXT_SETTINGS, run_program
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def json_option(func: F) -> F:
@@ -64,9 +62,22 @@ def say(message: str) -> None:
 
 
 def print_json(data: Any) -> None:
+    """``data`` (plain values, or messages, which lose their ``type`` and ``rid``) as one
+    JSON document on stdout."""
     import json
 
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    import msgspec
+
+    click.echo(json.dumps(_without_envelope(msgspec.to_builtins(data)), indent=2,
+                          sort_keys=True, default=str))
+
+
+def _without_envelope(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_envelope(v) for k, v in data.items() if k not in ("type", "rid")}
+    if isinstance(data, list):
+        return [_without_envelope(v) for v in data]
+    return data
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
@@ -92,36 +103,4 @@ def format_time(seconds: float | None) -> str:
 
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
-
-def run_program(command: click.Command, prog: str,
-                args: list[str] | None = None) -> int:
-    """Run a click command as program ``prog`` and return its exit code; errors are one line."""
-    try:
-        result = command.main(args=args, prog_name=prog, standalone_mode=False)
-    except HqError as err:
-        click.echo(f"{prog}: error: {err}", err=True)
-        return err.exit_code
-    except click.exceptions.NoArgsIsHelpError as err:
-        click.echo(err.ctx.get_help() if err.ctx else str(err), err=True)
-        return 2
-    except click.UsageError as err:
-        hint = f" (try '{prog} --help')" if err.ctx is not None else ""
-        click.echo(f"{prog}: error: {err.format_message()}{hint}", err=True)
-        return err.exit_code
-    except click.ClickException as err:
-        click.echo(f"{prog}: error: {err.format_message()}", err=True)
-        return err.exit_code
-    except click.exceptions.Exit as done:
-        return done.exit_code
-    except click.Abort:
-        click.echo(f"{prog}: aborted", err=True)
-        return 1
-    except KeyboardInterrupt:
-        click.echo(f"{prog}: interrupted", err=True)
-        return 130
-    except BrokenPipeError:
-        # stdout was closed early (``hq-client jobs | head``): not an error worth a traceback.
-        # Point stdout at /dev/null so that flushing it at exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    return result if isinstance(result, int) else 0
+__all__ = ["CONTEXT_SETTINGS", "run_program"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from hq.cli.common import say
 from hq.cli.jobview import FINISHED_STATES
 from hq.errors import HqError, NotFound, PermissionDenied
+from hq.protocol.messages import JobInfo, Show
 
 if TYPE_CHECKING:
     from hq.protocol import BlockingClient
@@ -77,21 +78,21 @@ class OutputFile:
             self.file = None
 
 
-def output_files(job: dict[str, Any], which: str) -> list[OutputFile]:
+def output_files(job: JobInfo, which: str) -> list[OutputFile]:
     """The files to show for ``which`` (stdout, stderr or both); one file once."""
     if which == "stdout":
-        return [OutputFile(job["stdout"], sys.stdout.buffer)]
+        return [OutputFile(job.stdout, sys.stdout.buffer)]
     if which == "stderr":
-        return [OutputFile(job["stderr"], sys.stdout.buffer)]
-    files = [OutputFile(job["stdout"], sys.stdout.buffer)]
-    if job["stderr"] != job["stdout"]:
-        files.append(OutputFile(job["stderr"], sys.stderr.buffer))
+        return [OutputFile(job.stderr, sys.stdout.buffer)]
+    files = [OutputFile(job.stdout, sys.stdout.buffer)]
+    if job.stderr != job.stdout:
+        files.append(OutputFile(job.stderr, sys.stderr.buffer))
     return files
 
 
 def show_log(client: BlockingClient, job_id: int, which: str, follow: bool) -> int:
     """Print job ``job_id``'s output; with ``follow`` until the job has finished."""
-    job = client.request({"type": "show", "id": job_id})["job"]
+    job = client.request(Show(id=job_id)).job
     files = output_files(job, which)
     try:
         if follow:
@@ -104,46 +105,46 @@ def show_log(client: BlockingClient, job_id: int, which: str, follow: bool) -> i
     return 0
 
 
-def _missing(job: dict[str, Any], file: OutputFile) -> HqError:
-    return NotFound(f"job {job['id']} ({job['state']}): its output file {file.path} does not "
+def _missing(job: JobInfo, file: OutputFile) -> HqError:
+    return NotFound(f"job {job.id} ({job.state}): its output file {file.path} does not "
                     "exist (deleted, or written to a disk of its host that this host does "
                     "not see?)")
 
 
-def _print_once(job: dict[str, Any], files: list[OutputFile]) -> None:
+def _print_once(job: JobInfo, files: list[OutputFile]) -> None:
     for file in files:
         if file.open():
             file.copy_new()
-        elif job["state"] in NOT_STARTED:
-            say(f"job {job['id']} has not started yet ({job['state']})")
+        elif job.state in NOT_STARTED:
+            say(f"job {job.id} has not started yet ({job.state})")
             return
-        elif job.get("started_at") is None and job["state"] in FINISHED_STATES:
-            say(f"job {job['id']} ended without starting ({job['state']})")
+        elif job.started_at is None and job.state in FINISHED_STATES:
+            say(f"job {job.id} ended without starting ({job.state})")
             return
         else:
             raise _missing(job, file)
 
 
-def _follow(client: BlockingClient, job_id: int, job: dict[str, Any],
+def _follow(client: BlockingClient, job_id: int, job: JobInfo,
             files: list[OutputFile]) -> None:
     told_waiting = False
     next_state_check = time.monotonic() + STATE_POLL_S
     while True:
         for file in files:
             file.copy_new()
-        if job["state"] in FINISHED_STATES:
+        if job.state in FINISHED_STATES:
             break
-        if not told_waiting and job["state"] in NOT_STARTED and not any(f.file for f in files):
-            say(f"job {job_id} has not started yet ({job['state']}); waiting for it")
+        if not told_waiting and job.state in NOT_STARTED and not any(f.file for f in files):
+            say(f"job {job_id} has not started yet ({job.state}); waiting for it")
             told_waiting = True
         time.sleep(FILE_POLL_S)
         if time.monotonic() >= next_state_check:
-            job = client.request({"type": "show", "id": job_id})["job"]
+            job = client.request(Show(id=job_id)).job
             next_state_check = time.monotonic() + STATE_POLL_S
     # The job has finished: the loop above copied its last output. A file that never
     # appeared is worth a word unless the job never ran.
     for file in files:
-        if file.file is None and job.get("started_at") is not None:
+        if file.file is None and job.started_at is not None:
             raise _missing(job, file)
-    if job.get("started_at") is None:
-        say(f"job {job_id} ended without starting ({job['state']})")
+    if job.started_at is None:
+        say(f"job {job_id} ended without starting ({job.state})")

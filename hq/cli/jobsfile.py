@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
 from hq.cli.units import parse_duration, parse_memory
@@ -106,7 +105,7 @@ def parse_jobs_file(source: str, text: str, defaults: JobSpec) -> list[JobSpec]:
     field a line does not set. Relative ``cwd::`` values are taken from ``defaults.cwd``.
     Raises ConfigError ``source:line: prop: what is wrong`` at the first bad line.
     """
-    base = {f.name: getattr(defaults, f.name) for f in fields(JobSpec)}
+    base = {name: getattr(defaults, name) for name in JobSpec.__struct_fields__}
     props = dict(_PROPS)
     props["cwd"] = ("cwd", _directory_parser(defaults.cwd))
     specs: list[JobSpec] = []

@@ -7,12 +7,10 @@ doc/protocol.md); output is plain text. Times are shown in local time.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from hq.cli.common import format_table, format_time
+from hq.protocol.messages import JobInfo, StatusReply
 from hq.states import JobState
-
-JobInfo = Mapping[str, Any]
 
 STATE_ORDER = tuple(state.value for state in JobState)
 UNFINISHED_STATES = tuple(state.value for state in JobState if not state.finished)
@@ -22,12 +20,12 @@ COMMAND_WIDTH = 40
 
 def job_result(job: JobInfo) -> str:
     """The short word on how a job is doing: its pending reason, exit code or signal."""
-    if job.get("signal"):
-        return f"signal {job['signal']}"
-    if job.get("exit_code") is not None:
-        return f"exit {job['exit_code']}"
-    if job.get("state") in ("pending", "held") and job.get("pending_reason"):
-        return str(job["pending_reason"])
+    if job.signal:
+        return f"signal {job.signal}"
+    if job.exit_code is not None:
+        return f"exit {job.exit_code}"
+    if job.state in ("pending", "held") and job.pending_reason:
+        return str(job.pending_reason)
     return ""
 
 
@@ -40,9 +38,9 @@ def _short(text: str | None, width: int) -> str:
 
 def format_job_table(jobs: Sequence[JobInfo]) -> str:
     """One line per job: id, state, name, cores, host, submitted, result, command."""
-    rows = [(job["id"], job["state"], job.get("name") or "", job.get("cores"),
-             job.get("host") or "", format_time(job.get("submitted_at")), job_result(job),
-             _short(job.get("command"), COMMAND_WIDTH))
+    rows = [(job.id, job.state, job.name or "", job.cores,
+             job.host or "", format_time(job.submitted_at), job_result(job),
+             _short(job.command, COMMAND_WIDTH))
             for job in jobs]
     return format_table(("ID", "STATE", "NAME", "CORES", "HOST", "SUBMITTED", "RESULT",
                          "COMMAND"), rows, right={0, 3})
@@ -66,14 +64,14 @@ def format_duration(seconds: float | None) -> str:
 
 
 def _state_line(job: JobInfo) -> str:
-    state = str(job["state"])
-    if job.get("host") and state in ("dispatched", "running"):
-        return f"{state} on {job['host']}"
-    if state in ("pending", "held") and job.get("pending_reason"):
-        return f"{state} ({job['pending_reason']})"
+    state = str(job.state)
+    if job.host and state in ("dispatched", "running"):
+        return f"{state} on {job.host}"
+    if state in ("pending", "held") and job.pending_reason:
+        return f"{state} ({job.pending_reason})"
     result = job_result(job)
     if result and state in FINISHED_STATES:
-        host = f" on {job['host']}" if job.get("host") else ""
+        host = f" on {job.host}" if job.host else ""
         return f"{state}{host}: {result}"
     return state
 
@@ -84,43 +82,43 @@ def _mib(kib: float | None) -> str:
 
 def format_job_details(job: JobInfo) -> str:
     """Every field of one job, one ``key: value`` per line, for ``show`` and ``details``."""
-    memory = job.get("memory_mb")
+    memory = job.memory_mb
     array = ""
-    if job.get("array_index") is not None:
-        array = f"submission {job.get('submission_id')}, index {job['array_index']}"
-    cpu = job.get("cpu_time_s")
+    if job.array_index is not None:
+        array = f"submission {job.submission_id}, index {job.array_index}"
+    cpu = job.cpu_time_s
     fields: list[tuple[str, object]] = [
         ("state", _state_line(job)),
-        ("owner", job.get("owner")),
-        ("name", job.get("name")),
-        ("command", job.get("command")),
-        ("shell", job.get("shell")),
-        ("directory", job.get("cwd")),
-        ("stdout", job.get("stdout")),
-        ("stderr", job.get("stderr")),
-        ("log file", job.get("log_path")),
-        ("cores", job.get("cores")),
+        ("owner", job.owner),
+        ("name", job.name),
+        ("command", job.command),
+        ("shell", job.shell),
+        ("directory", job.cwd),
+        ("stdout", job.stdout),
+        ("stderr", job.stderr),
+        ("log file", job.log_path),
+        ("cores", job.cores),
         ("memory", None if memory is None else f"{memory} MiB"),
-        ("priority", job.get("priority")),
-        ("group", job.get("group")),
-        ("info", job.get("info_text")),
+        ("priority", job.priority),
+        ("group", job.group),
+        ("info", job.info_text),
         ("array", array or None),
-        ("time limit", format_duration(job.get("time_limit_s"))),
-        ("excluded hosts", ", ".join(job.get("excluded_hosts") or ()) or None),
-        ("requeue", "yes" if job.get("requeue", True) else "no"),
-        ("restarts", job.get("restart_count")),
-        ("submitted", format_time(job.get("submitted_at"))),
-        ("started", format_time(job.get("started_at"))),
-        ("ended", format_time(job.get("ended_at"))),
-        ("pid", job.get("pid")),
-        ("exit", job_result(job) if job.get("state") in FINISHED_STATES
+        ("time limit", format_duration(job.time_limit_s)),
+        ("excluded hosts", ", ".join(job.excluded_hosts or ()) or None),
+        ("requeue", "yes" if job.requeue else "no"),
+        ("restarts", job.restart_count),
+        ("submitted", format_time(job.submitted_at)),
+        ("started", format_time(job.started_at)),
+        ("ended", format_time(job.ended_at)),
+        ("pid", job.pid),
+        ("exit", job_result(job) if job.state in FINISHED_STATES
          else None),
         ("cpu time", None if cpu is None else f"{cpu:.2f} s"),
-        ("peak memory", None if job.get("max_rss_kb") is None else _mib(job["max_rss_kb"])),
+        ("peak memory", None if job.max_rss_kb is None else _mib(job.max_rss_kb)),
     ]
     shown = [(key, value) for key, value in fields if value not in (None, "", "-")]
     width = max(len(key) for key, _ in shown) + 1
-    lines = [f"job {job['id']}"]
+    lines = [f"job {job.id}"]
     lines += [f"  {key + ':':{width}} {value}" for key, value in shown]
     return "\n".join(lines)
 
@@ -143,17 +141,14 @@ def format_counts_table(label: str, counts: Mapping[str, Mapping[str, int]]) -> 
                         right=set(range(1, len(states) + 1)))
 
 
-def format_status(reply: Mapping[str, Any]) -> str:
+def format_status(reply: StatusReply) -> str:
     """The ``status`` reply: own jobs by state, others' as counts per owner, the cluster."""
-    lines = [f"Your jobs ({reply.get('user', '?')}): {counts_text(reply.get('mine') or {})}"]
-    others: Mapping[str, Mapping[str, int]] = reply.get("others") or {}
-    if others:
-        table = format_counts_table("USER", others)
+    lines = [f"Your jobs ({reply.user}): {counts_text(reply.mine)}"]
+    if reply.others:
+        table = format_counts_table("USER", reply.others)
         lines += ["", "Other users' jobs:", *(f"  {line}" for line in table.splitlines())]
-    cluster = reply.get("cluster") or {}
-    if cluster:
-        active = "active" if cluster.get("active") else "INACTIVE (no new jobs start)"
-        lines += ["", f"Cluster: {active}, {cluster.get('hosts_up', 0)} of "
-                      f"{cluster.get('hosts', 0)} hosts up, {cluster.get('cores_busy', 0)} of "
-                      f"{cluster.get('cores', 0)} cores busy"]
+    cluster = reply.cluster
+    active = "active" if cluster.active else "INACTIVE (no new jobs start)"
+    lines += ["", f"Cluster: {active}, {cluster.hosts_up} of {cluster.hosts} hosts up, "
+                  f"{cluster.cores_busy} of {cluster.cores} cores busy"]
     return "\n".join(lines)

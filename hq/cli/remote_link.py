@@ -25,7 +25,7 @@ SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAl
 
 
 def connect_over_ssh(inst: Installation, address: str, program: str) -> BlockingClient:
-    from hq.protocol import BlockingClient, hello, raise_for_error
+    from hq.protocol import BlockingClient, hello
 
     remote = shlex.join(["env", f"HQPATH={inst.root}", sys.executable, "-P", "-m",
                          "hq.cli.relay"])
@@ -41,9 +41,8 @@ def connect_over_ssh(inst: Installation, address: str, program: str) -> Blocking
         theirs.close()
     ours.settimeout(60)
     client = BlockingClient(ours, f"hq-user-server on {address} (via ssh)")
-    client._send(hello("cli", program))
     try:
-        raise_for_error(client._receive())
+        client.handshake(hello("cli", program))
     except Unavailable as err:
         client.close()
         raise Unavailable(f"{err} (ssh to {address} failed? try: ssh {address} true)") from None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,7 @@ from hq.errors import UsageError
 
 if TYPE_CHECKING:
     from hq.jobspec import JobSpec
+    from hq.protocol.messages import Submit
 
 PROG = "hq-submit"
 
@@ -108,19 +110,19 @@ def cli(command: str | None, slots: int, priority: int, group: str | None,
 
     with connect_user_server(Installation.locate(), PROG) as client:
         reply = client.request(request, timeout=30.0 + len(specs) / 1000)
-        ids = [int(i) for i in reply["ids"]]
+        ids = reply.ids
         if not as_json:
             click.echo("\n".join(map(str, ids)) if parsable else submitted_text(ids))
         if not wait:
             if as_json:
-                print_json({"ids": ids, "submission_id": reply["submission_id"]})
+                print_json({"ids": ids, "submission_id": reply.submission_id})
             return 0
         sys.stdout.flush()
         from hq.cli.waiting import wait_and_report
 
         status, results = wait_and_report(client, ids, PROG)
         if as_json:
-            print_json({"ids": ids, "submission_id": reply["submission_id"],
+            print_json({"ids": ids, "submission_id": reply.submission_id,
                         "jobs": results})
         return status
 
@@ -159,7 +161,7 @@ def build_specs(command: str | None, jobs_file: str | None, template: JobSpec
                 ) -> list[JobSpec]:
     """The jobs to submit: COMMAND with the options in ``template``, or every line of the
     jobs file with ``template`` as its defaults. UsageError for anything wrong."""
-    import dataclasses
+    import msgspec
 
     from hq.cli.jobsfile import parse_jobs_file, read_jobs_file
 
@@ -167,25 +169,41 @@ def build_specs(command: str | None, jobs_file: str | None, template: JobSpec
         raise UsageError("give either COMMAND or -f FILE, not both")
     if jobs_file is not None:
         # The options on their own first, so that a bad option is not blamed on line 1.
-        dataclasses.replace(template, command=":").validate()
+        msgspec.structs.replace(template, command=":").validate()
         return parse_jobs_file(jobs_file, read_jobs_file(jobs_file), template)
     if command is None:
         raise UsageError('nothing to submit: give a COMMAND (hq-submit "sleep 42") '
                                "or a jobs file (-f FILE)")
-    spec = dataclasses.replace(template, command=command)
+    spec = msgspec.structs.replace(template, command=command)
     spec.validate()
     return [spec]
 
 
-def submit_request(specs: list[JobSpec], *, hold: bool) -> dict[str, Any]:
-    """The ``submit`` message: the jobs, and what they share from this process."""
+def submit_request(specs: list[JobSpec], *, hold: bool) -> Submit:
+    """The ``Submit`` request: the jobs, and what they share from this process."""
     import socket
+
+    from hq.protocol.messages import Submit
 
     umask = os.umask(0o077)  # reading the umask means setting it: put it back at once
     os.umask(umask)
-    return {"type": "submit", "jobs": [spec.to_wire() for spec in specs],
-            "environment": dict(os.environ), "umask": umask,
-            "submit_host": socket.gethostname(), "hold": hold}
+    return Submit(jobs=specs, environment=submit_environment(os.environ), umask=umask,
+                  submit_host=socket.gethostname()[:255], hold=hold)
+
+
+def submit_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the jobs get; a variable whose name or value is not UTF-8 (the shell
+    holds raw bytes there) is refused by name, since it could not reach the job intact."""
+    env = dict(environ)
+    for name, value in env.items():
+        try:
+            name.encode()
+            value.encode()
+        except UnicodeEncodeError:
+            shown = name.encode(errors="surrogateescape").decode(errors="replace")
+            raise UsageError(f"environment variable {shown} holds bytes that are not UTF-8: "
+                             "unset it or give it a UTF-8 value before submitting") from None
+    return env
 
 
 def submitted_text(ids: list[int]) -> str:

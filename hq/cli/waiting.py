@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from hq.cli.common import is_quiet, say
-from hq.cli.jobview import FINISHED_STATES
 from hq.errors import NotFound
+from hq.protocol.messages import JobWaitState as JobResult
+from hq.protocol.messages import Wait
 
 if TYPE_CHECKING:
     from hq.protocol import BlockingClient
 
 WAIT_TIMEOUT_S = 1.0
 INTERRUPTED = 130
-
-JobResult = dict[str, Any]
-"""One entry of a ``wait`` reply: ``id``, ``state``, ``exit_code``, ``signal``."""
 
 
 def wait_for_jobs(client: BlockingClient, ids: Sequence[int], *,
@@ -37,15 +35,15 @@ def wait_for_jobs(client: BlockingClient, ids: Sequence[int], *,
     results: dict[int, JobResult] = {}
     pending = list(ids)
     while pending:
-        reply = client.request({"type": "wait", "ids": pending, "timeout_s": WAIT_TIMEOUT_S},
+        reply = client.request(Wait(ids=pending, timeout_s=WAIT_TIMEOUT_S),
                                timeout=WAIT_TIMEOUT_S + 30.0)
-        for job in reply["jobs"]:
-            results[int(job["id"])] = job
+        for job in reply.jobs:
+            results[job.id] = job
         if missing := [i for i in pending if i not in results]:
             from hq.cli.jobids import format_ids
 
             raise NotFound(f"no such job: {format_ids(missing)}")
-        pending = [i for i in pending if results.get(i, {}).get("state") not in FINISHED_STATES]
+        pending = [i for i in pending if not results[i].state.finished]
         if show_progress:
             _show_progress(progress_text([results[i] for i in ids if i in results], len(ids)))
     if show_progress:
@@ -76,32 +74,32 @@ def wait_and_report(client: BlockingClient, ids: Sequence[int], prog: str
 def exit_status(results: Sequence[JobResult]) -> int:
     """The exit status that reports how ``results`` ended (see the module docstring)."""
     if len(results) != 1:
-        return 0 if all(job["state"] == "done" for job in results) else 1
+        return 0 if all(job.state == "done" for job in results) else 1
     job = results[0]
-    if job["state"] == "done":
+    if job.state == "done":
         return 0
-    if job["state"] == "cancelled":
+    if job.state == "cancelled":
         return 1
-    if job.get("signal"):
-        return min(128 + int(job["signal"]), 255)
-    code = job.get("exit_code")
-    return int(code) if code and 0 < int(code) < 256 else 1
+    if job.signal:
+        return min(128 + job.signal, 255)
+    code = job.exit_code
+    return code if code and 0 < code < 256 else 1
 
 
 def outcome(job: JobResult) -> str:
     """How one job ended: ``done``, ``failed (exit code 3)``, ``failed (signal 9)``, ..."""
-    state = str(job["state"])
-    if job.get("signal"):
-        return f"{state} (signal {job['signal']})"
-    if job.get("exit_code") not in (None, 0):
-        return f"{state} (exit code {job['exit_code']})"
+    state = str(job.state)
+    if job.signal:
+        return f"{state} (signal {job.signal})"
+    if job.exit_code not in (None, 0):
+        return f"{state} (exit code {job.exit_code})"
     return state
 
 
 def summary(results: Sequence[JobResult]) -> str:
     """One line about finished jobs: ``job 42 done`` or ``10 jobs finished: 9 done, 1 failed``."""
     if len(results) == 1:
-        return f"job {results[0]['id']} {outcome(results[0])}"
+        return f"job {results[0].id} {outcome(results[0])}"
     counts = _count(results)
     parts = [f"{counts[state]} {state}" for state in ("done", "failed", "cancelled")
              if counts.get(state)]
@@ -111,7 +109,7 @@ def summary(results: Sequence[JobResult]) -> str:
 def progress_text(known: Sequence[JobResult], total: int) -> str:
     """``3/10 done, 1 failed, 6 running/pending`` (one job: ``job 42: running``)."""
     if total == 1 and known:
-        return f"job {known[0]['id']}: {known[0]['state']}"
+        return f"job {known[0].id}: {known[0].state}"
     counts = _count(known)
     done, failed, cancelled = (counts.get(s, 0) for s in ("done", "failed", "cancelled"))
     text = f"{done}/{total} done, {failed} failed"
@@ -123,7 +121,7 @@ def progress_text(known: Sequence[JobResult], total: int) -> str:
 def _count(results: Sequence[JobResult]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for job in results:
-        counts[job["state"]] = counts.get(job["state"], 0) + 1
+        counts[str(job.state)] = counts.get(str(job.state), 0) + 1
     return counts
 
 

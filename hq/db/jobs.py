@@ -1,4 +1,10 @@
-"""Jobs and submissions: batched inserts and updates for hq-server, and the reads it needs.
+"""Jobs and submissions: the one mapping between ``hq.job.Job`` and the jobs table.
+
+Every rename between a job's Python attributes and its columns is here and nowhere else
+(buildbot's ``_model_from_row`` style): ``spec.group`` <-> ``group_name``, ``spec.stdout`` /
+``spec.stderr`` <-> ``stdout_path`` / ``stderr_path`` (templates, as submitted),
+``spec.excluded_hosts`` (a tuple) <-> ``excluded_hosts`` (comma-separated), ``reason`` <->
+``pending_reason``, ``signal`` <-> ``signal_number``, ``host`` (a name) <-> ``host_id``.
 
 hq-server keeps live jobs in memory and writes through here; every function takes the
 caller's connection, so one transaction can carry a whole batch of changes.
@@ -6,88 +12,74 @@ caller's connection, so one transaction can carry a whole batch of changes.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from hq.db.model import hosts, jobs, submissions, users
+from hq.job import OUTCOME_FIELDS, Job, Submission
+from hq.jobspec import JobSpec
 from hq.states import FINISHED_JOB_STATES, JobState
 
-
-@dataclass(frozen=True)
-class SubmissionRow:
-    id: int
-    owner_id: int
-    submitted_at: dt.datetime
-    submit_host: str
-    environment: dict[str, str]
-    umask: int
-    job_count: int
+# Job attribute -> column, where they differ (outcome attributes; the spec's are below).
+_OUTCOME_COLUMNS = {"reason": "pending_reason", "signal": "signal_number", "host": "host_id"}
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """A jobs row with the owner's and host's names joined in."""
-
-    id: int
-    submission_id: int
-    array_index: int | None
-    owner_id: int
-    owner: str
-    name: str | None
-    command: str
-    shell: str
-    cwd: str
-    cores: int
-    memory_mb: int | None
-    priority: int
-    group_name: str | None
-    info_text: str | None
-    time_limit_s: int | None
-    estimated_time_s: int | None
-    estimated_memory_mb: int | None
-    stdout_path: str
-    stderr_path: str
-    log_path: str | None
-    excluded_hosts: str
-    requeue: bool
-    signature: str | None
-    state: JobState
-    pending_reason: str | None
-    host: str | None
-    pid: int | None
-    exit_code: int | None
-    signal_number: int | None
-    submitted_at: dt.datetime
-    eligible_at: dt.datetime | None
-    started_at: dt.datetime | None
-    ended_at: dt.datetime | None
-    cpu_time_s: float | None
-    max_rss_kb: int | None
-    restart_count: int
+def job_row(job: Job) -> dict[str, Any]:
+    """The jobs row of a new job (its spec and its first outcome)."""
+    spec = job.spec
+    return {
+        "id": job.id, "submission_id": job.submission_id, "array_index": spec.array_index,
+        "owner_id": job.owner_id, "name": spec.name, "command": spec.command,
+        "shell": spec.shell, "cwd": spec.cwd, "cores": spec.cores, "memory_mb": spec.memory_mb,
+        "priority": spec.priority, "group_name": spec.group, "info_text": spec.info_text,
+        "time_limit_s": spec.time_limit_s, "estimated_time_s": spec.estimated_time_s,
+        "estimated_memory_mb": spec.estimated_memory_mb, "stdout_path": spec.stdout,
+        "stderr_path": spec.stderr, "log_path": spec.log_path,
+        "excluded_hosts": ",".join(spec.excluded_hosts), "requeue": spec.requeue,
+        "signature": spec.signature, "state": job.state, "pending_reason": job.reason,
+        "submitted_at": job.submitted_at, "eligible_at": job.eligible_at,
+        "restart_count": job.restart_count,
+    }
 
 
-# Columns hq-server changes after a job was inserted; anything else is the signed spec.
-OUTCOME_COLUMNS = frozenset({
-    "state", "pending_reason", "host_id", "pid", "exit_code", "signal_number", "eligible_at",
-    "started_at", "ended_at", "cpu_time_s", "max_rss_kb", "restart_count",
-})
+def job_from_row(row: Mapping[str, Any]) -> Job:
+    """A job as its row has it (the owner's and host's names joined in as ``owner``, ``host``)."""
+    spec = JobSpec(
+        command=row["command"], cwd=row["cwd"], shell=row["shell"], name=row["name"],
+        cores=row["cores"], memory_mb=row["memory_mb"], priority=row["priority"],
+        group=row["group_name"], info_text=row["info_text"], time_limit_s=row["time_limit_s"],
+        estimated_time_s=row["estimated_time_s"],
+        estimated_memory_mb=row["estimated_memory_mb"], stdout=row["stdout_path"],
+        stderr=row["stderr_path"], log_path=row["log_path"],
+        excluded_hosts=tuple(h for h in row["excluded_hosts"].split(",") if h),
+        requeue=row["requeue"], array_index=row["array_index"], signature=row["signature"])
+    return Job(id=row["id"], submission_id=row["submission_id"], owner=row["owner"],
+               owner_id=row["owner_id"], spec=spec, submitted_at=row["submitted_at"],
+               state=row["state"], reason=row["pending_reason"], host=row["host"],
+               pid=row["pid"], exit_code=row["exit_code"], signal=row["signal_number"],
+               eligible_at=row["eligible_at"], started_at=row["started_at"],
+               ended_at=row["ended_at"], cpu_time_s=row["cpu_time_s"],
+               max_rss_kb=row["max_rss_kb"], restart_count=row["restart_count"])
 
 
-def insert_submission(conn: sa.Connection, submission: dict[str, Any],
-                      job_rows: Sequence[dict[str, Any]]) -> None:
+def insert_submission(conn: sa.Connection, submission: Submission, owner_id: int,
+                      new_jobs: Sequence[Job]) -> None:
     """Insert one submission and its jobs (ids chosen by the caller) in the caller's
     transaction; executemany keeps 100,000 jobs to one round trip per chunk on MariaDB."""
-    conn.execute(sa.insert(submissions), [submission])
-    conn.execute(sa.insert(jobs), list(job_rows))
+    conn.execute(sa.insert(submissions), [{
+        "id": submission.id, "owner_id": owner_id, "submitted_at": submission.submitted_at,
+        "submit_host": submission.submit_host, "environment": submission.environment,
+        "umask": submission.umask, "job_count": submission.job_count}])
+    conn.execute(sa.insert(jobs), [job_row(job) for job in new_jobs])
 
 
-def update_jobs(conn: sa.Connection, changes: Iterable[tuple[int, dict[str, Any]]]) -> None:
-    """Apply outcome changes, in order, in the caller's transaction.
+def update_jobs(conn: sa.Connection, changes: Iterable[tuple[int, Mapping[str, Any]]],
+                host_ids: Mapping[str, int]) -> None:
+    """Apply outcome changes (Job attribute -> new value), in order, in the caller's
+    transaction; ``host_ids`` maps host names to their rows.
 
     Each job's changes are folded into one row update first (a later value of a column wins),
     and only then are rows with the same set of columns written by one executemany: grouping
@@ -96,13 +88,17 @@ def update_jobs(conn: sa.Connection, changes: Iterable[tuple[int, dict[str, Any]
     """
     folded: dict[int, dict[str, Any]] = {}
     for job_id, values in changes:
-        unknown = set(values) - OUTCOME_COLUMNS
+        unknown = set(values) - OUTCOME_FIELDS
         if unknown:
-            raise ValueError(f"job {job_id}: not outcome columns: {sorted(unknown)}")
-        folded.setdefault(job_id, {}).update(values)
+            raise ValueError(f"job {job_id}: not outcome fields: {sorted(unknown)}")
+        row = folded.setdefault(job_id, {})
+        for name, value in values.items():
+            if name == "host":
+                value = None if value is None else host_ids[value]
+            row[_OUTCOME_COLUMNS.get(name, name)] = value
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-    for job_id, values in folded.items():
-        by_columns[tuple(sorted(values))].append({"b_id": job_id, **values})
+    for job_id, row in folded.items():
+        by_columns[tuple(sorted(row))].append({"b_id": job_id, **row})
     for columns, rows in by_columns.items():
         stmt = (sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"))
                 .values({c: sa.bindparam(c) for c in columns}))
@@ -115,41 +111,39 @@ def _job_query() -> sa.Select[Any]:
             .outerjoin(hosts, hosts.c.id == jobs.c.host_id))
 
 
-_JOB_FIELDS = tuple(JobRow.__dataclass_fields__)
-
-
-def _job_row(row: sa.RowMapping) -> JobRow:
-    return JobRow(**{name: row[name] for name in _JOB_FIELDS})
-
-
-def load_unfinished(conn: sa.Connection) -> tuple[list[SubmissionRow], list[JobRow]]:
+def load_unfinished(conn: sa.Connection) -> tuple[list[Submission], list[Job]]:
     """Every job that has not finished, with the submissions they belong to (server start)."""
     unfinished = [s for s in JobState if s not in FINISHED_JOB_STATES]
-    job_rows = [_job_row(r) for r in conn.execute(
+    found = [job_from_row(r) for r in conn.execute(
         _job_query().where(jobs.c.state.in_(unfinished)).order_by(jobs.c.id)).mappings()]
-    wanted = sorted({j.submission_id for j in job_rows})
-    subs: list[SubmissionRow] = []
+    wanted = sorted({j.submission_id for j in found})
+    subs: list[Submission] = []
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start:start + 1000]
-        subs.extend(SubmissionRow(**dict(r)) for r in conn.execute(
-            sa.select(submissions).where(submissions.c.id.in_(chunk))).mappings())
-    return subs, job_rows
+        subs.extend(Submission(id=r.id, owner=r.owner, environment=r.environment,
+                               umask=r.umask, submitted_at=r.submitted_at,
+                               submit_host=r.submit_host, job_count=r.job_count)
+                    for r in conn.execute(
+                        sa.select(submissions, users.c.name.label("owner"))
+                        .join(users, users.c.id == submissions.c.owner_id)
+                        .where(submissions.c.id.in_(chunk))))
+    return subs, found
 
 
-def find_job(conn: sa.Connection, job_id: int) -> JobRow | None:
+def find_job(conn: sa.Connection, job_id: int) -> Job | None:
     row = conn.execute(_job_query().where(jobs.c.id == job_id)).mappings().first()
-    return None if row is None else _job_row(row)
+    return None if row is None else job_from_row(row)
 
 
 def list_finished_jobs(conn: sa.Connection, owner_id: int, *, limit: int,
-                       ids: Sequence[int] | None = None) -> list[JobRow]:
+                       ids: Sequence[int] | None = None) -> list[Job]:
     """An owner's finished jobs, newest first (for listings of history)."""
     query = (_job_query().where(jobs.c.owner_id == owner_id,
                                 jobs.c.state.in_(list(FINISHED_JOB_STATES)))
              .order_by(jobs.c.id.desc()).limit(limit))
     if ids is not None:
         query = query.where(jobs.c.id.in_(list(ids)))
-    return [_job_row(r) for r in conn.execute(query).mappings()]
+    return [job_from_row(r) for r in conn.execute(query).mappings()]
 
 
 def job_counts(conn: sa.Connection) -> dict[tuple[str, JobState], int]:
@@ -165,3 +159,4 @@ def max_ids(conn: sa.Connection) -> tuple[int, int]:
     job_max = conn.execute(sa.select(sa.func.max(jobs.c.id))).scalar() or 0
     sub_max = conn.execute(sa.select(sa.func.max(submissions.c.id))).scalar() or 0
     return int(job_max), int(sub_max)
+

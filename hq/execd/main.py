@@ -3,8 +3,10 @@
 ``--bridge`` is what the user-server runs (as a child on its own host, over ssh elsewhere):
 it finds the user's exec-server daemon on this host, starting it when none listens, and then
 copies bytes between its stdin/stdout and the daemon's socket, unchanged, until either side
-closes. ``--daemon`` detaches and runs the daemon (the bridge starts it so); ``--foreground``
-runs it attached, logging to stderr as well, for debugging.
+closes. ``--daemon`` detaches and runs the daemon, returning once it listens (the bridge
+starts it so); ``--foreground`` runs it attached, logging to stderr as well, for debugging.
+The life cycle (detach, pid lock, logging, the one-line error) is ``hq.daemon``'s, as for
+every hq daemon.
 
 Files, all per installation and host in the user's private runtime directory
 (``hq.auth.runtime_dir``): ``execd-<host>.sock`` (the daemon's socket), ``execd-<host>.pid``
@@ -21,18 +23,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from hq.errors import HqError, Unavailable
+from hq.errors import Unavailable
+from hq.program import CONTEXT_SETTINGS, run_program
 from hq.protocol import relay_stdio
+
+if TYPE_CHECKING:
+    from hq.config import Installation
+    from hq.daemon import Ready
 
 PROG = "hq-exec-server"
 START_TIMEOUT_S = 10.0
@@ -46,7 +54,7 @@ def daemon_files(runtime_dir: Path, hostname: str) -> tuple[Path, Path, Path]:
     return Path(f"{base}.sock"), Path(f"{base}.pid"), Path(f"{base}.lock")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--bridge", "mode", flag_value="bridge",
               help="Connect stdin/stdout to this user's exec-server, starting it if needed.")
 @click.option("--daemon", "mode", flag_value="daemon",
@@ -62,27 +70,18 @@ def cli(mode: str | None) -> int:
     """
     if mode == "bridge":
         return bridge()
-    if mode == "daemon":
-        return daemon()
-    if mode == "foreground":
-        return serve(detached=False)
+    if mode in ("daemon", "foreground"):
+        return daemon(detached=mode == "daemon")
     raise click.UsageError("say --bridge, --daemon or --foreground")
 
 
 def main() -> None:
     """Entry point: errors become one line on stderr and a non-zero exit code."""
     try:
-        code = cli.main(prog_name=PROG, standalone_mode=False)
-    except HqError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    except click.ClickException as err:
-        print(f"{PROG}: error: {err.format_message()}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        sys.exit(run_program(cli, PROG))
     except OSError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 # --- bridge -----------------------------------------------------------------------------------
@@ -130,21 +129,25 @@ def _start_daemon(root: Path, sock_path: Path, start_lock: Path) -> socket.socke
         if sock is not None:
             return sock
         env = {**os.environ, "HQPATH": str(root)}
-        # -P: the current directory (the user's home over ssh) must not shadow hq.
-        starter = subprocess.Popen(
-            [sys.executable, "-P", "-m", "hq.execd.main", "--daemon"], env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, close_fds=True)
-        assert starter.stderr is not None
-        # The daemon closes its stderr once it listens, or writes why it cannot and exits.
-        complaint = _read_until_eof(starter.stderr.fileno(), deadline)
-        starter.stderr.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            starter.wait(timeout=max(0.1, deadline - time.monotonic()))
+        # -P: the current directory (the user's home over ssh) must not shadow hq. stderr to
+        # a file, not a pipe: the daemon must not hold our pipe open.
+        with tempfile.TemporaryFile() as errors:
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-P", "-m", "hq.execd.main", "--daemon"], env=env,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                    timeout=START_TIMEOUT_S, check=False, close_fds=True)
+                code = done.returncode
+            except subprocess.TimeoutExpired:
+                code = None
+            errors.seek(0)
+            complaint = errors.read(64 * 1024).decode(errors="replace")
         sock = _connect(sock_path)
         if sock is None:
-            why = complaint.strip().splitlines()[-1] if complaint.strip() else (
-                f"no socket at {sock_path} within {START_TIMEOUT_S:.0f} s")
+            lines = [line for line in complaint.strip().splitlines() if line.strip()]
+            why = lines[-1] if lines else (
+                f"no socket at {sock_path} within {START_TIMEOUT_S:.0f} s" if code is None
+                else f"exit status {code}")
             raise Unavailable(f"the exec-server did not start: {why} "
                               f"(log: ~/.hq/log/execd-{socket.gethostname()}.log)")
         return sock
@@ -152,94 +155,59 @@ def _start_daemon(root: Path, sock_path: Path, start_lock: Path) -> socket.socke
         os.close(fd)  # releases the start lock
 
 
-def _read_until_eof(fd: int, deadline: float) -> str:
-    data = b""
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace")
-
-
 # --- daemon -----------------------------------------------------------------------------------
 
-def daemon() -> int:
-    """Detach (fork, setsid, fork: no controlling terminal ever again), then serve."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
+def daemon(*, detached: bool) -> int:
+    """Run the exec-server daemon (``hq.daemon.run_daemon``) until it is idle or told to
+    stop; detached, the starting process returns once it listens."""
+    from hq import auth
+    from hq.config import Installation
+    from hq.daemon import run_daemon
+
+    inst = Installation.locate()
+    hostname = socket.gethostname()
+    sock_path, pid_lock, _start_lock = daemon_files(auth.runtime_dir(inst.root), hostname)
+    log_file = auth.private_dir(auth.state_dir() / "log", "log directory") / \
+        f"execd-{hostname}.log"
+    return run_daemon(PROG, detached=detached, log_file=log_file, verbose=0, pid_file=pid_lock,
+                      serve=lambda ready: serve(inst, sock_path, hostname, ready),
+                      already_serving=lambda: _connect_and_close(sock_path),
+                      lock_wait_s=LOCK_WAIT_S, log_both=not detached)
+
+
+def _connect_and_close(path: Path) -> bool:
+    sock = _connect(path)
+    if sock is None:
+        return False
+    sock.close()
+    return True
+
+
+async def serve(inst: Installation, sock_path: Path, hostname: str, ready: Ready | None) -> None:
+    """Listen, report ready, serve until idle or stopped. Running jobs are left alone."""
+    import logging
+
+    from hq import auth
+    from hq.execd.service import ExecServer
+
+    os.chdir("/")  # hold no directory busy (an unmountable home, say)
+    os.umask(0o077)  # the daemon's own files (socket, locks); jobs get their own umask
     # Jobs inherit ignored signals through exec: whatever started the bridge (nohup, a
     # background shell) must not decide that for them.
     for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
-    return serve(detached=True)
-
-
-def serve(*, detached: bool) -> int:
-    """Run the exec-server daemon until it is idle or told to stop."""
-    import asyncio
-    import logging
-
-    from hq import auth
-    from hq.config import Installation
-    from hq.execd.service import ExecServer
-
-    os.chdir("/")  # hold no directory busy (an unmountable home, say)
-    os.umask(0o077)  # the daemon's own files (log, socket, locks); jobs get their own umask
-    inst = Installation.locate()
-    hostname = socket.gethostname()
-    log_file = _setup_logging(hostname, to_stderr=not detached)
-    sock_path, pid_lock, _start_lock = daemon_files(auth.runtime_dir(inst.root), hostname)
-    try:
-        sock = listen(sock_path, pid_lock, hostname)
-    except (HqError, OSError) as err:
-        logging.getLogger(__name__).error("exec-server %s: cannot start: %s", hostname, err)
-        raise
+    sock = listen(sock_path)
     server = ExecServer(sock, sock_path, hostname=hostname, user=auth.user_name(os.geteuid()))
-    logging.getLogger(__name__).info("exec-server %s: pid %s, installation %s, log %s",
-                                     hostname, os.getpid(), inst.root, log_file)
-    if detached:
-        # Tells the bridge we listen (its pipe on our stderr reaches EOF); from now on the
-        # log is the only output.
-        null = os.open(os.devnull, os.O_RDWR)
-        for target in (0, 1, 2):
-            os.dup2(null, target)
-        os.close(null)
-    asyncio.run(server.serve())
-    return 0
+    logging.getLogger(__name__).info("exec-server %s: pid %s, installation %s", hostname,
+                                     os.getpid(), inst.root)
+    if ready is not None:
+        ready(None)
+    await server.serve()
 
 
-def listen(sock_path: Path, pid_lock: Path, hostname: str) -> socket.socket:
-    """Lock ``pid_lock`` for the rest of this process's life, then listen on ``sock_path``.
-
-    The lock makes this the only daemon for the socket, so a socket file found here is stale.
-    Raises Unavailable when another daemon holds the lock.
-    """
-    fd = os.open(pid_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            # A daemon that is exiting has removed its socket first, so a bridge may start us
-            # while it still holds the lock: give it a moment.
-            if time.monotonic() < deadline:
-                time.sleep(0.05)
-                continue
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise Unavailable(f"an exec-server (pid {other}) already runs for this "
-                              f"installation on {hostname}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    # fd stays open on purpose: closing it would release the lock.
+def listen(sock_path: Path) -> socket.socket:
+    """Listen on ``sock_path``; the caller holds the pid lock, so a socket file found here is
+    stale."""
     with contextlib.suppress(FileNotFoundError):
         sock_path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -247,22 +215,6 @@ def listen(sock_path: Path, pid_lock: Path, hostname: str) -> socket.socket:
     os.chmod(sock_path, 0o600)  # the directory is 0700 already; belt and braces
     sock.listen(128)
     return sock
-
-
-def _setup_logging(hostname: str, *, to_stderr: bool) -> Path:
-    """Log to ``~/.hq/log/execd-<host>.log`` (0700 directory; shared home, one file a host)."""
-    import logging
-
-    from hq import auth
-
-    log_dir = auth.private_dir(auth.state_dir() / "log", "log directory")
-    path = log_dir / f"execd-{hostname}.log"
-    handlers: list[logging.Handler] = [logging.FileHandler(path)]
-    if to_stderr:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return path
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import psutil
+
+from hq.protocol.messages import JobEnded
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,12 @@ class Outcome:
     max_rss_kb: int | None = None
     reason: str | None = None  # cancelled, time limit, cannot start: ..., refused: ...
 
-    def event(self) -> dict[str, Any]:
-        """The ``ended`` JobEvent as it goes on the wire."""
-        return {"id": self.job_id, "event": "ended", "at": self.ended_at,
-                "started_at": self.started_at, "pid": self.pid, "exit_code": self.exit_code,
-                "signal": self.signal, "cpu_time_s": self.cpu_time_s,
-                "max_rss_kb": self.max_rss_kb, "reason": self.reason}
+    def event(self) -> JobEnded:
+        """The ``ended`` event as it goes on the wire."""
+        return JobEnded(id=self.job_id, at=self.ended_at, started_at=self.started_at,
+                        pid=self.pid, exit_code=self.exit_code, signal=self.signal,
+                        cpu_time_s=self.cpu_time_s, max_rss_kb=self.max_rss_kb,
+                        reason=self.reason)
 
 
 @dataclass

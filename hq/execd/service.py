@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
@@ -29,20 +28,43 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 
 from hq import auth, jobspec
-from hq.errors import HqError, Unavailable, UsageError
+from hq.errors import HqError, ProtocolError, Unavailable
 from hq.execd.runner import REASON_LEASE, JobRunner, Launch, Outcome, RunningJob
 from hq.protocol import (
     MAX_FRAME,
-    PROTOCOL_VERSION,
     Channel,
-    Message,
-    ProtocolError,
     check_hello,
     error_message,
     peer_credentials,
+    welcome,
+)
+from hq.protocol.messages import (
+    CLI_SENDS,
+    USERD_SENDS_EXECD,
+    Ack,
+    CancelJobs,
+    ExecSettings,
+    Heartbeat,
+    Hello,
+    JobEnded,
+    JobEvent,
+    JobEvents,
+    JobStarted,
+    Lease,
+    Relay,
+    Request,
+    Run,
+    RunJob,
+    SubmissionEnv,
+    SyncReply,
+    SyncRequest,
+)
+from hq.protocol.messages import (
+    RunningJob as RunningJobInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -65,22 +87,13 @@ class Settings:
     lease_s: float | None = None  # no user-server contact this long: kill the jobs (§6)
     heartbeat_interval_s: float = 2.0
 
-    def updated(self, data: Any) -> Settings:
-        """These settings with the hello's ``settings`` object applied; bad values raise."""
-        if data is None:
+    def updated(self, given: ExecSettings | None) -> Settings:
+        """These settings with a hello's (already type- and range-checked) ones applied."""
+        if given is None:
             return self
-        if not isinstance(data, dict):
-            raise ProtocolError("hello: settings must be an object")
-        values: dict[str, float] = {}
-        for name in ("idle_timeout_s", "lease_s", "heartbeat_interval_s"):
-            value = data.get(name)
-            if value is None:
-                continue
-            if (isinstance(value, bool) or not isinstance(value, int | float)
-                    or not math.isfinite(value) or value <= 0):
-                raise ProtocolError(f"hello: settings.{name} must be a positive number, "
-                                    f"not {value!r}")
-            values[name] = float(value)
+        values = {name: getattr(given, name) for name in ("idle_timeout_s", "lease_s",
+                                                           "heartbeat_interval_s")
+                  if getattr(given, name) is not None}
         return replace(self, **values)
 
 
@@ -98,13 +111,13 @@ class ExecServer:
         self.settings = settings or Settings()
         self.clock = clock
         self.runner = JobRunner(self._job_ended, clock=clock)
-        self.ended: dict[int, Message] = {}  # ended events not yet acknowledged, by job id
+        self.ended: dict[int, JobEnded] = {}  # ended events not yet acknowledged, by job id
         self.acked: OrderedDict[int, float] = OrderedDict()  # job id -> when acknowledged
         self.controller: Channel | None = None
         self.last_contact = clock()  # the lease counts from here
         self._key: bytes | None = None
         self.job_logs: dict[int, tuple[str, int]] = {}  # job -> (its -l file, its umask)
-        self._queue: list[Message] = []
+        self._queue: list[JobEvent] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._stop: asyncio.Event | None = None
 
@@ -190,29 +203,29 @@ class ExecServer:
             peer = peer_credentials(writer.get_extra_info("socket"))
             if peer.uid != os.geteuid():  # the 0700 directory should make this impossible
                 raise ProtocolError(f"uid {peer.uid} may not use this exec-server")
-            hello = await asyncio.wait_for(channel.receive(), HELLO_TIMEOUT_S)
+            hello = await asyncio.wait_for(channel.receive_as(Hello), HELLO_TIMEOUT_S)
             if hello is None:
                 channel.close()
                 return
-            role = check_hello(hello, {"userd", "cli"})
-            if role == "cli":
+            channel.version = check_hello(hello, {"userd", "cli"})
+            if hello.role == "cli":
                 await self._serve_command(channel)
                 return
-            self.settings = self.settings.updated(hello.get("settings"))
+            self.settings = self.settings.updated(hello.settings)
         except (HqError, TimeoutError, OSError) as err:
             log.warning("exec-server %s: handshake refused: %s", self.hostname, err)
             if isinstance(err, HqError):
                 channel.send(error_message(err))
             channel.close()
             return
-        channel.send({"type": "welcome", "version": PROTOCOL_VERSION, "host": self.hostname,
-                      "pid": os.getpid(), "user": self.user})
+        channel.accept(USERD_SENDS_EXECD)
+        channel.send(self._welcome(channel.version))
         old, self.controller = self.controller, channel
         self.last_contact = self.clock()
         self._drop_queue()  # the new controller asks for the whole view with sync
-        log.info("exec-server %s: user-server (pid %s) connected%s; settings: idle timeout "
-                 "%s s, heartbeat %s s, lease %s s", self.hostname, peer.pid,
-                 ", replacing the previous one" if old is not None else "",
+        log.info("exec-server %s: user-server (pid %s, protocol %d) connected%s; settings: "
+                 "idle timeout %s s, heartbeat %s s, lease %s s", self.hostname, peer.pid,
+                 channel.version, ", replacing the previous one" if old is not None else "",
                  self.settings.idle_timeout_s, self.settings.heartbeat_interval_s,
                  self.settings.lease_s)
         if old is not None:
@@ -220,8 +233,6 @@ class ExecServer:
         heartbeats = asyncio.create_task(self._heartbeats(channel))
         try:
             await channel.serve(lambda message: self._dispatch(channel, message))
-        except ProtocolError as err:  # a bad frame; serve() has closed the link already
-            log.warning("exec-server %s: user-server dropped: %s", self.hostname, err)
         finally:
             heartbeats.cancel()
             if self.controller is channel:
@@ -229,67 +240,65 @@ class ExecServer:
                 self._drop_queue()
                 log.info("exec-server %s: user-server disconnected", self.hostname)
 
+    def _welcome(self, version: int) -> Any:
+        return welcome(version, host=self.hostname, pid=os.getpid(), user=self.user)
+
     async def _serve_command(self, channel: Channel) -> None:
         """hq-submit or hq-client inside one of our jobs: pass its requests to the
         user-server that controls us, and its answers back."""
-        channel.send({"type": "welcome", "version": PROTOCOL_VERSION, "host": self.hostname,
-                      "pid": os.getpid(), "user": self.user})
+        channel.accept(CLI_SENDS)
+        channel.send(self._welcome(channel.version))
         log.info("exec-server %s: relaying for a command inside a job", self.hostname)
 
-        async def relay(message: Message) -> None:
+        async def relay(request: Request) -> None:
             if self.controller is None:
-                channel.reply_error(message, Unavailable(
+                channel.reply_error(request, Unavailable(
                     f"no user-server is connected to the exec-server on {self.hostname}"))
                 return
-            request = {k: v for k, v in message.items() if k != "rid"}
             try:
-                answer = await self.controller.request({"type": "relay", "request": request},
-                                                       timeout=RELAY_TIMEOUT_S)
+                answer = await self.controller.request(
+                    Relay(request=msgspec.structs.replace(request, rid=None)),
+                    timeout=RELAY_TIMEOUT_S, reply_type=type(request).reply_type)
             except HqError as err:
-                channel.reply_error(message, err)
+                channel.reply_error(request, err)
             except TimeoutError:
-                channel.reply_error(message, Unavailable("the user-server did not answer"))
+                channel.reply_error(request, Unavailable("the user-server did not answer"))
             else:
-                channel.reply(message, **{k: v for k, v in answer.items()
-                                          if k not in ("type", "rid")})
+                channel.reply(request, answer)
 
         await channel.serve(relay)
 
     async def _heartbeats(self, channel: Channel) -> None:
         while not channel.closed.is_set():
-            channel.send({"type": "heartbeat", "load1": os.getloadavg()[0],
-                          "free_memory_mb": psutil.virtual_memory().available // 2**20,
-                          "running": len(self.runner.jobs)})
+            channel.send(Heartbeat(load1=os.getloadavg()[0],
+                                   free_memory_mb=psutil.virtual_memory().available // 2**20,
+                                   running=len(self.runner.jobs)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(channel.closed.wait(), self.settings.heartbeat_interval_s)
 
-    async def _dispatch(self, channel: Channel, message: Message) -> None:
+    async def _dispatch(self, channel: Channel, message: Any) -> None:
         """Handle one message; errors end at this boundary (logged, answered if a request)."""
         if channel is not self.controller:
             return  # superseded: its link is closing
         self.last_contact = self.clock()
-        kind = message["type"]
+        handler = HANDLERS[type(message)]
         try:
-            if kind == "run":
-                answer = await self._run(message)
-            elif kind in ("cancel", "ack", "sync"):
-                answer = getattr(self, f"_{kind}")(message)
-            elif kind == "lease":
-                answer = {}  # only renews the lease (last_contact, above)
-            else:
-                raise UsageError(f"unknown message type {kind!r}")
+            answer = handler(self, message)
+            if asyncio.iscoroutine(answer):
+                answer = await answer
         except HqError as err:
-            log.warning("exec-server %s: %s message refused: %s", self.hostname, kind, err)
-            if "rid" in message:
+            log.warning("exec-server %s: %s refused: %s", self.hostname,
+                        type(message).__name__, err)
+            if isinstance(message, Request):
                 channel.reply_error(message, err)
             return
         except Exception as err:
-            log.exception("exec-server %s: %s message failed", self.hostname, kind)
-            if "rid" in message:
-                channel.reply_error(message, HqError(f"{kind} failed: {err}"))
+            log.exception("exec-server %s: %s failed", self.hostname, type(message).__name__)
+            if isinstance(message, Request):
+                channel.reply_error(message, HqError(f"{type(message).__name__} failed: {err}"))
             return
-        if "rid" in message:  # run, cancel and ack are notifications, unless asked
-            channel.reply(message, **answer)
+        if isinstance(message, Request):
+            channel.reply(message, answer)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -303,43 +312,31 @@ class ExecServer:
                             err)
         return self._key
 
-    async def _run(self, message: Message) -> Message:
-        jobs = message.get("jobs")
-        submissions = message.get("submissions") or {}
-        if not isinstance(jobs, list) or not isinstance(submissions, dict):
-            raise UsageError("run: jobs must be a list and submissions an object")
+    async def _run(self, message: Run) -> None:
         key = self._signing_key()
         digests: dict[str, str | None] = {}
-        for n, item in enumerate(jobs):
+        for n, item in enumerate(message.jobs):
             if n and n % RUN_CHUNK == 0:
                 await asyncio.sleep(0)  # let reaping, events and heartbeats through
-            self._run_one(item, submissions, key, digests)
-        return {}
+            self._run_one(item, message.submissions, key, digests)
 
-    def _run_one(self, item: Any, submissions: dict[str, Any], key: bytes | None,
+    def _run_one(self, item: RunJob, submissions: dict[str, SubmissionEnv], key: bytes | None,
                  digests: dict[str, str | None]) -> None:
-        job_id = item.get("id") if isinstance(item, dict) else None
-        if not isinstance(job_id, int) or isinstance(job_id, bool):
-            log.warning("exec-server %s: run: a job without an integer id ignored", self.hostname)
-            return
+        job_id, spec = item.id, item.spec
         if self.knows(job_id):
             log.info("job %s: already known here, run ignored", job_id)
             return
-        try:
-            spec = jobspec.JobSpec.from_wire(item.get("spec"))
-        except UsageError as err:
-            self._not_started(job_id, f"cannot start: {err}")
-            return
-        submission_id = str(item.get("submission_id"))
+        submission_id = str(item.submission_id)
+        submission = submissions.get(submission_id)
         if submission_id not in digests:
-            digests[submission_id] = _digest(submissions.get(submission_id))
+            digests[submission_id] = None if submission is None else jobspec.submission_digest(
+                submission.environment, submission.umask)
         digest = digests[submission_id]
-        if key is None or digest is None or not auth.job_signature_ok(key, spec, self.user,
-                                                                     digest):
+        if (key is None or digest is None or submission is None
+                or not auth.job_signature_ok(key, spec, self.user, digest)):
             self._not_started(job_id, "refused: bad signature")
             return
-        submission = submissions[submission_id]
-        env = dict(submission["environment"])
+        env = dict(submission.environment)
         # HQ_EXECD_SOCKET: hq-submit inside the job reaches the user-server through us
         env.update(HQ_JOB_ID=str(job_id), HQ_SUBMISSION_ID=submission_id, HQ_HOST=self.hostname,
                    HQ_EXECD_SOCKET=str(self.socket_path))
@@ -349,13 +346,13 @@ class ExecServer:
             env["HQ_ARRAY_INDEX"] = str(spec.array_index)
         result = self.runner.start(Launch(
             job_id=job_id, command=spec.command, shell=spec.shell, cwd=spec.cwd, env=env,
-            umask=submission["umask"], time_limit_s=spec.time_limit_s,
+            umask=submission.umask, time_limit_s=spec.time_limit_s,
             stdout=jobspec.resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd),
             stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd)))
         if spec.log_path:
             self.job_logs[job_id] = (jobspec.resolve_path(spec.log_path, job_id,
                                                           spec.array_index, spec.cwd),
-                                     submission["umask"])
+                                     submission.umask)
         if isinstance(result, Outcome):
             log.warning("job %s: %s", job_id, result.reason)
             self._record_end(result)
@@ -363,32 +360,30 @@ class ExecServer:
         self._note(job_id, f"job {job_id}: started on {self.hostname} at "
                            f"{_when(result.started_at)}, pid {result.pid}")
         log.info("job %s: started pid %s", job_id, result.pid)
-        self._emit({"id": job_id, "event": "started", "pid": result.pid,
-                    "at": result.started_at})
+        self._emit(JobStarted(id=job_id, pid=result.pid, at=result.started_at))
 
-    def _cancel(self, message: Message) -> Message:
-        ids = _ids(message)
-        reason = message.get("reason")
-        for job_id in self.runner.cancel(ids):
-            log.info("job %s: cancelling (%s)", job_id, reason or "no reason given")
-        return {}
+    def _cancel(self, message: CancelJobs) -> None:
+        for job_id in self.runner.cancel(message.ids):
+            log.info("job %s: cancelling (%s)", job_id, message.reason or "no reason given")
 
-    def _ack(self, message: Message) -> Message:
+    def _ack(self, message: Ack) -> None:
         now = self.clock()
-        for job_id in _ids(message):
+        for job_id in message.ids:
             if self.ended.pop(job_id, None) is not None:
                 self.acked[job_id] = now
                 self.acked.move_to_end(job_id)
         while self.acked and (len(self.acked) > ACKED_MEMORY_MAX
                               or next(iter(self.acked.values())) < now - ACKED_MEMORY_S):
             self.acked.popitem(last=False)
-        return {}
 
-    def _sync(self, _message: Message) -> Message:
+    def _sync(self, _message: SyncRequest) -> SyncReply:
         # The answer is the whole view, so anything still queued would only repeat it.
         self._drop_queue()
-        return {"running": [_running(job) for job in self.runner.jobs.values()],
-                "ended": list(self.ended.values())}
+        return SyncReply(running=[_running(job) for job in self.runner.jobs.values()],
+                         ended=list(self.ended.values()))
+
+    def _lease(self, _message: Lease) -> None:
+        """Only renews the lease (``last_contact``, set for every message)."""
 
     def knows(self, job_id: int) -> bool:
         """Running, ended and unacknowledged, or acknowledged lately: never start it again."""
@@ -440,7 +435,7 @@ class ExecServer:
         self.ended[outcome.job_id] = event
         self._emit(event)
 
-    def _emit(self, event: Message) -> None:
+    def _emit(self, event: JobEvent) -> None:
         if self.controller is None:
             return  # kept in the view (running / ended) that sync reports
         self._queue.append(event)
@@ -455,7 +450,7 @@ class ExecServer:
             self._flush_timer.cancel()
             self._flush_timer = None
         if self._queue and self.controller is not None:
-            self.controller.send({"type": "job_events", "events": self._queue})
+            self.controller.send(JobEvents(events=self._queue))
         self._queue = []
 
     def _drop_queue(self) -> None:
@@ -469,26 +464,12 @@ def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
 
 
-def _running(job: RunningJob) -> Message:
-    return {"id": job.job_id, "pid": job.pid, "started_at": job.started_at}
+def _running(job: RunningJob) -> RunningJobInfo:
+    return RunningJobInfo(id=job.job_id, pid=job.pid, started_at=job.started_at)
 
 
-def _ids(message: Message) -> list[int]:
-    ids = message.get("ids")
-    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool)
-                                            for i in ids):
-        raise UsageError(f"{message['type']}: ids must be a list of job ids")
-    return ids
-
-
-def _digest(submission: Any) -> str | None:
-    """The signed digest of a submission, or None when it is malformed (then no job of it
-    can carry a valid signature)."""
-    if not isinstance(submission, dict):
-        return None
-    env, umask = submission.get("environment"), submission.get("umask")
-    if (not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                             for k, v in env.items())
-            or not isinstance(umask, int) or isinstance(umask, bool) or not 0 <= umask <= 0o777):
-        return None
-    return jobspec.submission_digest(env, umask)
+HANDLERS: dict[type, Callable[[ExecServer, Any], Any]] = {
+    Run: ExecServer._run, CancelJobs: ExecServer._cancel, Ack: ExecServer._ack,
+    SyncRequest: ExecServer._sync, Lease: ExecServer._lease,
+}
+"""What a user-server may send its exec-server -> the handler."""

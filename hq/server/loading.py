@@ -7,33 +7,10 @@ from collections import Counter
 import sqlalchemy as sa
 
 from hq.db.hosts import HostRecord, list_hosts
-from hq.db.jobs import JobRow, job_counts, load_unfinished, max_ids
+from hq.db.jobs import job_counts, load_unfinished, max_ids
 from hq.db.settings import CLUSTER_ACTIVE, get_setting
 from hq.db.users import UserRecord, list_users
-from hq.jobspec import JobSpec
-from hq.server.state import Cluster, Host, Job
-
-
-def spec_of(row: JobRow) -> JobSpec:
-    return JobSpec(
-        command=row.command, cwd=row.cwd, shell=row.shell, name=row.name, cores=row.cores,
-        memory_mb=row.memory_mb, priority=row.priority, group=row.group_name,
-        info_text=row.info_text, time_limit_s=row.time_limit_s,
-        estimated_time_s=row.estimated_time_s, estimated_memory_mb=row.estimated_memory_mb,
-        stdout=row.stdout_path, stderr=row.stderr_path, log_path=row.log_path,
-        excluded_hosts=tuple(h for h in row.excluded_hosts.split(",") if h),
-        requeue=row.requeue, array_index=row.array_index, signature=row.signature)
-
-
-def job_from_row(row: JobRow) -> Job:
-    """A job as the database has it (at start-up, or a finished one shown on request)."""
-    return Job(id=row.id, submission_id=row.submission_id, owner=row.owner,
-               owner_id=row.owner_id, spec=spec_of(row), submitted_at=row.submitted_at,
-               state=row.state, pending_reason=row.pending_reason, host=row.host,
-               pid=row.pid, exit_code=row.exit_code, signal=row.signal_number,
-               eligible_at=row.eligible_at, started_at=row.started_at, ended_at=row.ended_at,
-               cpu_time_s=row.cpu_time_s, max_rss_kb=row.max_rss_kb,
-               restart_count=row.restart_count)
+from hq.server.state import Cluster, Host
 
 
 def _host(rec: HostRecord) -> Host:
@@ -63,24 +40,21 @@ def apply_host_records(cluster: Cluster, records: list[HostRecord]) -> list[str]
     return changed
 
 
-def load_state(conn: sa.Connection, retry_unreachable_s: float = 30.0,
-               ) -> tuple[Cluster, dict[str, UserRecord]]:
+def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
     """Users, hosts, every unfinished job, counts and settings, as the database has them.
 
     Dispatched and running jobs are left alone (never dispatched again) until their owner's
     user-server reports what its exec-servers really run (sync), or their lease runs out.
     """
     cluster = Cluster()
-    cluster.retry_after_s = retry_unreachable_s
     users = {u.name: u for u in list_users(conn, include_retired=True)}
-    names = {u.id: u.name for u in users.values()}
     for rec in list_hosts(conn, include_retired=True):
         cluster.add_host(_host(rec))
-    subs, rows = load_unfinished(conn)
+    subs, found = load_unfinished(conn)
     for sub in subs:
-        cluster.add_submission(sub.id, names[sub.owner_id], sub.environment, sub.umask)
-    for row in rows:
-        cluster.add_job(job_from_row(row))
+        cluster.add_submission(sub)
+    for job in found:
+        cluster.add_job(job)
     cluster.counts = Counter(job_counts(conn))
     cluster.next_job_id, cluster.next_submission_id = (n + 1 for n in max_ids(conn))
     cluster.active = (get_setting(conn, CLUSTER_ACTIVE) or "yes") == "yes"

@@ -9,7 +9,6 @@ exec-servers and are re-adopted when hq-server is back.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import signal
@@ -20,9 +19,9 @@ from pathlib import Path
 import click
 
 from hq import __version__
-from hq.cli.common import CONTEXT_SETTINGS, run_program
 from hq.config import Installation, load_database, load_server
 from hq.daemon import Ready, run_daemon
+from hq.program import CONTEXT_SETTINGS, run_program
 
 log = logging.getLogger("hq.server")
 PROG = "hq-server"
@@ -33,14 +32,13 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     # Everything hq-server writes is the admin's alone (database, logs, pid file); what users
     # must reach (the socket, its directory, the head file) is opened up explicitly.
     os.umask(0o077)
-    from hq.db.daemons import record_server_start, record_server_stop
     from hq.db.engine import create_engine, database_errors, relocate_sqlite
     from hq.db.migrate import require_head
-    from hq.server.admin import admin_request, reload_configuration
-    from hq.server.core import Listener, ServerContext
+    from hq.server.admin import reload_configuration
+    from hq.server.clock import SystemClock
+    from hq.server.core import Server
+    from hq.server.listener import Listener
     from hq.server.loading import load_state
-    from hq.server.requests import USER_REQUESTS
-    from hq.server.scheduler import Policy
     from hq.server.store import Store
 
     config = load_server(inst)
@@ -53,25 +51,20 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     with database_errors(db):
         require_head(engine)
         with engine.connect() as conn:
-            cluster, users = load_state(conn, config.retry_unreachable_s)
+            cluster, users = load_state(conn)
     loop = asyncio.get_running_loop()
     store = Store(engine, loop, flush_interval=config.db_flush_interval_s,
                   batch_max=config.db_batch_max)
     store.start()
-    now = dt.datetime.now(dt.UTC)
-    ctx = ServerContext(inst=inst, config=config, db=db, cluster=cluster, store=store,
-                        users=users, policy=Policy(load_factor=config.load_factor,
-                                                   max_running_per_user=config.max_running_per_user,
-                                                   fair_share=config.fair_share),
-                        started_at=now)
-    instance_id = await store.write(
-        lambda conn: record_server_start(conn, socket.gethostname(), os.getpid(), __version__,
-                                         now), what="server start", refuse_when_down=True)
-    listener = Listener(ctx, USER_REQUESTS, admin_request)
+    server = Server(inst=inst, config=config, database=db.describe(), cluster=cluster,
+                    store=store, users=users, clock=SystemClock())
+    instance_id = await server.journal.server_started(socket.gethostname(), os.getpid(),
+                                                      __version__)
+    listener = Listener(server)
     await listener.start(config.socket_path)
     head_file = write_head_file(config.socket_path.parent, config.ssh_address)
-    scheduler = asyncio.create_task(ctx.dispatcher.run())
-    health = asyncio.create_task(ctx.dispatcher.watch_health())
+    scheduler = asyncio.create_task(server.dispatcher.run())
+    health = asyncio.create_task(server.health.watch())
 
     stops = 0
 
@@ -82,27 +75,25 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
             log.warning("server: second stop signal, exiting now")
             os._exit(1)
         log.info("server: stop signal, shutting down")
-        ctx.stopping.set()
+        server.stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
-        reload_configuration(ctx)))
+        reload_configuration(server)))
     log.info("server: hq-server %s ready, pid %d, socket %s, database %s, %d unfinished jobs, "
              "%d hosts, cluster %s", __version__, os.getpid(), config.socket_path,
              db.describe(), sum(1 for j in cluster.jobs.values() if not j.state.finished),
              len(cluster.hosts), "active" if cluster.active else "deactivated")
     if ready is not None:
         ready(None)
-    await ctx.stopping.wait()
+    await server.stopping.wait()
     scheduler.cancel()
     health.cancel()
     await listener.close()
     config.socket_path.unlink(missing_ok=True)
     head_file.unlink(missing_ok=True)
-    await store.write(lambda conn: record_server_stop(conn, instance_id,
-                                                      dt.datetime.now(dt.UTC)),
-                      what="server stop")
+    await server.journal.server_stopped(instance_id)
     store.stop()
     engine.dispose()
     log.info("server: stopped")

@@ -1,88 +1,34 @@
-"""hq-server's live state in memory, and the one function that changes a job's state.
+"""hq-server's live state in memory: jobs, hosts, submissions and the indexes between them.
 
-The database is the durable copy; this is the fast one. Every job transition goes through
-``Cluster.transition``: it checks the state machine, updates the indexes (pending queue, host
-usage, counts), logs one line that starts with the job, and returns the row change and event
-row that the caller hands to the store in the same batch.
+The database is the durable copy; this is the fast one. ``Cluster.transition`` and
+``Cluster.set_host_state`` are the only code that changes a job's or a host's state: they
+check the state machine (``hq.states``) and keep the indexes (pending queues, host usage,
+counts) true. They record nothing and log nothing: ``hq.server.journal.Journal`` calls them,
+records what they return and logs it, and it is the only caller outside tests.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-import logging
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
-from hq.db.events import Event
-from hq.jobspec import JobSpec, resolve_path
+from hq.job import OUTCOME_FIELDS, Job, Submission
+from hq.protocol.messages import HostAddress
 from hq.server.scheduler import HostSlot, PendingJob
-from hq.states import EventKind, HostState, JobState, check_job_transition
-
-log = logging.getLogger("hq.server.jobs")
-
-# Job attributes that only hq-server's memory holds (not columns of the jobs table).
-MEMORY_ONLY = frozenset({"cancel_requested"})
+from hq.states import HostState, JobState, check_host_transition, check_job_transition
 
 # Finished jobs kept in memory for quick show/wait answers; older ones are read from the DB.
 RECENT_FINISHED = 20_000
 
 
-@dataclass(slots=True)
-class Submission:
-    id: int
-    owner: str
-    environment: dict[str, str]
-    umask: int
-    unfinished: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    id: int
-    submission_id: int
-    owner: str
-    owner_id: int
-    spec: JobSpec
-    submitted_at: dt.datetime
-    state: JobState = JobState.PENDING
-    pending_reason: str | None = None
-    host: str | None = None
-    pid: int | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    eligible_at: dt.datetime | None = None
-    started_at: dt.datetime | None = None
-    ended_at: dt.datetime | None = None
-    cpu_time_s: float | None = None
-    max_rss_kb: int | None = None
-    restart_count: int = 0
-    cancel_requested: bool = False
-    _pending_view: PendingJob | None = None
-
-    @property
-    def stdout_path(self) -> str:
-        return resolve_path(self.spec.stdout, self.id, self.spec.array_index, self.spec.cwd)
-
-    @property
-    def stderr_path(self) -> str:
-        return resolve_path(self.spec.stderr, self.id, self.spec.array_index, self.spec.cwd)
-
-    @property
-    def pending_view(self) -> PendingJob:
-        if self._pending_view is None:
-            self._pending_view = PendingJob(
-                id=self.id, owner=self.owner, priority=self.spec.priority,
-                cores=self.spec.cores, memory_mb=self.spec.memory_mb,
-                excluded_hosts=frozenset(self.spec.excluded_hosts))
-        return self._pending_view
-
-
 @dataclass(slots=True, eq=False)
 class Host:
+    """A host as hq-server sees it now: configuration, admin switches, reachability, usage."""
+
     id: int
     name: str
     address: str
@@ -105,12 +51,13 @@ class Host:
     used_memory_mb: int = 0
     jobs: set[int] = field(default_factory=set)
 
-    def takes_jobs(self, retry_after_s: float) -> bool:
+    def takes_jobs(self, now_m: float, retry_after_s: float) -> bool:
+        """Whether a round may place jobs here at monotonic time ``now_m``."""
         if not self.active or self.drained or self.retired:
             return False
         if self.state in (HostState.UNREACHABLE, HostState.HEARTBEAT_LOST):
             # try again now and then: the next dispatch is the probe that finds it back
-            return time.monotonic() - self.state_since > retry_after_s
+            return now_m - self.state_since > retry_after_s
         return self.state in (HostState.UP, HostState.UNKNOWN)
 
     def slot(self) -> HostSlot:
@@ -120,17 +67,18 @@ class Host:
                         running_jobs=len(self.jobs), memory_mb=self.memory_mb,
                         free_memory_mb=free_memory, load1=self.load1)
 
-    def wire(self) -> dict[str, Any]:
-        return {"name": self.name, "address": self.address, "ssh_port": self.ssh_port}
+    def address_info(self) -> HostAddress:
+        return HostAddress(name=self.name, address=self.address, ssh_port=self.ssh_port)
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What a transition wrote: a jobs-row update and an event row."""
+    """What one job transition changed: the job, its old and new state, the attributes set."""
 
-    job_id: int
-    values: dict[str, Any]
-    event: Event
+    job: Job
+    old: JobState
+    new: JobState
+    values: dict[str, Any]   # Job attribute -> new value (hq.db.jobs maps them to columns)
 
 
 class Cluster:
@@ -141,10 +89,11 @@ class Cluster:
         # pending jobs by (owner, priority), each in id order: a round looks only at the
         # head of each queue, so its cost does not grow with the number of pending jobs
         self.pending_queues: dict[tuple[str, int], dict[int, Job]] = {}
+        self._pending_views: dict[int, PendingJob] = {}
         self.recent_finished: OrderedDict[int, Job] = OrderedDict()
         self.hosts: dict[str, Host] = {}
-        self.host_ids: dict[int, str] = {}
         self.submissions: dict[int, Submission] = {}
+        self.unfinished_by_submission: Counter[int] = Counter()
         self.counts: Counter[tuple[str, JobState]] = Counter()
         # (user, host) -> when hq-server last heard that user's exec-server there (monotonic)
         self.last_heard: dict[tuple[str, str], float] = {}
@@ -159,13 +108,9 @@ class Cluster:
 
     def add_host(self, host: Host) -> None:
         self.hosts[host.name] = host
-        self.host_ids[host.id] = host.name
 
-    def add_submission(self, sub_id: int, owner: str, environment: dict[str, str],
-                       umask: int) -> Submission:
-        sub = Submission(sub_id, owner, environment, umask)
-        self.submissions[sub_id] = sub
-        return sub
+    def add_submission(self, sub: Submission) -> None:
+        self.submissions[sub.id] = sub
 
     def add_job(self, job: Job) -> None:
         """Take a job into memory (new, or loaded at start) in whatever state it is in."""
@@ -174,19 +119,25 @@ class Cluster:
         if job.state.finished:
             self._remember_finished(job)
             return
-        self.submissions[job.submission_id].unfinished += 1
+        self.unfinished_by_submission[job.submission_id] += 1
         if job.state is JobState.PENDING:
             self._queue(job)
         elif job.state.active and job.host in self.hosts:
             self._occupy(job)
 
-    # --- the one place a job changes state ---------------------------------------------
+    # --- the one place a job or a host changes state ------------------------------------------
 
-    def transition(self, job: Job, new: JobState, now: dt.datetime, *,
-                   reason: str | None = None, **fields: Any) -> Change:
-        """Move ``job`` to ``new``, set ``fields`` on it, and return what to record."""
+    def transition(self, job: Job, new: JobState, *, reason: str | None = None,
+                   **fields: Any) -> Change:
+        """Move ``job`` to ``new`` and set ``fields`` (outcome attributes of Job) on it.
+
+        ``reason`` becomes the job's reason when it goes back to pending (cleared when none is
+        given) or finishes (kept when none is given)."""
         old = job.state
         check_job_transition(old, new)
+        unknown = fields.keys() - OUTCOME_FIELDS
+        if unknown:
+            raise ValueError(f"job {job.id}: not outcome fields: {sorted(unknown)}")
         if old.active and job.host in self.hosts:
             self._release(job)
         if old is JobState.PENDING:
@@ -196,36 +147,34 @@ class Cluster:
         job.state = new
         for name, value in fields.items():
             setattr(job, name, value)
-        values: dict[str, Any] = {"state": new}
-        for name in fields.keys() - MEMORY_ONLY:
-            column = {"signal": "signal_number", "host": "host_id"}.get(name, name)
-            value = getattr(job, name)
-            if name == "host":
-                value = None if value is None else self.hosts[value].id
-            values[column] = value
+        values: dict[str, Any] = {"state": new, **fields}
+        if new is JobState.PENDING or (new.finished and reason is not None):
+            job.reason = reason
+            values["reason"] = reason
         if new is JobState.PENDING:
-            job.pending_reason = reason
-            values["pending_reason"] = reason
             self._queue(job)
         elif new.finished:
-            if reason is not None:
-                job.pending_reason = reason
-                values["pending_reason"] = reason
-            sub = self.submissions.get(job.submission_id)
-            if sub is not None:
-                sub.unfinished -= 1
-                if sub.unfinished <= 0:
-                    del self.submissions[sub.id]
+            self.unfinished_by_submission[job.submission_id] -= 1
+            if self.unfinished_by_submission[job.submission_id] <= 0:
+                del self.unfinished_by_submission[job.submission_id]
+                self.submissions.pop(job.submission_id, None)
             self._remember_finished(job)
         if new.active and job.host is not None:
             self._occupy(job)
-        where = f" on {job.host}" if job.host and new.active else ""
-        why = f": {reason}" if reason else ""
-        log.info("job %d: %s -> %s%s (user %s)%s", job.id, old, new, where, job.owner, why)
-        event = Event(at=now, kind=EventKind.JOB, job_id=job.id, host_name=job.host,
-                      user_name=job.owner, old_state=str(old), new_state=str(new),
-                      message=f"job {job.id}: {old} -> {new}{where}{why}")
-        return Change(job.id, values, event)
+        return Change(job, old, new, values)
+
+    def set_host_state(self, host: Host, new: HostState, reason: str | None,
+                       now_m: float) -> bool:
+        """Set a host's reachability; True when its state or reason changed."""
+        check_host_transition(host.state, new)
+        if new in (HostState.UNREACHABLE, HostState.HEARTBEAT_LOST):
+            # every failure restarts the wait before the next try, not only the first one:
+            # else a dead host would be tried again at once, round after round
+            host.state_since = now_m
+        if host.state is new and host.state_reason == reason:
+            return False
+        host.state, host.state_reason = new, reason
+        return True
 
     def _queue(self, job: Job) -> None:
         key = (job.owner, job.spec.priority)
@@ -242,6 +191,7 @@ class Cluster:
             queue.pop(job.id, None)
             if not queue:
                 del self.pending_queues[key]
+        self._pending_views.pop(job.id, None)
 
     def _occupy(self, job: Job) -> None:
         host = self.hosts[job.host]  # type: ignore[index]
@@ -265,6 +215,15 @@ class Cluster:
 
     # --- queries ------------------------------------------------------------------------
 
+    def pending_view(self, job: Job) -> PendingJob:
+        """The scheduler's view of a pending job (made once per wait in the queue)."""
+        view = self._pending_views.get(job.id)
+        if view is None:
+            view = self._pending_views[job.id] = PendingJob(
+                id=job.id, owner=job.owner, priority=job.spec.priority, cores=job.spec.cores,
+                memory_mb=job.spec.memory_mb, excluded_hosts=frozenset(job.spec.excluded_hosts))
+        return view
+
     def pending_heads(self, per_queue: int, owners: Container[str]) -> list[Job]:
         """The first ``per_queue`` pending jobs of each (owner, priority) queue, in id order.
 
@@ -285,16 +244,15 @@ class Cluster:
                 entry[1] += job.spec.cores
         return {user: (n, cores) for user, (n, cores) in usage.items()}
 
-    def usable_hosts(self) -> list[Host]:
-        """Hosts a round may place jobs on now."""
-        return [h for h in self.hosts.values() if h.takes_jobs(self.retry_after_s)]
+    def usable_hosts(self, now_m: float) -> list[Host]:
+        """Hosts a round may place jobs on at monotonic time ``now_m``."""
+        return [h for h in self.hosts.values() if h.takes_jobs(now_m, self.retry_after_s)]
 
-    def blocked_hosts(self, owner: str) -> frozenset[str]:
+    def blocked_hosts(self, owner: str, now_m: float) -> frozenset[str]:
         """Hosts ``owner`` cannot use now; a block lapses after a while, to be tried again."""
-        now = time.monotonic()
         blocked = set()
         for (user, host), (_why, since) in list(self.user_blocks.items()):
-            if now - since > self.retry_after_s:
+            if now_m - since > self.retry_after_s:
                 del self.user_blocks[(user, host)]
             elif user == owner:
                 blocked.add(host)
@@ -320,3 +278,9 @@ class Cluster:
     def unfinished_of(self, owner: str) -> int:
         return sum(n for (who, state), n in self.counts.items()
                    if who == owner and not state.finished)
+
+    def own_job(self, owner: str, job_id: int) -> Job | None:
+        """``owner``'s job ``job_id`` if hq-server holds it in memory; another user's job is
+        None, exactly like one that does not exist."""
+        job = self.jobs.get(job_id)
+        return job if job is not None and job.owner == owner else None

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,7 +38,6 @@ class _Item:
     future: asyncio.Future[Any]
     refuse_when_down: bool
     what: str
-    attempts: int = field(default=0)
 
 
 class Store:
@@ -51,7 +50,6 @@ class Store:
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="hq-db-writer", daemon=True)
         self.down_reason: str | None = None
-        self.commits = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -128,7 +126,6 @@ class Store:
             if self.down_reason is not None:
                 log.warning("database: reachable again")
                 self.down_reason = None
-            self.commits += 1
             for item, result in zip(batch, results, strict=True):
                 self._resolve(item, result=result)
             return

@@ -18,7 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 from hq.errors import HqError, Unavailable
-from hq.protocol import MAX_FRAME, Channel, Message, hello, raise_for_error
+from hq.protocol import MAX_FRAME, OLDEST_VERSION, PROTOCOL_VERSION, Channel, hello
+from hq.protocol.channel import is_version_refusal
+from hq.protocol.messages import (
+    EXECD_SENDS_USERD,
+    ExecSettings,
+    Lease,
+    Message,
+    SyncReply,
+    SyncRequest,
+    Welcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +51,7 @@ def is_local(address: str) -> bool:
 class ExecLink:
     """One bridge process to one host's exec-server, and the runs waiting to go through it."""
 
-    def __init__(self, host: str, address: str, ssh_port: int, settings: dict[str, Any],
+    def __init__(self, host: str, address: str, ssh_port: int, settings: ExecSettings,
                  ssh_options: dict[str, Any],
                  on_message: Callable[[ExecLink, Message], None],
                  on_lost: Callable[[ExecLink], None]) -> None:
@@ -68,7 +78,8 @@ class ExecLink:
             stderr=asyncio.subprocess.PIPE, env=dict(os.environ), limit=MAX_FRAME,
             start_new_session=True), SPAWN_TIMEOUT_S)
         assert self.process.stdout is not None and self.process.stdin is not None
-        return Channel(self.process.stdout, self.process.stdin, f"exec-server on {self.host}")
+        return Channel(self.process.stdout, self.process.stdin, f"exec-server on {self.host}",
+                       accepts=EXECD_SENDS_USERD)
 
     async def _start_remote(self) -> Channel:
         from hq.auth import user_name
@@ -83,29 +94,45 @@ class ExecLink:
                 "hq.execd.main", "--bridge"]
         reader, writer, self._close_remote = await open_remote_streams(self.ssh, argv,
                                                                         limit=MAX_FRAME)
-        return Channel(reader, writer, f"exec-server on {self.host}")  # type: ignore[arg-type]
+        return Channel(reader, writer, f"exec-server on {self.host}",  # type: ignore[arg-type]
+                       accepts=EXECD_SENDS_USERD)
 
-    async def connect(self) -> Message:
-        """Start the bridge, say hello and return the exec-server's ``sync`` reply.
+    async def connect(self) -> SyncReply:
+        """Start the bridge, say hello and return the exec-server's answer to ``sync``.
 
+        An exec-server of protocol version 1 (left running by an upgrade, with its jobs) is
+        spoken to in version 1: the bridge is started again and says hello in that version.
         Any failure is an Unavailable with one line (what ssh, the bridge or the exec-server
         said), so the caller can tell hq-server and put the jobs back in the queue.
         """
+        for version in (PROTOCOL_VERSION, OLDEST_VERSION):
+            try:
+                return await self._connect(version)
+            except HqError as err:
+                if version > OLDEST_VERSION and is_version_refusal(err):
+                    log.info("host %s: the exec-server there speaks protocol %d: adopting "
+                             "it in that version", self.host, OLDEST_VERSION)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _connect(self, version: int) -> SyncReply:
         try:
             if is_local(self.address):
                 self.channel = await self._start_local()
             else:
                 self.channel = await self._start_remote()
-            self.channel.send({**hello("userd", "hq-user-server"), "settings": self.settings})
-            welcome = await asyncio.wait_for(self.channel.receive(), SPAWN_TIMEOUT_S)
-            if welcome is None:
+            self.channel.send(hello("userd", "hq-user-server", version=version,
+                                    settings=self.settings))
+            answer = await asyncio.wait_for(self.channel.receive_as(Welcome), SPAWN_TIMEOUT_S)
+            if answer is None:
                 raise Unavailable(f"exec-server bridge ended: {await self._stderr_tail()}")
-            raise_for_error(welcome)
-            self.daemon_pid = welcome.get("pid")
+            self.channel.version = answer.version
+            self.daemon_pid = answer.pid
             serving = asyncio.create_task(self.channel.serve(
                 lambda message: self.on_message(self, message)))
             serving.add_done_callback(lambda _t: self._lost())
-            state = await self.channel.request({"type": "sync"}, timeout=SPAWN_TIMEOUT_S)
+            state = await self.sync()
         except HqError:
             self.close()
             raise
@@ -118,8 +145,18 @@ class ExecLink:
             raise Unavailable(f"cannot start the exec-server: {type(err).__name__}: {err}"
                               ) from None
         self.connected = True
-        log.info("host %s: exec-server pid %s connected", self.host, self.daemon_pid)
+        log.info("host %s: exec-server pid %s connected (protocol %d)", self.host,
+                 self.daemon_pid, self.channel.version)
         return state
+
+    async def sync(self) -> SyncReply:
+        """The exec-server's whole view of our jobs."""
+        assert self.channel is not None
+        return await self.channel.request(SyncRequest(), timeout=SPAWN_TIMEOUT_S)
+
+    def renew_lease(self) -> None:
+        if self.up and self.ready.is_set():
+            self.channel.send(Lease())  # type: ignore[union-attr]
 
     async def _stderr_tail(self) -> str:
         if self.ssh is not None and self.channel is not None:

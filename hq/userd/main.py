@@ -16,9 +16,9 @@ import sys
 import click
 
 from hq.auth import runtime_dir, server_uid, state_dir
-from hq.cli.common import CONTEXT_SETTINGS, run_program
 from hq.config import Installation, load_server
 from hq.daemon import Ready, run_daemon
+from hq.program import CONTEXT_SETTINGS, run_program
 from hq.protocol import socket_is_live
 
 log = logging.getLogger("hq.userd")

@@ -5,7 +5,10 @@ runtime directory, and only processes of the same uid are served. It signs each 
 with the user's key, passes requests on to hq-server (which knows the user from the kernel),
 and carries work from hq-server to the user's exec-servers and their reports back. When
 hq-server goes away it keeps the exec-servers and their jobs, reconnects, and reports their
-whole state again (``sync``) so that nothing finished in the meantime is lost.
+whole state again (``Sync``) so that nothing finished in the meantime is lost.
+
+What each peer may send and who handles it: ``FROM_SERVER`` and ``FROM_EXEC`` below (class ->
+handler); a command's requests are all passed on to hq-server (``_forward``).
 """
 
 from __future__ import annotations
@@ -18,27 +21,50 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from hq.auth import job_signature_ok, load_signing_key, sign_job, user_name
 from hq.config import Installation, ServerConfig
-from hq.errors import HqError, PermissionDenied, Unavailable, UsageError
-from hq.jobspec import JobSpec, submission_digest
+from hq.errors import HqError, PermissionDenied, Unavailable
+from hq.jobspec import submission_digest
 from hq.protocol import (
     MAX_FRAME,
     Channel,
-    Message,
     check_hello,
     error_message,
     open_unix_channel,
     peer_credentials,
+    welcome,
+)
+from hq.protocol.messages import (
+    CLI_SENDS,
+    SERVER_SENDS_USERD,
+    Ack,
+    CancelJobs,
+    ExecSettings,
+    Heartbeat,
+    Hello,
+    HostAddress,
+    HostStateReport,
+    JobEnded,
+    JobEvents,
+    Ping,
+    Relay,
+    Request,
+    Run,
+    Submit,
+    Sync,
+    SyncReply,
+    Undeliverable,
 )
 from hq.userd.execlink import ExecLink, is_user_problem
 
 log = logging.getLogger(__name__)
 
-FORWARDED = {"ping", "submit", "status", "jobs", "show", "cancel", "hold", "release", "wait"}
 SERVER_WAIT_S = 10.0      # how long a command waits for a restarting hq-server
 IDLE_CHECK_S = 5.0
 REFUSED_RETRY_S = 10.0
+HELLO_TIMEOUT_S = 10.0
 
 
 class UserServer:
@@ -51,15 +77,15 @@ class UserServer:
         self.server: Channel | None = None
         self.server_up = asyncio.Event()
         self.links: dict[str, ExecLink] = {}
-        self.hosts: dict[str, dict[str, Any]] = {}    # name -> {"address", "ssh_port"}
+        self.hosts: dict[str, HostAddress] = {}
         self.clients = 0
         self.last_activity = time.monotonic()
         self.stopping = asyncio.Event()
         self.refusal: PermissionDenied | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.exec_settings = {"idle_timeout_s": config.exec_server_idle_s,
-                              "lease_s": config.lease_s,
-                              "heartbeat_interval_s": config.heartbeat_interval_s}
+        self.exec_settings = ExecSettings(idle_timeout_s=config.exec_server_idle_s,
+                                          lease_s=config.lease_s,
+                                          heartbeat_interval_s=config.heartbeat_interval_s)
         self.ssh_options = {"policy": config.host_key_policy,
                             "connect_timeout": config.connect_timeout_s}
 
@@ -89,13 +115,13 @@ class UserServer:
         self.clients += 1
         self.last_activity = time.monotonic()
         try:
-            hello = await asyncio.wait_for(channel.receive(), 10.0)
+            hello = await asyncio.wait_for(channel.receive_as(Hello), HELLO_TIMEOUT_S)
             if hello is None:
                 return
-            check_hello(hello, {"cli"})
-            channel.send({"type": "welcome", "version": 1, "user": self.user,
-                          "pid": os.getpid()})
-            await channel.serve(lambda message: self._on_command(channel, message))
+            channel.version = check_hello(hello, {"cli"})
+            channel.accept(CLI_SENDS)
+            channel.send(welcome(channel.version, user=self.user, pid=os.getpid()))
+            await channel.serve(lambda message: self.spawn(self._answer(channel, message)))
         except (HqError, TimeoutError) as err:
             if isinstance(err, HqError):
                 channel.send(error_message(err))
@@ -104,41 +130,29 @@ class UserServer:
             self.clients -= 1
             self.last_activity = time.monotonic()
 
-    def _on_command(self, channel: Channel, message: Message) -> None:
-        self.spawn(self._answer(channel, message))
-
-    async def _answer(self, channel: Channel, message: Message) -> None:
+    async def _answer(self, channel: Channel, message: Request) -> None:
         """Answer one request of a command (directly, or relayed by an exec-server)."""
+        request = message.request if isinstance(message, Relay) else message
         try:
-            request = message.get("request", {}) if message["type"] == "relay" else message
-            channel.reply(message, **await self._forward(request))
+            channel.reply(message, await self._forward(request))
         except HqError as err:
             channel.reply_error(message, err)
         except (TimeoutError, ConnectionError) as err:
             channel.reply_error(message, Unavailable(f"hq-server did not answer: {err}"))
 
-    async def _forward(self, message: Message) -> Message:
-        kind = message.get("type")
-        if kind not in FORWARDED:
-            raise UsageError(f"unknown request {kind!r}")
-        request = {k: v for k, v in message.items() if k != "rid"}
-        if kind == "submit":
-            self._sign(request)
-        timeout = float(request.get("timeout_s") or 0) + 60.0
-        reply = await (await self._server()).request(request, timeout=timeout)
-        return {k: v for k, v in reply.items() if k not in ("type", "rid")}
+    async def _forward(self, request: Request) -> Any:
+        """Pass a command's request to hq-server (signing a submission's jobs first)."""
+        if isinstance(request, Submit):
+            request = self._signed(request)
+        timeout = float(getattr(request, "timeout_s", 0) or 0) + 60.0
+        return await (await self._server()).request(request, timeout=timeout)
 
-    def _sign(self, request: Message) -> None:
-        env, umask = request.get("environment"), request.get("umask")
-        if not isinstance(env, dict) or not isinstance(umask, int):
-            raise UsageError("submit needs environment and umask")
-        digest = submission_digest(env, umask)
-        jobs = request.get("jobs")
-        if not isinstance(jobs, list):
-            raise UsageError("submit needs a list of jobs")
-        for job in jobs:
-            spec = JobSpec.from_wire({**job, "signature": None})
-            job["signature"] = sign_job(self.key, spec, self.user, digest)
+    def _signed(self, request: Submit) -> Submit:
+        digest = submission_digest(request.environment, request.umask)
+        jobs = [msgspec.structs.replace(spec, signature=sign_job(
+                    self.key, msgspec.structs.replace(spec, signature=None), self.user, digest))
+                for spec in request.jobs]
+        return msgspec.structs.replace(request, jobs=jobs)
 
     async def _server(self) -> Channel:
         if self.refusal is not None and not self.server_up.is_set():
@@ -157,9 +171,9 @@ class UserServer:
         delay = 0.1
         while not self.stopping.is_set():
             try:
-                channel, welcome = await open_unix_channel(
+                channel, answer = await open_unix_channel(
                     str(self.config.socket_path), "hq-server", "userd", "hq-user-server",
-                    expect_uid=self.server_uid)
+                    accepts=SERVER_SENDS_USERD, expect_uid=self.server_uid)
             except (OSError, HqError) as err:
                 if isinstance(err, PermissionDenied):
                     # Tell the user why (every command gets this answer); the admin may add
@@ -174,13 +188,14 @@ class UserServer:
                 continue
             delay = 0.1
             self.refusal = None
-            log.info("hq-server: connected; adopting hosts %s",
-                     [h["name"] for h in welcome.get("adopt", [])])
+            adopt = answer.adopt or []
+            log.info("hq-server: connected (protocol %d); adopting hosts %s", channel.version,
+                     [h.name for h in adopt])
             self.server = channel
             self.server_up.set()
-            for host in welcome.get("adopt", []):
-                self.hosts[host["name"]] = host
-                self.spawn(self._ensure_link(host["name"], None))
+            for host in adopt:
+                self.hosts[host.name] = host
+                self.spawn(self._ensure_link(host.name, None))
             for link in list(self.links.values()):
                 if link.up:
                     self.spawn(self._resync(link))
@@ -189,66 +204,70 @@ class UserServer:
             self.server = None
             log.warning("hq-server: connection lost, reconnecting")
 
-    def _on_server_message(self, message: Message) -> None:
-        kind, host = message["type"], message.get("host")
-        if kind == "run":
-            host_name = host["name"]
-            self.hosts[host_name] = host
-            self._run(host_name, message)
-        elif kind in ("cancel", "ack") and isinstance(host, str):
-            self.spawn(self._via_link(host, {"type": kind, "ids": message.get("ids", []),
-                                             "reason": message.get("reason")}))
-        else:
-            log.warning("hq-server: unexpected message %r", kind)
+    def _on_server_message(self, message: Any) -> None:
+        FROM_SERVER[type(message)](self, message)
 
-    def _to_server(self, message: Message) -> None:
+    def _on_run(self, message: Run) -> None:
+        if message.host is None:
+            log.warning("hq-server: a run without a host ignored")
+            return
+        self.hosts[message.host.name] = message.host
+        self._run(message.host.name, message)
+
+    def _on_order(self, message: CancelJobs | Ack) -> None:
+        """A cancel or an ack for one host's exec-server: passed on without the host."""
+        if message.host is not None:
+            self.spawn(self._via_link(message.host,
+                                      msgspec.structs.replace(message, host=None)))
+
+    def _to_server(self, message: Any) -> None:
         # While hq-server is away reports are dropped: the exec-server keeps every ended job
         # until it is acknowledged, and the sync after reconnecting carries it again.
         if self.server is not None and self.server_up.is_set():
-            self.server.send(message)
+            try:
+                self.server.send(message)
+            except HqError as err:
+                log.error("hq-server: cannot send %s: %s", type(message).__name__, err)
 
     # --- exec-servers --------------------------------------------------------------------
 
-    def _run(self, host: str, message: Message) -> None:
+    def _run(self, host: str, message: Run) -> None:
+        """Check every job's signature, then hand the good ones to the host's exec-server;
+        refused ones are reported as ended, so that hq-server does not wait for them."""
         good, refused = [], []
-        submissions = message.get("submissions", {})
-        digests: dict[str, str] = {}   # one hash of an environment per submission, not per job
-        for job in message.get("jobs", []):
-            sub_id = str(job.get("submission_id"))
-            try:
-                if sub_id not in digests:
-                    sub = submissions.get(sub_id, {})
-                    digests[sub_id] = submission_digest(sub.get("environment", {}),
-                                                        sub.get("umask", 0))
-                spec = JobSpec.from_wire(job.get("spec"))
-                ok = job_signature_ok(self.key, spec, self.user, digests[sub_id])
-            except HqError:
-                ok = False
+        digests: dict[str, str | None] = {}  # one hash of an environment per submission
+        for job in message.jobs:
+            sub_id = str(job.submission_id)
+            if sub_id not in digests:
+                sub = message.submissions.get(sub_id)
+                digests[sub_id] = None if sub is None else submission_digest(sub.environment,
+                                                                              sub.umask)
+            digest = digests[sub_id]
+            ok = digest is not None and job_signature_ok(self.key, job.spec, self.user, digest)
             (good if ok else refused).append(job)
         if refused:
             log.warning("host %s: refusing jobs with a bad signature: %s", host,
-                        [j.get("id") for j in refused])
-            self._to_server({"type": "job_events", "host": host, "events": [
-                {"id": j.get("id"), "event": "ended", "at": time.time(), "started_at": None,
-                 "pid": None, "exit_code": None, "signal": None, "cpu_time_s": None,
-                 "max_rss_kb": None, "reason": "refused: bad signature"} for j in refused]})
+                        [j.id for j in refused])
+            self._to_server(JobEvents(host=host, events=[
+                JobEnded(id=j.id, at=time.time(), reason="refused: bad signature")
+                for j in refused]))
         if good:
-            self.spawn(self._via_link(host, {**message, "jobs": good, "owner": self.user}))
+            self.spawn(self._via_link(host, msgspec.structs.replace(
+                message, jobs=good, owner=self.user)))
 
-    async def _via_link(self, host: str, message: Message) -> None:
+    async def _via_link(self, host: str, message: Any) -> None:
         await self._ensure_link(host, message)
 
-    async def _ensure_link(self, host: str, first: Message | None) -> ExecLink | None:
+    async def _ensure_link(self, host: str, first: Any) -> ExecLink | None:
         """The link to ``host``, made if needed; ``first`` is sent through it in order."""
         link = self.links.get(host)
         if link is not None:
             if first is not None:
                 link.send(first)  # queued by the link itself until its first sync is done
             return link
-        where = self.hosts.get(host, {})
-        link = ExecLink(host, where.get("address", host), int(where.get("ssh_port", 22)),
-                        self.exec_settings, self.ssh_options, self._on_exec_message,
-                        self._on_link_lost)
+        where = self.hosts.get(host) or HostAddress(name=host, address=host)
+        link = ExecLink(host, where.address, where.ssh_port, self.exec_settings,
+                        self.ssh_options, self._on_exec_message, self._on_link_lost)
         self.links[host] = link
         if first is not None:
             link.queued.append(first)
@@ -258,43 +277,41 @@ class UserServer:
             log.warning("host %s: %s", host, err)
             if self.links.get(host) is link:
                 del self.links[host]
-            ids = [j["id"] for m in link.queued if m.get("type") == "run" for j in m["jobs"]]
+            ids = [j.id for m in link.queued if isinstance(m, Run) for j in m.jobs]
             # A host key or login problem is this user's, not the host's: others may use it.
-            self._to_server({"type": "host_state", "host": host, "state": "unreachable",
-                             "reason": str(err), "user_only": is_user_problem(err)})
+            self._to_server(HostStateReport(host=host, state="unreachable", reason=str(err),
+                                            user_only=is_user_problem(err)))
             if ids:
-                self._to_server({"type": "undeliverable", "host": host, "ids": ids,
-                                 "reason": str(err)})
+                self._to_server(Undeliverable(host=host, ids=ids, reason=str(err)))
             return None
         self._send_sync(link, state)
         link.flush_queue()
         return link
 
-    def _send_sync(self, link: ExecLink, state: Message) -> None:
-        delivering = [j["id"] for m in link.queued if m.get("type") == "run" for j in m["jobs"]]
-        self._to_server({"type": "sync", "host": link.host,
-                         "running": state.get("running", []), "ended": state.get("ended", []),
-                         "delivering": delivering})
-        self._to_server({"type": "host_state", "host": link.host, "state": "up",
-                         "reason": None})
+    def _send_sync(self, link: ExecLink, state: SyncReply) -> None:
+        delivering = [j.id for m in link.queued if isinstance(m, Run) for j in m.jobs]
+        self._to_server(Sync(host=link.host, running=state.running, ended=state.ended,
+                             delivering=delivering))
+        self._to_server(HostStateReport(host=link.host, state="up"))
 
     async def _resync(self, link: ExecLink) -> None:
         try:
-            state = await link.channel.request({"type": "sync"}, timeout=30.0)  # type: ignore[union-attr]
+            state = await link.sync()
         except (HqError, TimeoutError) as err:
             log.warning("host %s: sync failed: %s", link.host, err)
             return
         self._send_sync(link, state)
 
-    def _on_exec_message(self, link: ExecLink, message: Message) -> None:
-        kind = message["type"]
+    def _on_exec_message(self, link: ExecLink, message: Any) -> None:
         self.last_activity = time.monotonic()
-        if kind in ("job_events", "heartbeat"):
-            self._to_server({**message, "host": link.host})
-        elif kind == "relay" and link.channel is not None:
+        FROM_EXEC[type(message)](self, link, message)
+
+    def _on_report(self, link: ExecLink, message: JobEvents | Heartbeat) -> None:
+        self._to_server(msgspec.structs.replace(message, host=link.host))
+
+    def _on_relay(self, link: ExecLink, message: Relay) -> None:
+        if link.channel is not None:
             self.spawn(self._answer(link.channel, message))
-        else:
-            log.warning("host %s: unexpected message %r from exec-server", link.host, kind)
 
     def _on_link_lost(self, link: ExecLink) -> None:
         if self.links.get(link.host) is link:
@@ -323,8 +340,7 @@ class UserServer:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             if self.server_up.is_set():
                 for link in list(self.links.values()):
-                    if link.up and link.ready.is_set():
-                        link.send({"type": "lease"})
+                    link.renew_lease()
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -339,10 +355,10 @@ class UserServer:
             if self.clients or idle < self.config.user_server_idle_s or self.server is None:
                 continue
             try:
-                reply = await self.server.request({"type": "ping"}, timeout=10.0)
+                reply = await self.server.request(Ping(), timeout=10.0)
             except (HqError, TimeoutError):
                 continue
-            if reply.get("unfinished", 1) == 0:
+            if reply.unfinished == 0:
                 log.info("user-server: idle for %.0f s with nothing to do, exiting", idle)
                 self.stopping.set()
 
@@ -354,3 +370,12 @@ class UserServer:
             self.server.close()
         for task in list(self.tasks):
             task.cancel()
+
+
+FROM_SERVER = {Run: UserServer._on_run, CancelJobs: UserServer._on_order,
+               Ack: UserServer._on_order}
+"""What hq-server sends a user-server -> its handler."""
+
+FROM_EXEC = {JobEvents: UserServer._on_report, Heartbeat: UserServer._on_report,
+             Relay: UserServer._on_relay}
+"""What an exec-server sends its user-server -> its handler."""

@@ -7,20 +7,11 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from hq.db import migrate
-from hq.db.engine import create_engine, is_mysql
+from hq.db.engine import is_mysql
 from hq.db.model import jobs, submissions, users
 from hq.states import JobState
 
 NOW = dt.datetime(2026, 11, 21, 12, 30, 15, 250000, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def engine(db_config):
-    engine = create_engine(db_config)
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def _add_job(conn: sa.Connection, **overrides: object) -> int:
@@ -95,9 +86,11 @@ def test_report_views_show_jobs_without_commands_or_paths(engine):
     assert float(day["cpu_hours"]) == pytest.approx(30 / 3600)
 
 
+# storage engines and character sets exist on MariaDB only: the test runs there alone
+@pytest.mark.parametrize("db_config", [pytest.param("mariadb", marks=pytest.mark.mariadb)],
+                         indirect=True)
 def test_mariadb_tables_are_innodb_utf8mb4(engine):
-    if not is_mysql(engine):
-        pytest.skip("storage engines and character sets exist on MariaDB only")
+    assert is_mysql(engine)
     with engine.connect() as conn:
         rows = conn.exec_driver_sql(
             "SELECT table_name, engine, table_collation FROM information_schema.tables "

@@ -7,6 +7,7 @@ daemon); every daemon a test started is killed at the end by the pid from its we
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shutil
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 import pytest
 
@@ -43,7 +45,9 @@ class Bridge:
         self.events: list[Message] = []  # every JobEvent received, in order
 
     def hello(self, **settings: float) -> Message:
-        self.send({**protocol.hello("userd", "test"), "settings": settings})
+        # plain JSON objects, as any peer would write them: the frames' shapes are the contract
+        self.send({"type": "hello", "version": protocol.PROTOCOL_VERSION, "role": "userd",
+                   "program": "test", "settings": settings})
         welcome = self.receive()
         assert welcome is not None and welcome["type"] == "welcome", welcome
         return welcome
@@ -61,7 +65,7 @@ class Bridge:
             if len(self._buffer) >= 4:
                 (length,) = struct.unpack(">I", self._buffer[:4])
                 if len(self._buffer) >= 4 + length:
-                    message = protocol.decode(self._buffer[4:4 + length])
+                    message = json.loads(self._buffer[4:4 + length])
                     self._buffer = self._buffer[4 + length:]
                     if message["type"] == "job_events":
                         self.events.extend(message["events"])
@@ -127,7 +131,8 @@ class Host:
         spec = jobspec.JobSpec(command=command, cwd=str(self.work), **spec_fields)
         digest = jobspec.submission_digest(ENVIRONMENT, UMASK)
         key = self.key if sign else b"\x00" * 32
-        wire = {**spec.to_wire(), "signature": auth.sign_job(key, spec, self.owner, digest)}
+        wire = {**msgspec.to_builtins(spec), "signature": auth.sign_job(key, spec, self.owner,
+                                                                        digest)}
         return {"type": "run", "owner": self.owner,
                 "jobs": [{"id": job_id, "submission_id": 5, "spec": wire}],
                 "submissions": {"5": {"environment": ENVIRONMENT, "umask": UMASK}}}
@@ -170,7 +175,7 @@ def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
 def test_signed_job_runs_and_reports_until_acknowledged(host: Host) -> None:
     bridge, welcome = host.bridge()
     assert welcome["host"] == os.uname().nodename
-    assert welcome["user"] == host.owner and welcome["version"] == 1
+    assert welcome["user"] == host.owner and welcome["version"] == protocol.PROTOCOL_VERSION
     before = time.time()
     bridge.send(host.run_message(1, "echo hello from $HQ_JOB_ID on $HQ_HOST; exit 3"))
     started = bridge.wait_event(1, "started")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import psutil
 import sqlalchemy as sa
@@ -106,8 +105,11 @@ def test_cancel_a_pending_job_takes_it_out_of_the_queue(running_hq):
     assert hq.client("cancel", str(job_id)).returncode == 0
     assert hq.show(job_id)["state"] == "cancelled"
     assert hq.admin("activate").returncode == 0
-    time.sleep(0.5)
+    # a job submitted after it ran to its end: rounds have run with the cancelled one queued
+    later = hq.submit_id("true")
+    assert hq.wait_for(later, {"done", "failed"})["state"] == "done"
     assert not (hq.workdir / "never.txt").exists()
+    assert hq.show(job_id)["state"] == "cancelled"
 
 
 def test_a_job_killed_by_a_signal_is_failed_with_the_signal(running_hq):
@@ -124,7 +126,10 @@ def test_hold_and_release(running_hq):
     hq = running_hq
     job_id = hq.submit_id("--hold", "echo released > released.txt")
     assert hq.show(job_id)["state"] == "held"
-    time.sleep(0.3)
+    # another job passes it: the held one is not scheduled
+    other = hq.submit_id("true")
+    assert hq.wait_for(other, {"done", "failed"})["state"] == "done"
+    assert hq.show(job_id)["state"] == "held"
     assert not (hq.workdir / "released.txt").exists()
     assert hq.client("release", str(job_id)).returncode == 0
     assert hq.wait_for(job_id, {"done", "failed"})["state"] == "done"

@@ -70,11 +70,11 @@ async def main():
         start = time.perf_counter()
         channel.send({"type": "ping", "n": n, "pad": "x" * 200})
         await channel.drain()
-        answer = await channel.receive()
+        answer = json.loads(await channel.read_frame())
         times.append(time.perf_counter() - start)
         assert answer == {"type": "ping", "n": n, "pad": "x" * 200}, answer
     writer.close()                                  # EOF to the remote stdin: the echo ends
-    end = await asyncio.wait_for(channel.receive(), 10)
+    end = await asyncio.wait_for(channel.read_frame(), 10)
     status = await asyncio.to_thread(writer.remote.exit_status, 10)
     close()
     client.close()

@@ -4,13 +4,13 @@ parts (ids, durations, tables, exit status, the submit message) as functions."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from hq.cli import admin, client, submit
@@ -24,6 +24,15 @@ from hq.cli.userd_link import start_failure_reason
 from hq.cli.waiting import exit_status, progress_text, summary
 from hq.errors import UsageError
 from hq.jobspec import JobSpec
+from hq.protocol import decode_as, encode
+from hq.protocol.messages import (
+    ClusterSummary,
+    HostInfo,
+    JobInfo,
+    JobWaitState,
+    StatusReply,
+    Submit,
+)
 
 PROGRAMS = {"hq-submit": "hq.cli.submit", "hq-client": "hq.cli.client",
             "hq-admin": "hq.cli.admin"}
@@ -190,7 +199,7 @@ def test_parse_duration_refuses(text):
 def test_build_specs_from_a_command_and_from_a_jobs_file(tmp_path):
     template = JobSpec(command="", cwd=str(tmp_path), cores=3, name="n")
     (spec,) = submit.build_specs("sleep 42", None, template)
-    assert spec == dataclasses.replace(template, command="sleep 42")
+    assert spec == msgspec.structs.replace(template, command="sleep 42")
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("command::a {idx}\ncommand::b\tslots::1\n")
     first, second = submit.build_specs(None, str(jobs), template)
@@ -212,11 +221,20 @@ def test_submit_request_carries_environment_umask_and_full_specs(monkeypatch):
         assert os.umask(0o027) == 0o027  # left as it was
     finally:
         os.umask(old)
-    assert request["type"] == "submit" and request["hold"] is True
-    assert request["umask"] == 0o027 and request["environment"]["HQ_TEST_MARK"] == "1"
-    assert request["jobs"] == [spec.to_wire()]
-    assert JobSpec.from_wire(request["jobs"][0]) == spec
-    assert request["submit_host"]
+    assert isinstance(request, Submit) and request.hold is True
+    assert request.umask == 0o027 and request.environment["HQ_TEST_MARK"] == "1"
+    assert request.jobs == [spec]
+    # what goes on the wire decodes back to the same request, specs and all
+    assert decode_as(Submit, encode(request)[4:]) == request
+    assert request.submit_host
+
+
+def test_submit_refuses_an_environment_that_is_not_utf8():
+    bad = os.fsdecode(b"caf\xe9")   # what Python makes of a Latin-1 byte in the environment
+    with pytest.raises(UsageError, match="environment variable LABEL holds bytes that are not "
+                                         "UTF-8"):
+        submit.submit_environment({"PATH": "/bin", "LABEL": bad})
+    assert submit.submit_environment({"PATH": "/bin"}) == {"PATH": "/bin"}
 
 
 def test_job_directory_keeps_the_symlinked_name(tmp_path, monkeypatch):
@@ -263,18 +281,23 @@ def test_colon_form_of_hq_admin_commands():
     ([{"id": 1, "state": "done"}, {"id": 2, "state": "failed", "exit_code": 2}], 1),
 ])
 def test_exit_status_of_waited_jobs(results, code):
-    assert exit_status(results) == code
+    assert exit_status(waited(results)) == code
+
+
+def waited(results):
+    return [msgspec.convert(r, JobWaitState) for r in results]
 
 
 def test_wait_progress_and_summary_lines():
-    jobs = ([{"id": i, "state": "done"} for i in range(3)] + [{"id": 3, "state": "failed",
+    jobs = ([{"id": i, "state": "done"} for i in range(1, 4)] + [{"id": 4, "state": "failed",
                                                                 "exit_code": 2}]
-            + [{"id": i, "state": "running"} for i in range(4, 10)])
+            + [{"id": i, "state": "running"} for i in range(5, 11)])
+    jobs = waited(jobs)
     assert progress_text(jobs, 10) == "3/10 done, 1 failed, 6 running/pending"
     assert progress_text(jobs[:4], 10) == "3/10 done, 1 failed, 6 running/pending"
-    assert progress_text([{"id": 42, "state": "pending"}], 1) == "job 42: pending"
+    assert progress_text(waited([{"id": 42, "state": "pending"}]), 1) == "job 42: pending"
     assert summary(jobs[:4]) == "4 jobs finished: 3 done, 1 failed"
-    assert summary([{"id": 42, "state": "failed", "exit_code": None, "signal": 9}]) == (
+    assert summary(waited([{"id": 42, "state": "failed", "exit_code": None, "signal": 9}])) == (
         "job 42 failed (signal 9)")
 
 
@@ -294,14 +317,15 @@ JOB = {"id": 42, "name": "sim", "owner": "alice", "state": "failed", "pending_re
 
 
 def test_job_table_and_details():
-    table = format_job_table([JOB, {**JOB, "id": 43, "state": "pending", "host": None,
-                                    "signal": None, "pending_reason": "no free host"}])
+    table = format_job_table([msgspec.convert(JOB, JobInfo), msgspec.convert(
+        {**JOB, "id": 43, "state": "pending", "host": None, "signal": None,
+         "pending_reason": "no free host"}, JobInfo)])
     header, first, second = table.splitlines()
     assert header.split() == ["ID", "STATE", "NAME", "CORES", "HOST", "SUBMITTED", "RESULT",
                               "COMMAND"]
     assert "signal 9" in first and "./sim --x 1" in first
     assert "no free host" in second
-    details = format_job_details(JOB)
+    details = format_job_details(msgspec.convert(JOB, JobInfo))
     assert details.startswith("job 42\n")
     assert "state:" in details and "failed on node07: signal 9" in details
     assert "peak memory:    2.0 MiB" in details and "cpu time:       1.50 s" in details
@@ -309,22 +333,22 @@ def test_job_table_and_details():
 
 
 def test_status_shows_others_only_as_counts():
-    text = format_status({"user": "alice", "mine": {"running": 2, "pending": 5},
-                          "others": {"bob": {"running": 1}, "carol": {"pending": 4}},
-                          "cluster": {"active": True, "hosts": 4, "hosts_up": 3, "cores": 32,
-                                      "cores_busy": 12}})
+    text = format_status(StatusReply(
+        user="alice", mine={"running": 2, "pending": 5},
+        others={"bob": {"running": 1}, "carol": {"pending": 4}},
+        cluster=ClusterSummary(active=True, hosts=4, hosts_up=3, cores=32, cores_busy=12)))
     assert text.splitlines()[0] == "Your jobs (alice): 5 pending, 2 running"
     assert "  USER   PENDING  RUNNING" in text and "  bob          0        1" in text
     assert text.splitlines()[-1] == "Cluster: active, 3 of 4 hosts up, 12 of 32 cores busy"
 
 
 def test_lscluster_table():
-    text = format_hosts([{"name": "node07", "state": "up", "active": True, "drained": False,
-                          "cores": 8, "free_cores": 6, "running_jobs": 2, "load1": 1.5,
-                          "reason": None},
-                         {"name": "node08", "state": "unreachable", "active": False,
-                          "drained": True, "cores": 8, "free_cores": 8, "running_jobs": 0,
-                          "load1": None, "reason": "heartbeat lost"}])
+    common = {"cores": 8, "max_jobs": None, "memory_mb": None, "last_heartbeat": None}
+    text = format_hosts([
+        HostInfo(name="node07", state="up", active=True, drained=False, free_cores=6,
+                 running_jobs=2, load1=1.5, reason=None, **common),
+        HostInfo(name="node08", state="unreachable", active=False, drained=True,
+                 free_cores=8, running_jobs=0, load1=None, reason="heartbeat lost", **common)])
     lines = text.splitlines()
     assert lines[0].split() == ["HOST", "STATE", "ACTIVE", "FREE/CORES", "JOBS", "LOAD",
                                 "REASON"]

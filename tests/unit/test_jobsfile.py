@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from hq.cli.jobsfile import parse_jobs_file, read_jobs_file
@@ -48,7 +48,7 @@ def test_every_prop_in_hq_camel_case_and_snake_case(defaults, tmp_path):
         .replace("outputFile", "stdout").replace("errorFile", "stderr") \
         .replace("timeLimit", "time_limit").replace("command::", "Command::")
     first, second = parse(f"{camel}\n{snake}\n", defaults)
-    assert first == dataclasses.replace(second, array_index=1, info_text="note 1",
+    assert first == msgspec.structs.replace(second, array_index=1, info_text="note 1",
                                         name="job-1")
     assert first.cores == 4 and first.priority == -3 and first.group == "g1"
     assert first.info_text == "note 1" and first.log_path == "hq.log"
@@ -60,7 +60,7 @@ def test_every_prop_in_hq_camel_case_and_snake_case(defaults, tmp_path):
 
 
 def test_options_give_defaults_and_a_line_overrides_them(defaults):
-    options = dataclasses.replace(defaults, cores=2, group="opt", priority=5, requeue=False,
+    options = msgspec.structs.replace(defaults, cores=2, group="opt", priority=5, requeue=False,
                                   stdout="%j.o", excluded_hosts=("x",))
     plain, overriding = parse("command::a\ncommand::b\tslots::8\tgroup::line\trequeue::yes\n",
                               options)

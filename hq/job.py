@@ -1,0 +1,69 @@
+"""A job as hq-server and the database know it: its spec, its owner and its outcome.
+
+``Job`` is what hq-server keeps in memory and what ``hq.db.jobs`` reads from and writes to the
+jobs table (the one place that knows the columns); ``Submission`` is what a submission's jobs
+share. Nothing here talks to anything: it imports only the spec and the states.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from hq.jobspec import JobSpec, resolve_path
+from hq.states import JobState
+
+
+@dataclass(slots=True)
+class Submission:
+    """One ``hq-submit`` call: what all its jobs share."""
+
+    id: int
+    owner: str
+    environment: dict[str, str]
+    umask: int
+    submitted_at: dt.datetime | None = None
+    submit_host: str = ""
+    job_count: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One job: the spec as submitted and signed, and the outcome hq-server records."""
+
+    id: int
+    submission_id: int
+    owner: str
+    owner_id: int
+    spec: JobSpec
+    submitted_at: dt.datetime
+    state: JobState = JobState.PENDING
+    reason: str | None = None       # why it waits, or why it ended as it did
+    host: str | None = None         # where it runs or ran last
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    eligible_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    cpu_time_s: float | None = None
+    max_rss_kb: int | None = None
+    restart_count: int = 0
+    # Asked to stop while dispatched or running; hq-server's memory only.
+    cancel_requested: bool = False
+
+    @property
+    def stdout_path(self) -> str:
+        """The job's standard output file, resolved (absolute, %j and %a filled in)."""
+        return resolve_path(self.spec.stdout, self.id, self.spec.array_index, self.spec.cwd)
+
+    @property
+    def stderr_path(self) -> str:
+        """The job's standard error file, resolved."""
+        return resolve_path(self.spec.stderr, self.id, self.spec.array_index, self.spec.cwd)
+
+
+# The outcome attributes of Job that a transition may set (hq.db.jobs maps them to columns).
+OUTCOME_FIELDS = frozenset({"state", "reason", "host", "pid", "exit_code", "signal",
+                            "eligible_at", "started_at", "ended_at", "cpu_time_s", "max_rss_kb",
+                            "restart_count"})

@@ -1,0 +1,586 @@
+"""Every message hq's processes exchange, each defined once, typed and range-checked.
+
+A frame holds one JSON object whose ``type`` names its kind (``hq.protocol.frames``). Each
+kind below is a msgspec Struct: decoding a frame checks every field's type and range and
+refuses unknown fields, so a bad message is a protocol error at the boundary and never reaches
+a handler. Each daemon decodes only the kinds its peers may send (the ``*_SENDS`` unions at the
+end) and dispatches them through a table from class to handler.
+
+Who sends what (a request carries ``rid`` and gets one reply or ``Error``; the rest are
+notifications and get no answer):
+
+    hq-submit, hq-client -> user-server -> hq-server   Ping ... Wait (requests)
+    hq-admin -> hq-server                                AdminInfo ... Shutdown (requests)
+    hq-server -> user-server                             Run, Cancel, Ack
+    user-server -> hq-server                             JobEvents, Sync, HostStateReport,
+                                                         Undeliverable, Heartbeat
+    user-server -> exec-server                           Run, Cancel, Ack, SyncRequest, Lease
+    exec-server -> user-server                           JobEvents, Heartbeat, Relay
+
+The shapes are those of protocol version 1 (doc/protocol.md), so a daemon of this version
+talks to one of version 1 that is still running after an upgrade; version 2 only adds kinds
+and optional fields. A reply is flat (``{"type": "reply", "rid": N, ...fields}``); each request
+class names its reply class in ``Reply``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+from hq.jobspec import InvalidSpec, JobSpec
+from hq.states import JobState
+
+# --- field types: what any value may be, whoever sent it ---------------------------------------
+
+MAX_IDS = 1_000_000           # job ids in one request
+MAX_EVENTS = 10_000           # job events in one report
+MAX_JOBS_PER_SUBMIT = 1_000_000
+
+JobId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Pid = Annotated[int, msgspec.Meta(ge=1, le=2**22)]
+Epoch = Annotated[float, msgspec.Meta(ge=0, le=1e11)]      # UTC seconds since 1970
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
+ExitCode = Annotated[int, msgspec.Meta(ge=0, le=255)]
+SignalNumber = Annotated[int, msgspec.Meta(ge=1, le=128)]
+Name = Annotated[str, msgspec.Meta(max_length=255)]
+HostName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]     # a reason, a one-line message
+Word = Annotated[str, msgspec.Meta(max_length=64)]
+IdList = Annotated[list[JobId], msgspec.Meta(max_length=MAX_IDS)]
+Counts = dict[Word, Count]
+Environment = Annotated[dict[Annotated[str, msgspec.Meta(max_length=4096)],
+                             Annotated[str, msgspec.Meta(max_length=1024 * 1024)]],
+                        msgspec.Meta(max_length=10_000)]
+Umask = Annotated[int, msgspec.Meta(ge=0, le=0o777)]
+
+
+class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True,
+              kw_only=True, omit_defaults=True):
+    """Base of every message kind; ``type`` on the wire is the class's tag."""
+
+
+class Request(Message):
+    """A message that gets exactly one answer: a ``Reply`` subclass or an ``Error``."""
+
+    rid: Count | None = None
+    # The class of the answer; None: the caller says (a relayed request's answer is the
+    # answer to the request inside it).
+    reply_type: ClassVar[type[Reply] | None] = None
+
+
+class Reply(Message, tag="reply", kw_only=True):
+    """The answer to a request; subclasses add the fields of one request's answer."""
+
+    rid: Count | None = None
+
+
+class Error(Message, tag="error", kw_only=True):
+    """A refused request (with its ``rid``) or a refused connection; ``code`` maps to
+    ``hq.errors`` (``not_found`` -> exit 3, ...)."""
+
+    code: Word
+    message: Text
+    rid: Count | None = None
+
+
+class ReplyHeader(msgspec.Struct, tag_field="type", tag="reply", forbid_unknown_fields=False,
+                  frozen=True):
+    """Just enough of a reply to find the request it answers; the body is decoded again with
+    that request's ``Reply`` class."""
+
+    rid: Count | None = None
+
+
+# --- handshake -------------------------------------------------------------------------------
+
+Role = Literal["cli", "admin", "userd"]
+
+
+class ExecSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                   omit_defaults=True):
+    """What a user-server's hello tells its exec-server (the newest controller's values)."""
+
+    idle_timeout_s: Seconds | None = None
+    lease_s: Seconds | None = None
+    heartbeat_interval_s: Seconds | None = None
+
+
+class Hello(Message, tag="hello", kw_only=True):
+    """The first frame of every connection, from the side that connected."""
+
+    version: Annotated[int, msgspec.Meta(ge=0, le=1000)]
+    role: Role
+    program: Word = ""
+    settings: ExecSettings | None = None   # to an exec-server only
+
+
+class HostAddress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a user-server reaches a host's exec-server."""
+
+    name: HostName
+    address: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    ssh_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 22
+
+
+class Welcome(Message, tag="welcome", kw_only=True):
+    """The answer to a hello (built by ``hq.protocol.channel.welcome`` only)."""
+
+    version: Annotated[int, msgspec.Meta(ge=0, le=1000)]
+    user: UserName | None = None
+    server: Word | None = None          # hq-server: its program and version
+    pid: Pid | None = None              # user-server, exec-server
+    host: HostName | None = None        # exec-server: its hostname
+    adopt: list[HostAddress] | None = None   # hq-server to a user-server: hosts to reconnect
+
+
+# --- what the commands ask (cli -> user-server -> hq-server) ------------------------------------
+
+class PingReply(Reply, tag="reply", kw_only=True):
+    user: UserName
+    server_version: Word
+    unfinished: Count = 0
+
+
+class Ping(Request, tag="ping", kw_only=True):
+    """Is hq-server there; how many of my jobs are not finished (the user-server's idle test)."""
+
+    reply_type = PingReply
+
+
+class SubmitReply(Reply, tag="reply", kw_only=True):
+    ids: list[JobId]
+    submission_id: JobId
+
+
+class Submit(Request, tag="submit", kw_only=True):
+    """New jobs. Decoding it runs ``JobSpec.validate`` on every job (user-server, hq-server)."""
+
+    jobs: Annotated[list[JobSpec], msgspec.Meta(min_length=1, max_length=MAX_JOBS_PER_SUBMIT)]
+    environment: Environment
+    umask: Umask
+    submit_host: Annotated[str, msgspec.Meta(max_length=255)] = ""
+    hold: bool = False
+    reply_type = SubmitReply
+
+    def __post_init__(self) -> None:
+        if len(self.jobs) == 1:
+            self.jobs[0].validate()
+            return
+        for n, spec in enumerate(self.jobs, 1):
+            try:
+                spec.validate()
+            except InvalidSpec as err:
+                raise InvalidSpec(f"job {n} of {len(self.jobs)}: {err}") from None
+
+
+class ClusterSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    active: bool
+    hosts: Count
+    hosts_up: Count
+    cores: Count
+    cores_busy: Count
+
+
+class StatusReply(Reply, tag="reply", kw_only=True):
+    user: UserName
+    mine: Counts
+    others: dict[UserName, Counts]
+    cluster: ClusterSummary
+
+
+class Status(Request, tag="status", kw_only=True):
+    """My jobs by state, others' as counts, the cluster in numbers."""
+
+    reply_type = StatusReply
+
+
+class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything about one job that its owner may see (built by ``hq.server.views``)."""
+
+    id: JobId
+    name: Name | None
+    owner: UserName
+    state: JobState
+    pending_reason: Text | None
+    host: HostName | None
+    cores: Count
+    memory_mb: Count | None
+    priority: int
+    group: Name | None
+    info_text: Name | None
+    submission_id: JobId
+    array_index: Count | None
+    command: str
+    shell: str
+    cwd: str
+    stdout: str                    # resolved, absolute
+    stderr: str
+    log_path: str | None
+    excluded_hosts: list[HostName]
+    time_limit_s: Count | None
+    requeue: bool
+    pid: Pid | None
+    exit_code: ExitCode | None
+    signal: SignalNumber | None
+    submitted_at: Epoch | None
+    started_at: Epoch | None
+    ended_at: Epoch | None
+    cpu_time_s: Annotated[float, msgspec.Meta(ge=0)] | None
+    max_rss_kb: Count | None
+    restart_count: Count
+
+
+class JobsReply(Reply, tag="reply", kw_only=True):
+    jobs: list[JobInfo]
+
+
+class Jobs(Request, tag="jobs", kw_only=True):
+    """My jobs, filtered; finished ones come from the database."""
+
+    states: Annotated[list[JobState], msgspec.Meta(max_length=16)] | None = None
+    group: Name | None = None
+    name: Name | None = None          # an fnmatch pattern
+    ids: IdList | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_IDS)] | None = None
+    reply_type = JobsReply
+
+
+class ShowReply(Reply, tag="reply", kw_only=True):
+    job: JobInfo
+
+
+class Show(Request, tag="show", kw_only=True):
+    """One job of mine."""
+
+    id: JobId
+    reply_type = ShowReply
+
+
+class ChangeResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: JobId
+    result: Text          # cancelled, cancelling, held, released, not found, already done...
+
+
+class ChangesReply(Reply, tag="reply", kw_only=True):
+    results: list[ChangeResult]
+
+
+class Cancel(Request, tag="cancel", kw_only=True):
+    """Cancel jobs of mine. (hq-server -> user-server -> exec-server ``Cancel`` is
+    ``CancelJobs``: same tag, other peers.)"""
+
+    ids: IdList
+    reply_type = ChangesReply
+
+
+class Hold(Request, tag="hold", kw_only=True):
+    ids: IdList
+    reply_type = ChangesReply
+
+
+class Release(Request, tag="release", kw_only=True):
+    ids: IdList
+    reply_type = ChangesReply
+
+
+class JobWaitState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: JobId
+    state: JobState
+    exit_code: ExitCode | None = None
+    signal: SignalNumber | None = None
+
+
+class WaitReply(Reply, tag="reply", kw_only=True):
+    jobs: list[JobWaitState]
+    finished: bool
+
+
+class Wait(Request, tag="wait", kw_only=True):
+    """Answered when all of ``ids`` are finished, or after ``timeout_s`` (at most 60 s)."""
+
+    ids: IdList
+    timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
+    reply_type = WaitReply
+
+
+USER_REQUESTS = (Ping, Submit, Status, Jobs, Show, Cancel, Hold, Release, Wait)
+"""What a command may ask its user-server, which forwards it to hq-server."""
+
+
+# --- the admin's requests (hq-admin -> hq-server, role admin) -----------------------------------
+
+class UserServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    user: UserName
+    pid: Pid
+    since: Epoch
+
+
+class AdminInfoReply(Reply, tag="reply", kw_only=True):
+    version: Word
+    pid: Pid
+    started_at: Epoch
+    database: Text
+    socket: Text
+    cluster_active: bool
+    jobs: Counts
+    user_servers: list[UserServerInfo]
+
+
+class AdminInfo(Request, tag="admin_info", kw_only=True):
+    reply_type = AdminInfoReply
+
+
+class AdminStatusReply(Reply, tag="reply", kw_only=True):
+    cluster_active: bool
+    jobs: Counts
+    per_user: dict[UserName, Counts]
+
+
+class AdminStatus(Request, tag="admin_status", kw_only=True):
+    reply_type = AdminStatusReply
+
+
+class HostInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: HostName
+    state: Word
+    reason: Text | None
+    active: bool
+    drained: bool
+    cores: Count
+    free_cores: int
+    max_jobs: Count | None
+    running_jobs: Count
+    memory_mb: Count | None
+    load1: float | None
+    last_heartbeat: Epoch | None
+
+
+class ListHostsReply(Reply, tag="reply", kw_only=True):
+    hosts: list[HostInfo]
+
+
+class ListHosts(Request, tag="lscluster", kw_only=True):
+    reply_type = ListHostsReply
+
+
+class UserInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: UserName
+    roles: list[Word]
+    pending: Count
+    running: Count
+    user_server: bool
+
+
+class ListUsersReply(Reply, tag="reply", kw_only=True):
+    users: list[UserInfo]
+
+
+class ListUsers(Request, tag="lsusers", kw_only=True):
+    reply_type = ListUsersReply
+
+
+class SetHostActiveReply(Reply, tag="reply", kw_only=True):
+    host: HostName
+    active: bool
+    changed: bool
+
+
+class SetHostActive(Request, tag="set_host_active", kw_only=True):
+    """activatehost / deactivatehost."""
+
+    host: HostName
+    active: bool
+    reply_type = SetHostActiveReply
+
+
+class SetClusterActiveReply(Reply, tag="reply", kw_only=True):
+    cluster_active: bool
+    changed: bool
+
+
+class SetClusterActive(Request, tag="set_cluster_active", kw_only=True):
+    """activate / deactivate."""
+
+    active: bool
+    reply_type = SetClusterActiveReply
+
+
+class ReloadReply(Reply, tag="reply", kw_only=True):
+    users: Count
+    hosts_changed: list[HostName]
+
+
+class Reload(Request, tag="reload", kw_only=True):
+    """Read users and hosts again from the database (after ``hq-dbadmin -a``)."""
+
+    reply_type = ReloadReply
+
+
+class ShutdownReply(Reply, tag="reply", kw_only=True):
+    stopping: bool
+
+
+class Shutdown(Request, tag="shutdown", kw_only=True):
+    reply_type = ShutdownReply
+
+
+ADMIN_REQUESTS = (AdminInfo, AdminStatus, ListHosts, ListUsers, SetHostActive,
+                  SetClusterActive, Reload, Shutdown)
+
+
+# --- jobs on their way to a host and back ---------------------------------------------------
+
+class RunJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: JobId
+    submission_id: JobId
+    spec: JobSpec
+
+
+class SubmissionEnv(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    environment: Environment
+    umask: Umask
+
+
+class Run(Message, tag="run", kw_only=True):
+    """Start these jobs on ``host`` (hq-server -> user-server, which checks every signature,
+    then -> exec-server with ``owner`` set; the exec-server needs no ``host``).
+    ``submissions`` is keyed by the decimal id."""
+
+    jobs: Annotated[list[RunJob], msgspec.Meta(max_length=100_000)]
+    submissions: dict[Annotated[str, msgspec.Meta(max_length=20)], SubmissionEnv]
+    host: HostAddress | None = None
+    owner: UserName | None = None
+
+
+class CancelJobs(Message, tag="cancel", kw_only=True):
+    """Stop these jobs (hq-server -> user-server with ``host``, then -> exec-server)."""
+
+    ids: IdList
+    reason: Text | None = None
+    host: HostName | None = None
+
+
+class Ack(Message, tag="ack", kw_only=True):
+    """These jobs' ends are recorded: the exec-server may forget them."""
+
+    ids: IdList
+    host: HostName | None = None
+
+
+class JobStarted(msgspec.Struct, tag_field="event", tag="started", frozen=True,
+                 forbid_unknown_fields=True):
+    id: JobId
+    pid: Pid
+    at: Epoch
+
+
+class JobEnded(msgspec.Struct, tag_field="event", tag="ended", frozen=True, kw_only=True,
+               forbid_unknown_fields=True):
+    """How a job ended; ``reason`` says why when it did not just exit: ``cancelled``,
+    ``time limit``, ``lease expired ...``, ``cannot start: ...``, ``refused: ...``."""
+
+    id: JobId
+    at: Epoch
+    started_at: Epoch | None = None
+    pid: Pid | None = None
+    exit_code: ExitCode | None = None
+    signal: SignalNumber | None = None
+    cpu_time_s: Annotated[float, msgspec.Meta(ge=0, le=1e12)] | None = None
+    max_rss_kb: Count | None = None
+    reason: Text | None = None
+
+
+JobEvent = JobStarted | JobEnded
+
+
+class JobEvents(Message, tag="job_events", kw_only=True):
+    """Jobs that started or ended (exec-server -> user-server, which adds ``host`` and
+    forwards to hq-server)."""
+
+    events: Annotated[list[JobEvent], msgspec.Meta(max_length=MAX_EVENTS)]
+    host: HostName | None = None
+
+
+class RunningJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: JobId
+    pid: Pid
+    started_at: Epoch
+
+
+class SyncReply(Reply, tag="reply", kw_only=True):
+    """An exec-server's whole view of its user's jobs."""
+
+    running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_IDS)]
+    ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_IDS)]
+
+
+class SyncRequest(Request, tag="sync", kw_only=True):
+    """User-server -> exec-server: report everything (first thing on every new link)."""
+
+    reply_type = SyncReply
+
+
+class Sync(Message, tag="sync", kw_only=True):
+    """User-server -> hq-server: an exec-server's whole view after (re)connecting, and the
+    jobs still on their way to it (``delivering``)."""
+
+    host: HostName
+    running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_IDS)]
+    ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_IDS)]
+    delivering: IdList = msgspec.field(default_factory=list)
+
+
+class HostStateReport(Message, tag="host_state", kw_only=True):
+    """A user-server could (``up``) or could not (``unreachable``) reach a host;
+    ``user_only``: only this user cannot (host key, login)."""
+
+    host: HostName
+    state: Literal["up", "unreachable"]
+    reason: Text | None = None
+    user_only: bool = False
+
+
+class Undeliverable(Message, tag="undeliverable", kw_only=True):
+    """The user-server could not hand these jobs to ``host``."""
+
+    host: HostName
+    ids: IdList
+    reason: Text = "unreachable"
+
+
+class Heartbeat(Message, tag="heartbeat", kw_only=True):
+    """An exec-server is alive (every heartbeat interval), with what it sees of its host."""
+
+    load1: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
+    free_memory_mb: Count | None = None
+    running: Count = 0
+    host: HostName | None = None
+
+
+class Lease(Message, tag="lease", kw_only=True):
+    """User-server -> exec-server: renews the lease (only while hq-server hears from it)."""
+
+
+UserRequest = Ping | Submit | Status | Jobs | Show | Cancel | Hold | Release | Wait
+
+
+class Relay(Request, tag="relay", kw_only=True):
+    """A command inside a job asks through its exec-server (exec-server -> user-server)."""
+
+    request: UserRequest
+
+
+# --- who may send what ------------------------------------------------------------------------
+
+CLI_SENDS = UserRequest
+ADMIN_SENDS = (AdminInfo | AdminStatus | ListHosts | ListUsers | SetHostActive
+               | SetClusterActive | Reload | Shutdown)
+USERD_SENDS_SERVER = (UserRequest | JobEvents | Sync | HostStateReport | Undeliverable
+                      | Heartbeat)
+SERVER_SENDS_USERD = Run | CancelJobs | Ack
+USERD_SENDS_EXECD = Run | CancelJobs | Ack | SyncRequest | Lease
+EXECD_SENDS_USERD = JobEvents | Heartbeat | Relay

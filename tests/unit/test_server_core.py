@@ -1,0 +1,372 @@
+"""hq-server's core, stepped by hand: rounds, reports, reconciliation, requests, silence.
+
+A real ``Server`` on a scratch SQLite database (tests/fixtures/server_core.py); user-servers
+are channels over socket pairs, and the clock moves only when a test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fixtures.server_core import Core, core_on, settle
+
+from hq.db.model import events, hosts, jobs
+from hq.errors import NotFound
+from hq.protocol.messages import (
+    Ack,
+    Cancel,
+    CancelJobs,
+    Heartbeat,
+    Hold,
+    HostStateReport,
+    JobEnded,
+    JobEvents,
+    Jobs,
+    JobStarted,
+    Release,
+    Run,
+    RunningJob,
+    Show,
+    Status,
+    Sync,
+    Undeliverable,
+    Wait,
+)
+from hq.server import requests
+from hq.states import HostState, InvalidTransition, JobState
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def core_test(hosts: dict[str, int] | None = None, users: tuple[str, ...] = ("alice", "bob"),
+              **config: Any) -> Callable[[Callable[[Core], Awaitable[None]]],
+                                         Callable[[Path], None]]:
+    """Run the async test body on a fresh core (``tmp_path`` is the test's)."""
+    def wrap(body: Callable[[Core], Awaitable[None]]) -> Callable[[Path], None]:
+        # not functools.wraps: pytest would read the body's signature and look for a fixture
+        # called "core"
+        def test(tmp_path: Path) -> None:
+            async def run() -> None:
+                async with core_on(tmp_path, hosts=hosts or {"n1": 2}, users=users,
+                                   **config) as core:
+                    await body(core)
+            asyncio.run(run())
+        test.__name__, test.__doc__ = body.__name__, body.__doc__
+        return test
+    return wrap
+
+
+def states(core: Core, ids: list[int]) -> dict[int, str]:
+    return {r.id: str(r.state) for r in core.rows(
+        sa.select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(ids)))}
+
+
+def transitions(core: Core, job_id: int) -> list[tuple[str, str]]:
+    return [(r.old_state, r.new_state) for r in core.rows(
+        sa.select(events.c.old_state, events.c.new_state)
+        .where(events.c.job_id == job_id, events.c.old_state.is_not(None))
+        .order_by(events.c.id))]
+
+
+async def dispatched(core: Core, user: str, count: int) -> tuple[list[int], Run]:
+    """Submit ``count`` jobs of ``user`` and run one round; the Run hq-server sends."""
+    ids = await core.submit(user, *["true"] * count)
+    assert core.server.dispatcher.round() == min(count, 2)
+    return ids, await core.peers[user].next(Run)
+
+
+# --- rounds ------------------------------------------------------------------------------
+
+@core_test()
+async def test_a_round_records_dispatched_before_it_sends_run(core: Core):
+    await core.user_server("alice")
+    ids = await core.submit("alice", "true", "true", "true")
+    assert core.server.dispatcher.round() == 2       # two cores on n1
+    run = await core.peers["alice"].next(Run)
+    # the Run went out after the commit: the database already says dispatched
+    assert states(core, ids) == {ids[0]: "dispatched", ids[1]: "dispatched", ids[2]: "pending"}
+    assert [j.id for j in run.jobs] == ids[:2] and run.host.name == "n1"
+    assert run.submissions[str(run.jobs[0].submission_id)].umask == 0o022
+    assert core.server.cluster.hosts["n1"].used_cores == 2
+    assert core.server.dispatcher.round() == 0        # full
+
+
+@core_test()
+async def test_no_round_for_a_user_without_user_server_or_a_deactivated_cluster(core: Core):
+    ids = await core.submit("alice", "true")
+    assert core.server.dispatcher.round() == 0        # alice's user-server is not connected
+    await core.user_server("alice")
+    core.server.cluster.active = False
+    assert core.server.dispatcher.round() == 0
+    reply = await requests.show(core.server, core.session("alice"), Show(id=ids[0]))
+    assert reply.job.pending_reason == "the cluster is deactivated (hq-admin activate)"
+
+
+@core_test(hosts={"n1": 1, "n2": 1})
+async def test_an_unreachable_host_is_skipped_until_the_retry_time(core: Core):
+    peer = await core.user_server("alice")
+    core.server.dispatcher.on_host_state(peer.link, HostStateReport(
+        host="n1", state="unreachable", reason="connection refused"))
+    ids = await core.submit("alice", "true", "true")
+    assert core.server.dispatcher.round() == 1
+    assert (await peer.next(Run)).host.name == "n2"
+    core.clock.advance(core.server.config.retry_unreachable_s + 1)
+    assert core.server.dispatcher.round() == 1        # the next try is the probe
+    assert (await peer.next(Run)).host.name == "n1"
+    await core.committed()
+    assert set(states(core, ids).values()) == {"dispatched"}
+
+
+# --- reports ------------------------------------------------------------------------------
+
+@core_test()
+async def test_started_and_ended_are_recorded_and_acked_after_the_commit(core: Core):
+    await core.user_server("alice")
+    ids, _run = await dispatched(core, "alice", 1)
+    (job_id,) = ids
+    link = core.peers["alice"].link
+    core.server.dispatcher.on_job_events(link, JobEvents(host="n1", events=[
+        JobStarted(id=job_id, pid=4321, at=core.clock.now().timestamp()),
+        JobEnded(id=job_id, at=core.clock.now().timestamp() + 1, pid=4321, exit_code=0,
+                 cpu_time_s=0.01, max_rss_kb=900)]))
+    ack = await core.peers["alice"].next(Ack)
+    assert ack.ids == [job_id] and ack.host == "n1"
+    # one batch held the start and the end: both events, and the row says done
+    assert states(core, ids) == {job_id: "done"}
+    assert transitions(core, job_id) == [("pending", "dispatched"), ("dispatched", "running"),
+                                         ("running", "done")]
+    (row,) = core.rows(sa.select(jobs.c.pid, jobs.c.exit_code, jobs.c.max_rss_kb,
+                                 jobs.c.host_id, hosts.c.name).join(hosts))
+    assert (row.pid, row.exit_code, row.max_rss_kb, row.name) == (4321, 0, 900, "n1")
+    assert core.server.cluster.hosts["n1"].used_cores == 0
+
+
+@core_test()
+async def test_a_failure_keeps_its_reason_and_a_repeated_end_changes_nothing(core: Core):
+    await core.user_server("alice")
+    (job_id,), _run = await dispatched(core, "alice", 1)
+    link = core.peers["alice"].link
+    end = JobEnded(id=job_id, at=core.clock.now().timestamp(), signal=9, reason="time limit")
+    core.server.dispatcher.on_job_events(link, JobEvents(host="n1", events=[end]))
+    core.server.dispatcher.on_job_events(link, JobEvents(host="n1", events=[end]))
+    await core.peers["alice"].next(Ack)
+    await core.peers["alice"].next(Ack)   # acked again, so the exec-server can forget it
+    job = core.server.cluster.jobs[job_id]
+    assert (job.state, job.reason, job.signal) == (JobState.FAILED, "time limit", 9)
+    assert transitions(core, job_id)[-1] == ("dispatched", "failed")
+    assert len(transitions(core, job_id)) == 2
+
+
+@core_test()
+async def test_reports_about_another_users_job_are_ignored(core: Core):
+    await core.user_server("alice")
+    bob = await core.user_server("bob")
+    (job_id,), _run = await dispatched(core, "alice", 1)
+    core.server.dispatcher.on_job_events(bob.link, JobEvents(host="n1", events=[
+        JobEnded(id=job_id, at=1.0, exit_code=0)]))
+    core.server.dispatcher.on_sync(bob.link, Sync(host="n1", running=[], ended=[]))
+    assert await bob.nothing_more() == []          # no ack for a job that is not bob's
+    await core.committed()
+    assert states(core, [job_id]) == {job_id: "dispatched"}
+
+
+@core_test()
+async def test_sync_reconciles_the_exec_servers_whole_view(core: Core):
+    peer = await core.user_server("alice")
+    ids, _run = await dispatched(core, "alice", 2)
+    running, vanished = ids
+    core.server.dispatcher.on_sync(peer.link, Sync(
+        host="n1", running=[RunningJob(id=running, pid=77, started_at=1.0)], ended=[]))
+    await core.committed()
+    # the one it runs is running; the one it never heard of goes back to the queue
+    assert states(core, ids) == {running: "running", vanished: "pending"}
+    job = core.server.cluster.jobs[vanished]
+    assert job.reason.startswith("requeued: dispatch lost (not known to the exec-server")
+    assert job.restart_count == 0                  # it never started: no restart counted
+
+
+@core_test()
+async def test_undeliverable_jobs_go_back_to_the_queue(core: Core):
+    peer = await core.user_server("alice")
+    ids, _run = await dispatched(core, "alice", 2)
+    core.server.dispatcher.on_undeliverable(peer.link, Undeliverable(
+        host="n1", ids=ids, reason="ssh: connection refused"))
+    await core.committed()
+    assert set(states(core, ids).values()) == {"pending"}
+    assert core.server.cluster.jobs[ids[0]].reason == "host n1: ssh: connection refused"
+
+
+@core_test()
+async def test_a_heartbeat_brings_a_host_up_and_records_its_load_later(core: Core):
+    peer = await core.user_server("alice")
+    core.server.dispatcher.on_heartbeat(peer.link, Heartbeat(host="n1", load1=0.25,
+                                                             free_memory_mb=1000))
+    host = core.server.cluster.hosts["n1"]
+    assert (host.state, host.load1) == (HostState.UP, 0.25)
+    await core.committed()
+    (row,) = core.rows(sa.select(hosts.c.state, hosts.c.load1))
+    assert (str(row.state), row.load1) == ("up", None)   # load is written now and then
+    core.clock.advance(11)
+    core.server.health.check()
+    await settle()
+    await core.server.store.read(lambda conn: None, what="barrier")
+    (row,) = core.rows(sa.select(hosts.c.state, hosts.c.load1))
+    assert row.load1 == 0.25
+
+
+# --- silence and the lease --------------------------------------------------------------------
+
+@core_test(heartbeat_timeout_s=10.0, lease_s=30.0, lease_grace_s=5.0)
+async def test_silence_marks_the_host_then_the_lease_requeues_its_jobs(core: Core):
+    peer = await core.user_server("alice")
+    ids, _run = await dispatched(core, "alice", 2)
+    started, queued = ids
+    core.server.dispatcher.on_job_events(peer.link, JobEvents(host="n1", events=[
+        JobStarted(id=started, pid=5, at=1.0)]))
+    health = core.server.health
+    core.clock.advance(9)
+    health.check()
+    assert core.server.cluster.hosts["n1"].state is not HostState.HEARTBEAT_LOST
+    core.clock.advance(2)                          # 11 s of silence
+    health.check()
+    assert core.server.cluster.hosts["n1"].state is HostState.HEARTBEAT_LOST
+    core.clock.advance(23)                         # 34 s: within lease + grace
+    health.check()
+    await core.committed()
+    assert states(core, ids) == {started: "running", queued: "dispatched"}
+    core.clock.advance(2)                          # 36 s: past lease + grace
+    health.check()
+    await core.committed()
+    assert states(core, ids) == {started: "pending", queued: "pending"}
+    assert core.server.cluster.jobs[started].restart_count == 1
+    assert core.server.cluster.jobs[queued].restart_count == 0
+    assert "lease expired" in core.server.cluster.jobs[started].reason
+
+
+@core_test(lease_s=30.0, lease_grace_s=5.0)
+async def test_a_no_requeue_job_fails_when_its_host_is_lost(core: Core):
+    peer = await core.user_server("alice")
+    (job_id,) = await core.submit("alice", "true", requeue=False)
+    core.server.dispatcher.round()
+    await peer.next(Run)
+    core.server.dispatcher.on_job_events(peer.link, JobEvents(host="n1", events=[
+        JobStarted(id=job_id, pid=5, at=1.0)]))
+    core.clock.advance(36)
+    core.server.health.check()
+    await core.committed()
+    job = core.server.cluster.jobs[job_id]
+    assert job.state is JobState.FAILED and job.reason.startswith("lost: host n1")
+
+
+# --- requests ------------------------------------------------------------------------------
+
+@core_test()
+async def test_cancel_pending_at_once_and_running_through_its_exec_server(core: Core):
+    peer = await core.user_server("alice")
+    ids = await core.submit("alice", "sleep 9", "sleep 9", "sleep 9")
+    core.server.dispatcher.round()
+    await peer.next(Run)
+    reply = requests.cancel(core.server, core.session("alice"), Cancel(ids=[*ids, 999]))
+    assert [(r.id, r.result) for r in reply.results] == [
+        (ids[0], "cancelling"), (ids[1], "cancelling"), (ids[2], "cancelled"),
+        (999, "not found")]
+    stop = await peer.next(CancelJobs)
+    assert (stop.host, stop.ids, stop.reason) == ("n1", ids[:2], "cancelled")
+    core.server.dispatcher.on_job_events(peer.link, JobEvents(host="n1", events=[
+        JobEnded(id=ids[0], at=2.0, signal=15, reason="cancelled")]))
+    await core.committed()
+    assert states(core, ids) == {ids[0]: "cancelled", ids[1]: "dispatched",
+                                 ids[2]: "cancelled"}
+    # a dispatched job whose cancel is pending that turns up running is stopped again
+    core.server.dispatcher.on_sync(peer.link, Sync(
+        host="n1", running=[RunningJob(id=ids[1], pid=8, started_at=1.0)], ended=[]))
+    assert (await peer.next(CancelJobs)).ids == [ids[1]]
+
+
+@core_test()
+async def test_another_users_job_is_not_found_everywhere(core: Core):
+    await core.user_server("alice")
+    (job_id,) = await core.submit("alice", "true")
+    bob = core.session("bob")
+    with pytest.raises(NotFound, match=f"no such job: {job_id}"):
+        await requests.show(core.server, bob, Show(id=job_id))
+    with pytest.raises(NotFound):
+        await requests.wait(core.server, bob, Wait(ids=[job_id], timeout_s=0))
+    for kind in (Cancel, Hold, Release):
+        reply = getattr(requests, kind.__name__.lower())(core.server, bob, kind(ids=[job_id]))
+        assert [r.result for r in reply.results] == ["not found"]
+    assert (await requests.jobs(core.server, bob, Jobs())).jobs == []
+    status = requests.status(core.server, bob, Status())
+    assert status.mine == {} and status.others == {"alice": {"pending": 1}}
+
+
+@core_test()
+async def test_hold_and_release(core: Core):
+    await core.user_server("alice")
+    (job_id,) = await core.submit("alice", "true")
+    alice = core.session("alice")
+    assert requests.hold(core.server, alice, Hold(ids=[job_id])).results[0].result == "held"
+    assert core.server.dispatcher.round() == 0
+    assert requests.hold(core.server, alice, Hold(ids=[job_id])).results[0].result == \
+        "not pending (held)"
+    assert requests.release(core.server, alice,
+                            Release(ids=[job_id])).results[0].result == "released"
+    assert core.server.dispatcher.round() == 1
+    await core.committed()
+    assert transitions(core, job_id)[:3] == [("pending", "held"), ("held", "pending"),
+                                             ("pending", "dispatched")]
+
+
+@core_test()
+async def test_wait_answers_when_the_jobs_end(core: Core):
+    peer = await core.user_server("alice")
+    (job_id,), _run = await dispatched(core, "alice", 1)
+    waiting = asyncio.create_task(requests.wait(core.server, core.session("alice"),
+                                                Wait(ids=[job_id], timeout_s=30)))
+    await settle()
+    assert not waiting.done()
+    core.server.dispatcher.on_job_events(peer.link, JobEvents(host="n1", events=[
+        JobEnded(id=job_id, at=2.0, exit_code=3)]))
+    reply = await asyncio.wait_for(waiting, 5)
+    assert reply.finished and [(j.id, str(j.state), j.exit_code) for j in reply.jobs] == [
+        (job_id, "failed", 3)]
+
+
+@core_test()
+async def test_jobs_lists_own_jobs_from_memory_and_the_database(core: Core):
+    await core.user_server("alice")
+    ids = await core.submit("alice", "true", "true", "true", name="sim")
+    requests.cancel(core.server, core.session("alice"), Cancel(ids=ids[:1]))
+    await core.committed()
+    alice = core.session("alice")
+    listing = await requests.jobs(core.server, alice, Jobs(states=[JobState.CANCELLED]))
+    assert [j.id for j in listing.jobs] == ids[:1]
+    newest = await requests.jobs(core.server, alice, Jobs(limit=2, name="s*"))
+    assert [j.id for j in newest.jobs] == ids[1:]
+    # a finished job hq-server no longer holds comes from the database
+    core.server.cluster.jobs.pop(ids[0])
+    shown = await requests.show(core.server, alice, Show(id=ids[0]))
+    assert (shown.job.state, shown.job.name) == (JobState.CANCELLED, "sim")
+
+
+# --- state machine ----------------------------------------------------------------------------
+
+@core_test()
+async def test_the_journal_refuses_what_the_state_machine_forbids(core: Core):
+    (job_id,) = await core.submit("alice", "true")
+    job = core.server.cluster.jobs[job_id]
+    with pytest.raises(InvalidTransition, match="pending -> running"):
+        core.server.journal.job(job, JobState.RUNNING)
+    with pytest.raises(ValueError, match="not outcome fields"):
+        core.server.journal.job(job, JobState.HELD, command="rm -rf ~")
+    assert job.state is JobState.PENDING
+    assert core.server.cluster.counts[("alice", JobState.PENDING)] == 1
+    host = core.server.cluster.hosts["n1"]
+    core.server.journal.host_state(host, HostState.UP, None)
+    with pytest.raises(InvalidTransition, match="up -> unknown"):
+        core.server.journal.host_state(host, HostState.UNKNOWN, None)
