@@ -15,6 +15,7 @@ import hmac
 import os
 import pwd
 import secrets
+import socket
 import stat
 from pathlib import Path
 
@@ -64,11 +65,34 @@ def runtime_dir(root: Path) -> Path:
     """This user's private directory for sockets and locks of one installation on this host.
 
     Under /tmp (host-local, short paths for the 108-byte socket limit), named by uid, 0700.
+    /tmp is shared: when another account made ``/tmp/hq-<uid>`` first (or it is not a private
+    directory of ours), ``~/.hq/run/<host>`` is used instead, and every hq program of this
+    user on this host comes to the same decision.
     """
-    # /tmp is shared, so a squatter may have made the directory first: private_dir refuses
-    # one that is not ours and 0700.
-    base = private_dir(Path(f"/tmp/hq-{os.geteuid()}"), "runtime directory")  # noqa: S108
-    return private_dir(base / installation_id(root), "runtime directory")
+    try:
+        base = private_dir(Path(f"/tmp/hq-{os.geteuid()}"), "runtime directory")  # noqa: S108
+    except PermissionDenied as err:
+        base = private_dir(state_dir() / "run" / socket.gethostname(), "runtime directory")
+        _warn_once(f"{err}; using {base} instead")
+    path = private_dir(base / installation_id(root), "runtime directory")
+    if len(str(path)) > MAX_RUNTIME_DIR:
+        raise PermissionDenied(f"runtime directory {path} is too long for Unix sockets "
+                               f"(at most {MAX_RUNTIME_DIR} characters): free /tmp/hq-"
+                               f"{os.geteuid()} or use a shorter home directory")
+    return path
+
+
+# socket names within it are up to ~40 characters; the kernel allows 107 in all
+MAX_RUNTIME_DIR = 64
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    import logging
+
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger(__name__).warning("%s", message)
 
 
 def state_dir() -> Path:

@@ -462,6 +462,11 @@ class ServerConfig:
     db_batch_max: int = 5000
     load_factor: float = 1.1             # no new job while load1 + busy > factor * cores
     max_running_per_user: int = 0        # 0 = unlimited
+    max_queued_per_user: int = 1_000_000     # unfinished jobs a user may have
+    max_jobs_per_submission: int = 1_000_000
+    requests_per_second: float = 100.0   # each user's sustained request rate ...
+    request_burst: int = 500             # ... and how many may come at once
+    max_connections_per_user: int = 64   # open connections of one account to hq-server
     fair_share: bool = True
     host_key_policy: str = "reject"      # or "accept-new"
     connect_timeout_s: float = 5.0
@@ -498,6 +503,11 @@ _SERVER_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "db_batch_max": ("server", "db_batch_max", syntax.positive_int),
     "load_factor": ("scheduler", "load_factor", syntax.positive_number),
     "max_running_per_user": ("scheduler", "max_running_per_user", syntax.non_negative_int),
+    "max_queued_per_user": ("scheduler", "max_queued_per_user", syntax.positive_int),
+    "max_jobs_per_submission": ("scheduler", "max_jobs_per_submission", syntax.positive_int),
+    "requests_per_second": ("server", "requests_per_second", syntax.positive_number),
+    "request_burst": ("server", "request_burst", syntax.positive_int),
+    "max_connections_per_user": ("server", "max_connections_per_user", syntax.positive_int),
     "fair_share": ("scheduler", "fair_share", parse_bool),
     "host_key_policy": ("ssh", "host_key_policy", _host_key_policy),
     "connect_timeout_s": ("ssh", "connect_timeout", syntax.positive_number),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import logging.handlers
 import os
 import select
 import sys
@@ -24,6 +25,8 @@ from hq.errors import HqError, Unavailable
 Ready = Callable[[str | None], None]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_MAX_BYTES = 20 * 1024 * 1024
+LOG_BACKUPS = 5
 
 
 def detach(prog: str, timeout: float = 60.0) -> Ready:
@@ -99,14 +102,26 @@ class PidLock:
         os.close(self.fd)
 
 
+class PrivateLogFile(logging.handlers.RotatingFileHandler):
+    """A log file that only its owner reads (0600, never opened through a symbolic link),
+    rotated at ``LOG_MAX_BYTES`` into ``.1`` .. ``.LOG_BACKUPS``: no peer can fill a disk."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, delay=False)
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                     0o600)
+        os.fchmod(fd, 0o600)  # one left 0644 by an older hq
+        return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+
+
 def setup_logging(log_file: Path | None, verbose: int = 0, *, also_stderr: bool = False) -> None:
     """Log to ``log_file`` (0600: logs name users and jobs) or, when None, to stderr."""
     handlers: list[logging.Handler] = []
     if log_file is not None:
         log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        os.fchmod(fd, 0o600)
-        handlers.append(logging.StreamHandler(os.fdopen(fd, "a", buffering=1)))
+        handlers.append(PrivateLogFile(log_file))
     if log_file is None or also_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:

@@ -67,6 +67,13 @@ class Unavailable(HqError):
     code = "unavailable"
 
 
+class Busy(Unavailable):
+    """A daemon refuses a request for now (a user's request rate or a limit of the moment);
+    the same request may succeed a moment later, and the command line programs retry it."""
+
+    code = "busy"
+
+
 class DatabaseError(HqError):
     """The database cannot be used: unreachable, wrong credentials, schema not at head."""
 
@@ -84,5 +91,5 @@ class ProtocolError(HqError):
 ERRORS_BY_CODE: dict[str, type[HqError]] = {
     cls.code: cls
     for cls in (HqError, UsageError, ConfigError, NotFound, PermissionDenied, Unavailable,
-                DatabaseError, ProtocolError)
+                Busy, DatabaseError, ProtocolError)
 }

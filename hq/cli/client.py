@@ -10,6 +10,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import click
+import msgspec
 
 from hq.cli.common import (
     CONTEXT_SETTINGS,
@@ -22,7 +23,19 @@ from hq.cli.common import (
 from hq.cli.jobids import parse_ids
 from hq.cli.jobview import STATE_ORDER, UNFINISHED_STATES
 from hq.errors import UsageError
-from hq.protocol.messages import Cancel, Hold, Jobs, Release, Request, Show, Status
+from hq.protocol.messages import (
+    MAX_IDS,
+    MAX_PAGE,
+    Cancel,
+    ChangesReply,
+    Hold,
+    Jobs,
+    JobsReply,
+    Release,
+    Request,
+    Show,
+    Status,
+)
 
 if TYPE_CHECKING:
     from hq.protocol import BlockingClient
@@ -41,6 +54,26 @@ def _connect() -> BlockingClient:
 def _request(message: Request) -> Any:
     with _connect() as client:
         return client.request(message)
+
+
+def chunks(ids: list[int]) -> list[list[int]]:
+    """``ids`` in pieces a request may carry (MAX_IDS each)."""
+    return [ids[i:i + MAX_IDS] for i in range(0, len(ids), MAX_IDS)] or [[]]
+
+
+def fetch_jobs(client: BlockingClient, request: Jobs, limit: int | None) -> JobsReply:
+    """All jobs ``request`` matches (the newest ``limit``), asked page by page: hq-server
+    answers at most MAX_PAGE at a time, newest first, with ``more`` when older ones match."""
+    found: list[Any] = []
+    before = None
+    while limit is None or len(found) < limit:
+        want = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(found))
+        page = client.request(msgspec.structs.replace(request, limit=want, before=before))
+        found = page.jobs + found
+        if not page.more or not page.jobs:
+            break
+        before = page.jobs[0].id
+    return JobsReply(jobs=found)
 
 
 def parse_one_id(text: str) -> int:
@@ -98,7 +131,7 @@ def status(as_json: bool) -> None:
 @click.option("--group", metavar="NAME", help="Only jobs of this group.")
 @click.option("--name", metavar="PATTERN", help="Only jobs whose name matches (* and ?).")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N",
-              help="At most N jobs (the lowest ids).")
+              help="At most N jobs: the newest (highest ids), shown in id order.")
 @json_option
 def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str | None,
          limit: int | None, as_json: bool) -> None:
@@ -115,7 +148,8 @@ def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str |
         raise UsageError("--all and --state cannot be combined")
     if wanted is None and not show_all:
         wanted = UNFINISHED
-    data = _request(Jobs(states=wanted, group=group, name=name, limit=limit))
+    with _connect() as client:
+        data = fetch_jobs(client, Jobs(states=wanted, group=group, name=name), limit)
     if as_json:
         print_json(data)
     elif not data.jobs:
@@ -158,7 +192,13 @@ def details(ids: tuple[str, ...], as_json: bool) -> int:
     IDS: 42, 42-45 or 42,44; several may be given.
     """
     wanted = parse_ids(*ids) if ids else None
-    data = _request(Jobs(states=None if wanted else UNFINISHED, ids=wanted))
+    with _connect() as client:
+        if wanted:
+            found = [job for piece in chunks(wanted)
+                     for job in fetch_jobs(client, Jobs(ids=piece), None).jobs]
+            data = JobsReply(jobs=sorted(found, key=lambda job: job.id))
+        else:
+            data = fetch_jobs(client, Jobs(states=UNFINISHED), None)
     missing = sorted(set(wanted or ()) - {job.id for job in data.jobs})
     if as_json:
         print_json(data)
@@ -177,7 +217,9 @@ def details(ids: tuple[str, ...], as_json: bool) -> int:
 
 
 def _change(kind: type[Cancel | Hold | Release], ids: tuple[str, ...], as_json: bool) -> int:
-    data = _request(kind(ids=parse_ids(*ids)))
+    with _connect() as client:
+        data = ChangesReply(results=[result for piece in chunks(parse_ids(*ids)) for result
+                                     in client.request(kind(ids=piece)).results])
     if as_json:
         print_json(data)
     else:

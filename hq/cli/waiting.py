@@ -16,8 +16,8 @@ import click
 
 from hq.cli.common import is_quiet, say
 from hq.errors import NotFound
+from hq.protocol.messages import MAX_IDS, Wait
 from hq.protocol.messages import JobWaitState as JobResult
-from hq.protocol.messages import Wait
 
 if TYPE_CHECKING:
     from hq.protocol import BlockingClient
@@ -35,10 +35,12 @@ def wait_for_jobs(client: BlockingClient, ids: Sequence[int], *,
     results: dict[int, JobResult] = {}
     pending = list(ids)
     while pending:
-        reply = client.request(Wait(ids=pending, timeout_s=WAIT_TIMEOUT_S),
-                               timeout=WAIT_TIMEOUT_S + 30.0)
-        for job in reply.jobs:
-            results[job.id] = job
+        for start in range(0, len(pending), MAX_IDS):
+            reply = client.request(Wait(ids=pending[start:start + MAX_IDS],
+                                        timeout_s=WAIT_TIMEOUT_S),
+                                   timeout=WAIT_TIMEOUT_S + 30.0)
+            for job in reply.jobs:
+                results[job.id] = job
         if missing := [i for i in pending if i not in results]:
             from hq.cli.jobids import format_ids
 

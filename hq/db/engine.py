@@ -155,9 +155,21 @@ def _sqlite_engine(db: DatabaseConfig, url: sa.URL) -> sa.Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # a reader must not take the write lock: it would hold up hq-server's writes
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+_READ_ONLY = "hq_read_only"
+
+
+@contextmanager
+def read_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection for reading only: on SQLite its transaction takes no write lock."""
+    with engine.connect() as conn:
+        yield conn.execution_options(**{_READ_ONLY: True})
 
 
 def is_mysql(engine: sa.Engine | sa.Connection) -> bool:

@@ -13,7 +13,7 @@ caller's connection, so one transaction can carry a whole batch of changes.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -136,14 +136,28 @@ def find_job(conn: sa.Connection, job_id: int) -> Job | None:
 
 
 def list_finished_jobs(conn: sa.Connection, owner_id: int, *, limit: int,
-                       ids: Sequence[int] | None = None) -> list[Job]:
-    """An owner's finished jobs, newest first (for listings of history)."""
-    query = (_job_query().where(jobs.c.owner_id == owner_id,
-                                jobs.c.state.in_(list(FINISHED_JOB_STATES)))
+                       ids: Sequence[int] | None = None, before: int | None = None,
+                       states: Collection[JobState] | None = None,
+                       group: str | None = None) -> list[Job]:
+    """An owner's finished jobs (in ``states``, of ``group``, with ids below ``before``),
+    newest first, at most ``limit``: served by the (owner, state) index."""
+    finished = [s for s in FINISHED_JOB_STATES if states is None or s in states]
+    if not finished:
+        return []
+    query = (_job_query().where(jobs.c.owner_id == owner_id, jobs.c.state.in_(finished))
              .order_by(jobs.c.id.desc()).limit(limit))
-    if ids is not None:
-        query = query.where(jobs.c.id.in_(list(ids)))
-    return [job_from_row(r) for r in conn.execute(query).mappings()]
+    if before is not None:
+        query = query.where(jobs.c.id < before)
+    if group is not None:
+        query = query.where(jobs.c.group_name == group)
+    if ids is None:
+        return [job_from_row(r) for r in conn.execute(query).mappings()]
+    found: list[Job] = []
+    for start in range(0, len(ids), 1000):   # bound every statement's parameters
+        chunk = list(ids[start:start + 1000])
+        found += [job_from_row(r) for r in
+                  conn.execute(query.where(jobs.c.id.in_(chunk))).mappings()]
+    return sorted(found, key=lambda j: -j.id)[:limit]
 
 
 def job_counts(conn: sa.Connection) -> dict[tuple[str, JobState], int]:

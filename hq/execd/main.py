@@ -197,7 +197,8 @@ async def serve(inst: Installation, sock_path: Path, hostname: str, ready: Ready
     for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
     sock = listen(sock_path)
-    server = ExecServer(sock, sock_path, hostname=hostname, user=auth.user_name(os.geteuid()))
+    server = ExecServer(sock, sock_path, hostname=hostname, user=auth.user_name(os.geteuid()),
+                        installation=auth.installation_id(inst.root))
     logging.getLogger(__name__).info("exec-server %s: pid %s, installation %s", hostname,
                                      os.getpid(), inst.root)
     if ready is not None:

@@ -10,9 +10,15 @@ Children are reaped in one place: a SIGCHLD handler on the event loop that calls
 ``os.wait4(-1, WNOHANG)`` until nothing is left, which also yields each job's CPU time and
 peak RSS. Nothing polls a job and asyncio's child watchers are not used.
 
-Stopping a job (cancel, time limit) sends SIGTERM to its process group and to every descendant
-psutil finds (descendants that started their own session are not in the group), then SIGKILL
-to whatever of them is left after a grace period.
+Stopping a job (cancel, time limit, lease) sends SIGTERM to its process group, to every
+descendant psutil finds and to every process carrying the job's marker (``hq.execd.processes``:
+descendants that started a session of their own, double-forked orphans), then SIGKILL to
+whatever of them is left after a grace period. When a job's shell ends, what it left behind
+is ended the same way (as Slurm does at the end of a job). The exec-server is the subreaper
+of its jobs, so their orphans are its children and are reaped here too.
+
+A job is known by its key, (database identity, job id): daemons outlive databases, and a
+recreated one starts its ids at 1 again.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from hq.execd import processes
 from hq.protocol.messages import JobEnded
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,11 @@ TIME_LIMIT_GRACE_S = 10.0
 REASON_CANCELLED = "cancelled"
 REASON_TIME_LIMIT = "time limit"
 REASON_LEASE = "lease expired: no contact with a user-server"
+REASON_UNKNOWN_END = "exit status unknown: it ended while no exec-server watched it"
+LEFTOVER_GRACE_S = 2.0
+
+JobKey = tuple[str, int]
+"""(database identity, job id)"""
 
 # O_CLOEXEC: the daemon's copy must not leak into other jobs (Popen dup2s it onto 1 and 2).
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -49,7 +61,7 @@ _OUTPUT_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 class Launch:
     """One job, verified and resolved by the service: exactly what ``JobRunner.start`` runs."""
 
-    job_id: int
+    key: JobKey
     command: str
     shell: str
     cwd: str
@@ -64,7 +76,7 @@ class Launch:
 class Outcome:
     """How a job ended: the fields of an ``ended`` JobEvent (doc/protocol.md)."""
 
-    job_id: int
+    key: JobKey
     ended_at: float
     started_at: float | None = None
     pid: int | None = None
@@ -76,7 +88,7 @@ class Outcome:
 
     def event(self) -> JobEnded:
         """The ``ended`` event as it goes on the wire."""
-        return JobEnded(id=self.job_id, at=self.ended_at, started_at=self.started_at,
+        return JobEnded(id=self.key[1], at=self.ended_at, started_at=self.started_at,
                         pid=self.pid, exit_code=self.exit_code, signal=self.signal,
                         cpu_time_s=self.cpu_time_s, max_rss_kb=self.max_rss_kb,
                         reason=self.reason)
@@ -84,14 +96,16 @@ class Outcome:
 
 @dataclass
 class RunningJob:
-    """A started job until it is reaped."""
+    """A started job until it is reaped (or, adopted from a predecessor, seen to end)."""
 
-    job_id: int
+    key: JobKey
     pid: int
     started_at: float
-    process: subprocess.Popen[bytes] = field(repr=False)
+    process: subprocess.Popen[bytes] | None = field(repr=False)   # None: adopted
+    marker: str = ""
     stop_reason: str | None = None  # set once a cancel or the time limit has begun
     limit_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    pidfd: int | None = field(default=None, repr=False)   # an adopted job's end shows here
 
 
 class JobRunner:
@@ -108,15 +122,18 @@ class JobRunner:
         self.cancel_grace_s = cancel_grace_s
         self.time_limit_grace_s = time_limit_grace_s
         self.clock = clock
-        self.jobs: dict[int, RunningJob] = {}
+        self.jobs: dict[JobKey, RunningJob] = {}
         self._by_pid: dict[int, RunningJob] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         # One /dev/null for every job's stdin instead of an open and close per start.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Reap through SIGCHLD on ``loop`` (the main thread's loop)."""
+        """Reap through SIGCHLD on ``loop`` (the main thread's loop); become the subreaper
+        of the jobs, so that their orphans are ours to find and to reap."""
         self._loop = loop
+        if not processes.become_subreaper():
+            log.warning("cannot become the jobs' subreaper: orphans go to init")
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
     def uninstall(self) -> None:
@@ -126,14 +143,16 @@ class JobRunner:
             for job in self.jobs.values():
                 if job.limit_timer is not None:
                     job.limit_timer.cancel()
+                if job.pidfd is not None:
+                    self._loop.remove_reader(job.pidfd)
             self._loop = None
 
     # --- start ----------------------------------------------------------------------------
 
     def start(self, launch: Launch) -> RunningJob | Outcome:
         """Start ``launch``; a job that cannot start comes back as an Outcome, never raised."""
-        if launch.job_id in self.jobs:
-            raise ValueError(f"job {launch.job_id} is already running")
+        if launch.key in self.jobs:
+            raise ValueError(f"job {launch.key} is already running")
         try:
             _check_directory(launch.cwd)
             out_fd = _open_output(launch.stdout, launch.umask, "stdout")
@@ -144,7 +163,7 @@ class JobRunner:
             if launch.stderr != launch.stdout:
                 err_fd = _open_output(launch.stderr, launch.umask, "stderr")
             process = subprocess.Popen(
-                [launch.shell, "-c", launch.command], cwd=launch.cwd, env=launch.env,
+                shell_argv(launch.shell, launch.command), cwd=launch.cwd, env=launch.env,
                 stdin=self._devnull, stdout=out_fd, stderr=err_fd, start_new_session=True,
                 umask=launch.umask, close_fds=True)
         except _CannotStart as err:
@@ -157,86 +176,158 @@ class JobRunner:
             os.close(out_fd)
             if err_fd != out_fd:
                 os.close(err_fd)
-        job = RunningJob(launch.job_id, process.pid, self.clock(), process)
-        self.jobs[job.job_id] = job
+        job = RunningJob(launch.key, process.pid, self.clock(), process,
+                         marker=launch.env.get(processes.MARKER, ""))
+        self.jobs[job.key] = job
         self._by_pid[job.pid] = job
         if launch.time_limit_s is not None and self._loop is not None:
             job.limit_timer = self._loop.call_later(launch.time_limit_s, self._time_limit_hit,
-                                                    job.job_id)
+                                                    job.key)
         return job
 
     def _cannot_start(self, launch: Launch, text: str) -> Outcome:
         # One line, whatever the OS put into the message.
         reason = "cannot start: " + " ".join(text.split())
-        return Outcome(launch.job_id, self.clock(), reason=reason)
+        return Outcome(launch.key, self.clock(), reason=reason)
+
+    def adopt(self, key: JobKey, pid: int, started_at: float, marker: str) -> RunningJob | None:
+        """Watch a job a predecessor started (not our child: its end shows on a pidfd, its
+        exit status is lost). None when it is gone already."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        job = RunningJob(key, pid, started_at, None, marker=marker, pidfd=pidfd)
+        self.jobs[key] = job
+        if self._loop is not None:
+            self._loop.add_reader(pidfd, self._adopted_ended, key)
+        return job
+
+    def _adopted_ended(self, key: JobKey) -> None:
+        job = self.jobs.pop(key, None)
+        if job is None or job.pidfd is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(job.pidfd)
+        os.close(job.pidfd)
+        self._end_leftovers([job])
+        self._report(Outcome(key, self.clock(), started_at=job.started_at, pid=job.pid,
+                             reason=job.stop_reason or REASON_UNKNOWN_END))
 
     # --- reap -----------------------------------------------------------------------------
 
     def reap(self) -> None:
-        """Collect every child that has ended; called on SIGCHLD (and safe to call anytime)."""
+        """Collect every child that has ended; called on SIGCHLD (and safe to call anytime).
+        Children that are no job's shell are orphans we adopted as the subreaper."""
+        ended: list[RunningJob] = []
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
-                return  # no children at all
+                break  # no children at all
             if pid == 0:
-                return  # children exist, none has ended
+                break  # children exist, none has ended
             job = self._by_pid.pop(pid, None)
             if job is None:
-                log.debug("pid %s: reaped, not a job", pid)
+                log.debug("pid %s: reaped, an orphan", pid)
                 continue
-            del self.jobs[job.job_id]
+            del self.jobs[job.key]
             if job.limit_timer is not None:
                 job.limit_timer.cancel()
             # So that Popen's finaliser does not wait for a pid that may since have been reused.
+            assert job.process is not None
             job.process.returncode = os.waitstatus_to_exitcode(status)
             signaled = os.WIFSIGNALED(status)
-            outcome = Outcome(
-                job.job_id, self.clock(), started_at=job.started_at, pid=pid,
+            ended.append(job)
+            self._report(Outcome(
+                job.key, self.clock(), started_at=job.started_at, pid=pid,
                 exit_code=None if signaled else os.WEXITSTATUS(status),
                 signal=os.WTERMSIG(status) if signaled else None,
                 cpu_time_s=round(usage.ru_utime + usage.ru_stime, 6),
-                max_rss_kb=usage.ru_maxrss, reason=job.stop_reason)
-            try:
-                self.on_end(outcome)
-            except Exception:
-                # The loop boundary: one bad report must not stop the reaping of the others.
-                log.exception("job %s: reporting its end failed", job.job_id)
+                max_rss_kb=usage.ru_maxrss, reason=job.stop_reason))
+        if ended:
+            self._end_leftovers(ended)
+
+    def _report(self, outcome: Outcome) -> None:
+        try:
+            self.on_end(outcome)
+        except Exception:
+            # The loop boundary: one bad report must not stop the reaping of the others.
+            log.exception("job %s: reporting its end failed", outcome.key)
+
+    def _end_leftovers(self, jobs: list[RunningJob]) -> None:
+        """What ended jobs left running (double forks, daemons): orphans that are now our
+        children and carry one of their markers get SIGTERM, and SIGKILL after a grace."""
+        markers = {job.marker for job in jobs if job.marker}
+        if not markers:
+            return
+        running = {job.pid for job in self.jobs.values()}
+        orphans = [pid for pid in processes.own_children() - running
+                   if processes.marker_of(pid) in markers]
+        if not orphans:
+            return
+        tree = [p for p in _processes(orphans) + _descendants(orphans)]
+        log.info("jobs %s: ended, leaving %d process(es) behind: ending them",
+                 ",".join(str(job.key[1]) for job in jobs), len(tree))
+        _signal_all(tree, signal.SIGTERM)
+        if self._loop is not None:
+            self._loop.call_later(LEFTOVER_GRACE_S, _signal_all, tree, signal.SIGKILL)
 
     # --- stop -----------------------------------------------------------------------------
 
-    def cancel(self, job_ids: Iterable[int]) -> list[int]:
-        """Stop these jobs with reason ``cancelled``; returns the ids that were running."""
-        return self.stop(job_ids, REASON_CANCELLED, self.cancel_grace_s)
+    def cancel(self, keys: Iterable[JobKey]) -> list[JobKey]:
+        """Stop these jobs with reason ``cancelled``; returns the keys that were running."""
+        return self.stop(keys, REASON_CANCELLED, self.cancel_grace_s)
 
-    def _time_limit_hit(self, job_id: int) -> None:
-        if self.stop([job_id], REASON_TIME_LIMIT, self.time_limit_grace_s):
-            log.info("job %s: time limit reached, stopping it", job_id)
+    def _time_limit_hit(self, key: JobKey) -> None:
+        if self.stop([key], REASON_TIME_LIMIT, self.time_limit_grace_s):
+            log.info("job %s: time limit reached, stopping it", key[1])
 
-    def stop(self, job_ids: Iterable[int], reason: str, grace_s: float) -> list[int]:
-        """SIGTERM each job's tree now, SIGKILL what is left of it after ``grace_s``.
-
-        A job already being stopped keeps its first reason. Returns the ids now stopping.
-        """
-        jobs = [self.jobs[i] for i in job_ids
-                if i in self.jobs and self.jobs[i].stop_reason is None]
+    def stop(self, keys: Iterable[JobKey], reason: str, grace_s: float) -> list[JobKey]:
+        """SIGTERM each job's every process now, SIGKILL what is left of them after
+        ``grace_s``. A job already being stopped keeps its first reason. Returns the keys
+        now stopping."""
+        jobs = [self.jobs[k] for k in keys if k in self.jobs and self.jobs[k].stop_reason is None]
         if not jobs:
             return []
         # Take the tree before signalling: once a parent dies its children are reparented
-        # and can no longer be found as descendants.
-        tree = _descendants(job.pid for job in jobs)
+        # and can no longer be found as descendants (the markers still find them).
+        tree = self._tree_of(jobs)
         for job in jobs:
             job.stop_reason = reason
             _signal_group(job.pid, signal.SIGTERM)
         _signal_all(tree, signal.SIGTERM)
         if self._loop is not None:
-            self._loop.call_later(grace_s, self._kill_remains, [j.job_id for j in jobs], tree)
+            self._loop.call_later(grace_s, self._kill_remains, [j.key for j in jobs], tree)
         else:
-            self._kill_remains([j.job_id for j in jobs], tree)
-        return [job.job_id for job in jobs]
+            self._kill_remains([j.key for j in jobs], tree)
+        return [job.key for job in jobs]
 
-    def _kill_remains(self, job_ids: list[int], tree: list[psutil.Process]) -> None:
-        alive = [job for i in job_ids if (job := self.jobs.get(i)) is not None]
+    def stop_processes(self, pids: Iterable[int]) -> None:
+        """End processes that belong to no running job any more (a job's leftovers):
+        SIGTERM now, SIGKILL after a short grace."""
+        tree = _processes(pids)
+        tree += _descendants(p.pid for p in tree)
+        _signal_all(tree, signal.SIGTERM)
+        if self._loop is not None:
+            self._loop.call_later(LEFTOVER_GRACE_S, _signal_all, tree, signal.SIGKILL)
+        else:
+            _signal_all(tree, signal.SIGKILL)
+
+    def _tree_of(self, jobs: list[RunningJob]) -> list[psutil.Process]:
+        """Every process of ``jobs``: descendants of their shells, and whatever carries their
+        markers (one scan of this account's processes)."""
+        markers = {job.marker for job in jobs if job.marker}
+        marked = [pid for pid, marker in processes.marked_processes(_installation_of(markers))
+                  .items() if marker in markers] if markers else []
+        roots = [job.pid for job in jobs] + marked
+        seen: dict[int, psutil.Process] = {p.pid: p for p in _processes(marked)}
+        for proc in _descendants(roots):
+            seen.setdefault(proc.pid, proc)
+        return list(seen.values())
+
+    def _kill_remains(self, keys: list[JobKey], tree: list[psutil.Process]) -> None:
+        alive = [job for k in keys if (job := self.jobs.get(k)) is not None]
         survivors = [p for p in tree if _is_alive(p)]
         # Descendants born after the SIGTERM (a trap that forked, say) die too.
         tree = survivors + _descendants([j.pid for j in alive] + [p.pid for p in survivors])
@@ -247,7 +338,28 @@ class JobRunner:
         if tree or alive:
             count = len({p.pid for p in tree} | {j.pid for j in alive})
             log.info("jobs %s: %d process(es) left after the grace period: killed",
-                     ",".join(map(str, job_ids)), count)
+                     ",".join(str(k[1]) for k in keys), count)
+
+
+def _installation_of(markers: set[str]) -> str:
+    """The installation part the markers share (one exec-server serves one installation)."""
+    return next(iter(markers)).partition("/")[0]
+
+
+def _processes(pids: Iterable[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found
+
+
+def shell_argv(shell: str, command: str) -> list[str]:
+    """``shell -c command``; a command that starts with ``-`` is not an option of the shell
+    (``sh -c -- -x`` runs the command ``-x``, ``sh -c -x`` would turn on tracing)."""
+    if command.startswith("-"):
+        return [shell, "-c", "--", command]
+    return [shell, "-c", command]
 
 
 class _CannotStart(Exception):
@@ -334,8 +446,8 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-def _signal_all(processes: Iterable[psutil.Process], signum: int) -> None:
-    for proc in processes:
+def _signal_all(procs: Iterable[psutil.Process], signum: int) -> None:
+    for proc in procs:
         # psutil checks the pid still names the same process (no reuse accident).
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signum)

@@ -6,11 +6,19 @@ directory) and serves one controlling user-server at a time, reached through
 re-adopts running jobs. Messages are those of doc/protocol.md ("user-server <-> exec-server").
 
 What it keeps in memory is its whole view: running jobs (in the ``JobRunner``), ended jobs
-not yet acknowledged, and the ids acknowledged in the last hour, so that no job id ever starts
-twice. Events are batched to the controller; without one they wait: ``ended`` until acked,
-``started`` folded into the answer to ``sync``. It exits by itself after ``idle_timeout_s``
-with nothing running, nothing unacknowledged and no controller. Running jobs survive the loss
-of the controller and the exit of the daemon itself: they belong to the user.
+not yet acknowledged, and the ids acknowledged in the last hour, so that no job starts twice.
+A job is known by (database identity, job id): the controller's hello names its database,
+and the link speaks for that database's jobs only, so a daemon that outlived a database never
+confuses its jobs with a new one's. Events are batched to the controller; without one they
+wait: ``ended`` until acked, ``started`` folded into the answer to ``sync``.
+
+The lease is kept per database: jobs of a database whose user-servers have not been in contact
+for ``lease_s`` are killed. Ends not yet acknowledged and the last contacts are in a journal
+(``hq.execd.journal``); a new daemon replays it and finds its predecessor's running jobs by
+their markers (``hq.execd.processes``), re-adopting them or, when their lease ran out,
+killing them before it starts anything. It exits by itself after ``idle_timeout_s`` with
+nothing running, nothing unacknowledged and no controller. Running jobs survive the loss of the
+controller and the exit of the daemon itself: they belong to the user.
 """
 
 from __future__ import annotations
@@ -33,7 +41,17 @@ import psutil
 
 from hq import auth, jobspec
 from hq.errors import HqError, ProtocolError, Unavailable
-from hq.execd.runner import REASON_LEASE, JobRunner, Launch, Outcome, RunningJob
+from hq.execd import processes
+from hq.execd.journal import ExecJournal
+from hq.execd.runner import (
+    REASON_LEASE,
+    REASON_UNKNOWN_END,
+    JobKey,
+    JobRunner,
+    Launch,
+    Outcome,
+    RunningJob,
+)
 from hq.protocol import (
     MAX_FRAME,
     Channel,
@@ -86,15 +104,16 @@ class Settings:
     idle_timeout_s: float = 300.0
     lease_s: float | None = None  # no user-server contact this long: kill the jobs (§6)
     heartbeat_interval_s: float = 2.0
+    database: str = ""            # the controller's database ("": one of protocol 1)
 
     def updated(self, given: ExecSettings | None) -> Settings:
         """These settings with a hello's (already type- and range-checked) ones applied."""
         if given is None:
-            return self
+            return replace(self, database="")
         values = {name: getattr(given, name) for name in ("idle_timeout_s", "lease_s",
                                                            "heartbeat_interval_s")
                   if getattr(given, name) is not None}
-        return replace(self, **values)
+        return replace(self, **values, database=given.database or "")
 
 
 class ExecServer:
@@ -104,19 +123,22 @@ class ExecServer:
     """
 
     def __init__(self, sock: socket.socket, socket_path: Path, *, hostname: str, user: str,
-                 settings: Settings | None = None,
+                 installation: str, settings: Settings | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.sock, self.socket_path = sock, socket_path
-        self.hostname, self.user = hostname, user
+        self.hostname, self.user, self.installation = hostname, user, installation
         self.settings = settings or Settings()
         self.clock = clock
         self.runner = JobRunner(self._job_ended, clock=clock)
-        self.ended: dict[int, JobEnded] = {}  # ended events not yet acknowledged, by job id
-        self.acked: OrderedDict[int, float] = OrderedDict()  # job id -> when acknowledged
+        self.ended: dict[JobKey, JobEnded] = {}  # ended events not yet acknowledged
+        self.acked: OrderedDict[JobKey, float] = OrderedDict()  # key -> when acknowledged
         self.controller: Channel | None = None
-        self.last_contact = clock()  # the lease counts from here
+        # database -> when one of its user-servers was last in contact (the lease, per
+        # database: a job's lease counts from its start when none has been yet)
+        self.last_contact: dict[str, float] = {}
+        self.journal = ExecJournal(socket_path.with_suffix(".journal"))
         self._key: bytes | None = None
-        self.job_logs: dict[int, tuple[str, int]] = {}  # job -> (its -l file, its umask)
+        self.job_logs: dict[JobKey, tuple[str, int]] = {}  # job -> (its -l file, its umask)
         self._queue: list[JobEvent] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._stop: asyncio.Event | None = None
@@ -128,6 +150,7 @@ class ExecServer:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.runner.install(loop)
+        self.take_over()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._terminate, signum)
         server = await asyncio.start_unix_server(self._connected, sock=self.sock,
@@ -150,6 +173,7 @@ class ExecServer:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             self.runner.uninstall()
+            self.journal.close()
         if self.runner.jobs or self.ended:
             log.warning("exec-server %s: exiting with %d job(s) running and %d end(s) "
                         "unacknowledged", self.hostname, len(self.runner.jobs), len(self.ended))
@@ -182,17 +206,51 @@ class ExecServer:
                 return
 
     def _check_lease(self, now: float) -> None:
-        """The lease (DESIGN §6): when no user-server has been in contact for ``lease_s``,
-        kill every running job. hq-server requeues a silent host's jobs only after the lease
-        and a grace period, so a job never runs twice at once, even across a partition."""
+        """The lease (DESIGN §6): jobs of a database none of whose user-servers has been in
+        contact for ``lease_s`` are killed. hq-server requeues a silent host's jobs only
+        after the lease and a grace period, so a job never runs twice at once, even across a
+        partition."""
         lease = self.settings.lease_s
-        if lease is None or not self.runner.jobs or now - self.last_contact <= lease:
+        if lease is None or not self.runner.jobs:
             return
-        stopping = self.runner.stop(list(self.runner.jobs), REASON_LEASE, LEASE_KILL_GRACE_S)
+        expired = [key for key, job in self.runner.jobs.items()
+                   if now - self.last_contact.get(key[0], job.started_at) > lease]
+        stopping = self.runner.stop(expired, REASON_LEASE, LEASE_KILL_GRACE_S)
         if stopping:
-            log.warning("exec-server %s: no user-server contact for %.0f s (lease %s s): "
-                        "killing jobs %s", self.hostname, now - self.last_contact, lease,
-                        stopping)
+            log.warning("exec-server %s: no user-server contact for longer than the lease "
+                        "(%s s): killing jobs %s", self.hostname, lease, [k[1] for k in stopping])
+        self.journal.compact_if_grown(self.ended, self.last_contact)
+
+    def take_over(self) -> None:
+        """Start from what a predecessor left: the ends it could not hand over (journal),
+        and its running jobs (their markers in /proc), re-adopted, or killed when their lease
+        ran out. Runs before any connection is served."""
+        self.ended, self.last_contact = self.journal.load()
+        self.journal.open(self.ended, self.last_contact)
+        found: dict[JobKey, list[int]] = {}
+        for pid, marker in processes.marked_processes(self.installation).items():
+            parsed = processes.parse_marker(marker)
+            if parsed is not None:
+                found.setdefault((parsed[1], parsed[2]), []).append(pid)
+        now, lease = self.clock(), self.settings.lease_s
+        for key, pids in found.items():
+            if key in self.ended or key in self.runner.jobs:
+                continue
+            marker = processes.marker_value(self.installation, *key)
+            leader = next(iter(processes.leaders(pids)), None)
+            info = processes.process_info(leader) if leader is not None else None
+            job = None if info is None else self.runner.adopt(key, info.pid, info.started_at,
+                                                              marker)
+            if job is None:
+                # only what the job left behind is there: its end was never seen
+                self.runner.stop_processes(pids)
+                self._record_end(Outcome(key, now, reason=REASON_UNKNOWN_END))
+                continue
+            log.info("job %s: found running (pid %s), left by the previous exec-server",
+                     key[1], job.pid)
+            contact = self.last_contact.get(key[0], 0.0)
+            if lease is not None and now - contact > lease:
+                self.runner.stop([key], REASON_LEASE, LEASE_KILL_GRACE_S)
 
     # --- connections ----------------------------------------------------------------------
 
@@ -221,7 +279,7 @@ class ExecServer:
         channel.accept(USERD_SENDS_EXECD)
         channel.send(self._welcome(channel.version))
         old, self.controller = self.controller, channel
-        self.last_contact = self.clock()
+        self._contact()
         self._drop_queue()  # the new controller asks for the whole view with sync
         log.info("exec-server %s: user-server (pid %s, protocol %d) connected%s; settings: "
                  "idle timeout %s s, heartbeat %s s, lease %s s", self.hostname, peer.pid,
@@ -239,6 +297,15 @@ class ExecServer:
                 self.controller = None
                 self._drop_queue()
                 log.info("exec-server %s: user-server disconnected", self.hostname)
+
+    def _contact(self) -> None:
+        now = self.clock()
+        self.last_contact[self.settings.database] = now
+        self.journal.contact(self.settings.database, now)
+
+    def _key_of(self, job_id: int) -> JobKey:
+        """The key of the controller's job ``job_id``."""
+        return (self.settings.database, job_id)
 
     def _welcome(self, version: int) -> Any:
         return welcome(version, host=self.hostname, pid=os.getpid(), user=self.user)
@@ -280,7 +347,7 @@ class ExecServer:
         """Handle one message; errors end at this boundary (logged, answered if a request)."""
         if channel is not self.controller:
             return  # superseded: its link is closing
-        self.last_contact = self.clock()
+        self._contact()
         handler = HANDLERS[type(message)]
         try:
             answer = handler(self, message)
@@ -313,17 +380,18 @@ class ExecServer:
         return self._key
 
     async def _run(self, message: Run) -> None:
-        key = self._signing_key()
+        signing_key = self._signing_key()
         digests: dict[str, str | None] = {}
         for n, item in enumerate(message.jobs):
             if n and n % RUN_CHUNK == 0:
                 await asyncio.sleep(0)  # let reaping, events and heartbeats through
-            self._run_one(item, message.submissions, key, digests)
+            self._run_one(item, message.submissions, signing_key, digests)
 
-    def _run_one(self, item: RunJob, submissions: dict[str, SubmissionEnv], key: bytes | None,
-                 digests: dict[str, str | None]) -> None:
+    def _run_one(self, item: RunJob, submissions: dict[str, SubmissionEnv],
+                 signing_key: bytes | None, digests: dict[str, str | None]) -> None:
         job_id, spec = item.id, item.spec
-        if self.knows(job_id):
+        key = self._key_of(job_id)
+        if self.knows(key):
             log.info("job %s: already known here, run ignored", job_id)
             return
         submission_id = str(item.submission_id)
@@ -332,46 +400,53 @@ class ExecServer:
             digests[submission_id] = None if submission is None else jobspec.submission_digest(
                 submission.environment, submission.umask)
         digest = digests[submission_id]
-        if (key is None or digest is None or submission is None
-                or not auth.job_signature_ok(key, spec, self.user, digest)):
-            self._not_started(job_id, "refused: bad signature")
+        if (signing_key is None or digest is None or submission is None
+                or not auth.job_signature_ok(signing_key, spec, self.user, digest)):
+            self._not_started(key, "refused: bad signature")
             return
         env = dict(submission.environment)
         # HQ_EXECD_SOCKET: hq-submit inside the job reaches the user-server through us
         env.update(HQ_JOB_ID=str(job_id), HQ_SUBMISSION_ID=submission_id, HQ_HOST=self.hostname,
                    HQ_EXECD_SOCKET=str(self.socket_path))
+        # how every process of the job is found, whatever it does with sessions and groups
+        env[processes.MARKER] = processes.marker_value(self.installation, *key)
         # Not inherited from a submitting job: only an array job has an index.
         env.pop("HQ_ARRAY_INDEX", None)
         if spec.array_index is not None:
             env["HQ_ARRAY_INDEX"] = str(spec.array_index)
         result = self.runner.start(Launch(
-            job_id=job_id, command=spec.command, shell=spec.shell, cwd=spec.cwd, env=env,
+            key=key, command=spec.command, shell=spec.shell, cwd=spec.cwd, env=env,
             umask=submission.umask, time_limit_s=spec.time_limit_s,
             stdout=jobspec.resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd),
             stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd)))
         if spec.log_path:
-            self.job_logs[job_id] = (jobspec.resolve_path(spec.log_path, job_id,
-                                                          spec.array_index, spec.cwd),
-                                     submission.umask)
+            self.job_logs[key] = (jobspec.resolve_path(spec.log_path, job_id,
+                                                       spec.array_index, spec.cwd),
+                                  submission.umask)
         if isinstance(result, Outcome):
             log.warning("job %s: %s", job_id, result.reason)
             self._record_end(result)
             return
-        self._note(job_id, f"job {job_id}: started on {self.hostname} at "
-                           f"{_when(result.started_at)}, pid {result.pid}")
+        self._note(key, f"job {job_id}: started on {self.hostname} at "
+                        f"{_when(result.started_at)}, pid {result.pid}")
         log.info("job %s: started pid %s", job_id, result.pid)
         self._emit(JobStarted(id=job_id, pid=result.pid, at=result.started_at))
 
     def _cancel(self, message: CancelJobs) -> None:
-        for job_id in self.runner.cancel(message.ids):
-            log.info("job %s: cancelling (%s)", job_id, message.reason or "no reason given")
+        for key in self.runner.cancel(self._key_of(i) for i in message.ids):
+            log.info("job %s: cancelling (%s)", key[1], message.reason or "no reason given")
 
     def _ack(self, message: Ack) -> None:
         now = self.clock()
+        done = []
         for job_id in message.ids:
-            if self.ended.pop(job_id, None) is not None:
-                self.acked[job_id] = now
-                self.acked.move_to_end(job_id)
+            key = self._key_of(job_id)
+            if self.ended.pop(key, None) is not None:
+                self.acked[key] = now
+                self.acked.move_to_end(key)
+                done.append(job_id)
+        if done:
+            self.journal.acked(self.settings.database, done)
         while self.acked and (len(self.acked) > ACKED_MEMORY_MAX
                               or next(iter(self.acked.values())) < now - ACKED_MEMORY_S):
             self.acked.popitem(last=False)
@@ -379,34 +454,37 @@ class ExecServer:
     def _sync(self, _message: SyncRequest) -> SyncReply:
         # The answer is the whole view, so anything still queued would only repeat it.
         self._drop_queue()
-        return SyncReply(running=[_running(job) for job in self.runner.jobs.values()],
-                         ended=list(self.ended.values()))
+        database = self.settings.database
+        return SyncReply(running=[_running(job) for key, job in self.runner.jobs.items()
+                                  if key[0] == database],
+                         ended=[event for key, event in self.ended.items()
+                                if key[0] == database])
 
     def _lease(self, _message: Lease) -> None:
         """Only renews the lease (``last_contact``, set for every message)."""
 
-    def knows(self, job_id: int) -> bool:
+    def knows(self, key: JobKey) -> bool:
         """Running, ended and unacknowledged, or acknowledged lately: never start it again."""
-        return job_id in self.runner.jobs or job_id in self.ended or job_id in self.acked
+        return key in self.runner.jobs or key in self.ended or key in self.acked
 
     # --- events ---------------------------------------------------------------------------
 
-    def _not_started(self, job_id: int, reason: str) -> None:
-        log.warning("job %s: %s", job_id, reason)
-        self._record_end(Outcome(job_id, self.clock(), reason=reason))
+    def _not_started(self, key: JobKey, reason: str) -> None:
+        log.warning("job %s: %s", key[1], reason)
+        self._record_end(Outcome(key, self.clock(), reason=reason))
 
     def _job_ended(self, outcome: Outcome) -> None:
         how = (f"killed by signal {outcome.signal}" if outcome.signal is not None
                else f"exit code {outcome.exit_code}")
-        log.info("job %s: ended, %s%s (cpu %.2f s, max rss %s KiB)", outcome.job_id, how,
+        log.info("job %s: ended, %s%s (cpu %.2f s, max rss %s KiB)", outcome.key[1], how,
                  f", {outcome.reason}" if outcome.reason else "", outcome.cpu_time_s or 0.0,
                  outcome.max_rss_kb)
         self._record_end(outcome)
 
-    def _note(self, job_id: int, line: str) -> None:
+    def _note(self, key: JobKey, line: str) -> None:
         """A line in the job's own log file (hq-submit -l), appended as the job's owner
         would; a file that cannot be written is logged here, never a reason to fail."""
-        where = self.job_logs.get(job_id)
+        where = self.job_logs.get(key)
         if where is None:
             return
         path, umask = where
@@ -418,7 +496,7 @@ class ExecServer:
             finally:
                 os.close(fd)
         except OSError as err:
-            log.warning("job %s: cannot write its log file %s: %s", job_id, path, err)
+            log.warning("job %s: cannot write its log file %s: %s", key[1], path, err)
 
     def _record_end(self, outcome: Outcome) -> None:
         how = (f"killed by signal {outcome.signal}" if outcome.signal is not None
@@ -427,13 +505,15 @@ class ExecServer:
         usage = "" if outcome.cpu_time_s is None else (
             f"; cpu {outcome.cpu_time_s:.2f} s, peak memory {(outcome.max_rss_kb or 0) // 1024}"
             " MiB")
-        self._note(outcome.job_id, f"job {outcome.job_id}: ended at {_when(outcome.ended_at)}, "
-                                   f"{how}{f' ({outcome.reason})' if outcome.reason else ''}"
-                                   f"{usage}")
-        self.job_logs.pop(outcome.job_id, None)
+        key = outcome.key
+        self._note(key, f"job {key[1]}: ended at {_when(outcome.ended_at)}, "
+                        f"{how}{f' ({outcome.reason})' if outcome.reason else ''}{usage}")
+        self.job_logs.pop(key, None)
         event = outcome.event()
-        self.ended[outcome.job_id] = event
-        self._emit(event)
+        self.ended[key] = event
+        self.journal.ended(key, event)
+        if key[0] == self.settings.database:
+            self._emit(event)
 
     def _emit(self, event: JobEvent) -> None:
         if self.controller is None:
@@ -465,7 +545,7 @@ def _when(epoch: float) -> str:
 
 
 def _running(job: RunningJob) -> RunningJobInfo:
-    return RunningJobInfo(id=job.job_id, pid=job.pid, started_at=job.started_at)
+    return RunningJobInfo(id=job.key[1], pid=job.pid, started_at=job.started_at)
 
 
 HANDLERS: dict[type, Callable[[ExecServer, Any], Any]] = {

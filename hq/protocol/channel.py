@@ -16,13 +16,14 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from hq.errors import HqError, ProtocolError, Unavailable
+from hq.errors import Busy, HqError, ProtocolError, Unavailable
 from hq.protocol.frames import (
     HEADER,
     MAX_FRAME,
@@ -34,6 +35,7 @@ from hq.protocol.frames import (
     encode,
     error_from,
     error_message,
+    printable,
     rid_of,
 )
 from hq.protocol.messages import (
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
     import asyncio
 
 log = logging.getLogger(__name__)
+
+BUSY_RETRY_S = 30.0
 
 
 # --- handshake ---------------------------------------------------------------------------------
@@ -203,7 +207,7 @@ class Channel:
                     message = self._decoder.decode(body)
                 except ProtocolError as err:
                     self.send(error_message(err, rid_of(body)))
-                    log.warning("%s: dropped: %s", self.name, str(err)[:300])
+                    log.warning("%s: dropped: %s", self.name, printable(err))
                     return
                 if isinstance(message, ReplyHeader | Error):
                     self._answered(message, body)
@@ -212,7 +216,7 @@ class Channel:
                 if asyncio.iscoroutine(result):
                     await result
         except ProtocolError as err:
-            log.warning("%s: dropped: %s", self.name, str(err)[:300])
+            log.warning("%s: dropped: %s", self.name, printable(err))
         except (ConnectionError, OSError):
             pass
         finally:
@@ -222,7 +226,7 @@ class Channel:
         waiting = self._waiting.pop(message.rid, None) if message.rid is not None else None
         if waiting is None:
             if isinstance(message, Error):
-                log.warning("%s: says: %s", self.name, message.message[:300])
+                log.warning("%s: says: %s", self.name, printable(message.message))
             return   # an answer nobody waits for any more (timed out)
         future, kind = waiting
         if future.done():
@@ -350,12 +354,23 @@ class BlockingClient:
 
     def request(self, request: Request, timeout: float | None = None,
                 reply_type: Any = None) -> Any:
-        """Send one request and return its typed reply; an error reply is raised as HqError."""
+        """Send one request and return its typed reply; an error reply is raised as HqError.
+
+        A ``busy`` answer (the caller's request rate is over its limit) is asked again after
+        a growing pause, for up to BUSY_RETRY_S."""
         if timeout is not None:
             self.sock.settimeout(timeout)
-        rid = self._next_rid
-        body = self._answer_to(msgspec.structs.replace(request, rid=rid))
-        return decode_as(reply_type or type(request).reply_type, body)
+        pause, give_up = 0.05, time.monotonic() + BUSY_RETRY_S
+        while True:
+            try:
+                body = self._answer_to(msgspec.structs.replace(request, rid=self._next_rid))
+            except Busy:
+                if time.monotonic() + pause > give_up:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            return decode_as(reply_type or type(request).reply_type, body)
 
     def legacy_admin(self, request: Request, command: str, args: list[str]) -> Any:
         """``request`` put to an hq-server of protocol version 1, which took every admin

@@ -82,6 +82,13 @@ def decode_as(kind: Any, body: bytes) -> Any:
     return decoder.decode(body)
 
 
+def printable(text: object, limit: int = 200) -> str:
+    """Text a peer sent, fit for a log line: quoted and escaped (a newline in it cannot
+    forge a line), and cut at ``limit`` characters (a peer cannot fill the log)."""
+    shown = repr(str(text))
+    return shown if len(shown) <= limit else shown[:limit] + f"... ({len(shown)} chars)"
+
+
 def error_message(err: HqError, rid: int | None = None) -> Error:
     """The ``Error`` a daemon answers ``err`` with (one line, code for the client's class)."""
     text = " ".join(str(err).split())[:4000]

@@ -34,7 +34,9 @@ from hq.states import JobState
 
 # --- field types: what any value may be, whoever sent it ---------------------------------------
 
-MAX_IDS = 1_000_000           # job ids in one request
+MAX_IDS = 100_000             # job ids in one request (commands send more in several)
+MAX_PAGE = 10_000             # jobs in one answer to ``jobs``
+MAX_VIEW = 1_000_000          # jobs in an exec-server's whole view (sync) and its acks
 MAX_EVENTS = 10_000           # job events in one report
 MAX_JOBS_PER_SUBMIT = 1_000_000
 
@@ -51,6 +53,7 @@ UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]     # a reason, a one-line message
 Word = Annotated[str, msgspec.Meta(max_length=64)]
 IdList = Annotated[list[JobId], msgspec.Meta(max_length=MAX_IDS)]
+ViewIds = Annotated[list[JobId], msgspec.Meta(max_length=MAX_VIEW)]
 Counts = dict[Word, Count]
 Environment = Annotated[dict[Annotated[str, msgspec.Meta(max_length=4096)],
                              Annotated[str, msgspec.Meta(max_length=1024 * 1024)]],
@@ -107,6 +110,7 @@ class ExecSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     idle_timeout_s: Seconds | None = None
     lease_s: Seconds | None = None
     heartbeat_interval_s: Seconds | None = None
+    database: Word | None = None     # whose jobs this link speaks for (version 2)
 
 
 class Hello(Message, tag="hello", kw_only=True):
@@ -135,6 +139,7 @@ class Welcome(Message, tag="welcome", kw_only=True):
     pid: Pid | None = None              # user-server, exec-server
     host: HostName | None = None        # exec-server: its hostname
     adopt: list[HostAddress] | None = None   # hq-server to a user-server: hosts to reconnect
+    database: Word | None = None        # hq-server: its database's identity (version 2)
 
 
 # --- what the commands ask (cli -> user-server -> hq-server) ------------------------------------
@@ -167,6 +172,7 @@ class Submit(Request, tag="submit", kw_only=True):
     reply_type = SubmitReply
 
     def __post_init__(self) -> None:
+        check_environment(self.environment)
         if len(self.jobs) == 1:
             self.jobs[0].validate()
             return
@@ -175,6 +181,21 @@ class Submit(Request, tag="submit", kw_only=True):
                 spec.validate()
             except InvalidSpec as err:
                 raise InvalidSpec(f"job {n} of {len(self.jobs)}: {err}") from None
+
+
+def check_environment(environment: dict[str, str]) -> None:
+    """An environment a job can be started with: names without ``=`` or NUL, values without
+    NUL, all of it valid text (a lone surrogate is what undecodable bytes become)."""
+    for name, value in environment.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise InvalidSpec(f"environment variable {name[:100]!r}: a name must be non-empty "
+                              "and without '=' or NUL, a value without NUL")
+        try:
+            name.encode()
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidSpec(f"environment variable {name[:100]!r} is not valid UTF-8 "
+                              "text") from None
 
 
 class ClusterSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -236,16 +257,19 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 class JobsReply(Reply, tag="reply", kw_only=True):
     jobs: list[JobInfo]
+    more: bool = False     # older jobs match too: ask again with ``before`` = the first id
 
 
 class Jobs(Request, tag="jobs", kw_only=True):
-    """My jobs, filtered; finished ones come from the database."""
+    """My jobs, filtered, the newest ``limit`` (at most MAX_PAGE) with ids below ``before``,
+    in id order; finished ones come from the database."""
 
     states: Annotated[list[JobState], msgspec.Meta(max_length=16)] | None = None
     group: Name | None = None
     name: Name | None = None          # an fnmatch pattern
     ids: IdList | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_IDS)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] | None = None
+    before: JobId | None = None
     reply_type = JobsReply
 
 
@@ -467,8 +491,15 @@ class CancelJobs(Message, tag="cancel", kw_only=True):
 class Ack(Message, tag="ack", kw_only=True):
     """These jobs' ends are recorded: the exec-server may forget them."""
 
-    ids: IdList
+    ids: ViewIds
     host: HostName | None = None
+
+
+class Superseded(Message, tag="superseded", kw_only=True):
+    """hq-server -> user-server: a newer user-server of the same user took over (a command
+    found no socket and started one); this one exits, so the two never take turns."""
+
+    by_pid: Pid
 
 
 class JobStarted(msgspec.Struct, tag_field="event", tag="started", frozen=True,
@@ -514,8 +545,8 @@ class RunningJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class SyncReply(Reply, tag="reply", kw_only=True):
     """An exec-server's whole view of its user's jobs."""
 
-    running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_IDS)]
-    ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_IDS)]
+    running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_VIEW)]
+    ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_VIEW)]
 
 
 class SyncRequest(Request, tag="sync", kw_only=True):
@@ -529,9 +560,9 @@ class Sync(Message, tag="sync", kw_only=True):
     jobs still on their way to it (``delivering``)."""
 
     host: HostName
-    running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_IDS)]
-    ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_IDS)]
-    delivering: IdList = msgspec.field(default_factory=list)
+    running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_VIEW)]
+    ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_VIEW)]
+    delivering: ViewIds = msgspec.field(default_factory=list)
 
 
 class HostStateReport(Message, tag="host_state", kw_only=True):
@@ -581,6 +612,6 @@ ADMIN_SENDS = (AdminInfo | AdminStatus | ListHosts | ListUsers | SetHostActive
                | SetClusterActive | Reload | Shutdown)
 USERD_SENDS_SERVER = (UserRequest | JobEvents | Sync | HostStateReport | Undeliverable
                       | Heartbeat)
-SERVER_SENDS_USERD = Run | CancelJobs | Ack
+SERVER_SENDS_USERD = Run | CancelJobs | Ack | Superseded
 USERD_SENDS_EXECD = Run | CancelJobs | Ack | SyncRequest | Lease
 EXECD_SENDS_USERD = JobEvents | Heartbeat | Relay

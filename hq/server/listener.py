@@ -21,8 +21,9 @@ from typing import Any
 from hq import __version__
 from hq.auth import user_name
 from hq.db.users import UserRecord
-from hq.errors import HqError, PermissionDenied, UsageError
+from hq.errors import Busy, HqError, PermissionDenied, UsageError
 from hq.protocol import MAX_FRAME, Channel, check_hello, error_message, peer_credentials, welcome
+from hq.protocol.frames import printable
 from hq.protocol.messages import (
     ADMIN_SENDS,
     USERD_SENDS_SERVER,
@@ -31,18 +32,24 @@ from hq.protocol.messages import (
     HostStateReport,
     JobEvents,
     Request,
+    Superseded,
     Sync,
     Undeliverable,
 )
 from hq.server.admin import ADMIN_REQUESTS
 from hq.server.core import Server, Session
 from hq.server.dispatch import Dispatcher
+from hq.server.limits import (
+    ADMIN_MAX_FRAME,
+    HELLO_MAX_FRAME,
+    HELLO_TIMEOUT_S,
+    ConnectionCounter,
+    TokenBucket,
+)
 from hq.server.links import UserLink
 from hq.server.requests import USER_REQUESTS
 
 log = logging.getLogger(__name__)
-
-HELLO_TIMEOUT_S = 10.0
 
 NOTIFICATIONS: dict[type, Callable[[Dispatcher, UserLink, Any], None]] = {
     JobEvents: Dispatcher.on_job_events, Sync: Dispatcher.on_sync,
@@ -59,6 +66,8 @@ class Listener:
         self.server = server
         self.socket: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.connections = ConnectionCounter(server.config.max_connections_per_user)
+        self.buckets: dict[str, TokenBucket] = {}
 
     async def start(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,8 +86,21 @@ class Listener:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         creds = peer_credentials(writer.get_extra_info("socket"))
-        name = user_name(creds.uid)
-        channel = Channel(reader, writer, f"{name} (pid {creds.pid})")
+        if not self.connections.admit(creds.uid, self.server.clock.monotonic()):
+            writer.close()
+            return
+        try:
+            await self._serve_connection(reader, writer, creds.uid, creds.pid)
+        finally:
+            self.connections.closed(creds.uid)
+            if not writer.is_closing():
+                writer.close()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter, uid: int, pid: int) -> None:
+        name = user_name(uid)
+        # until it is identified, a peer may send only a short hello
+        channel = Channel(reader, writer, f"{name} (pid {pid})", max_frame=HELLO_MAX_FRAME)
         try:
             hello = await asyncio.wait_for(channel.receive_as(Hello), HELLO_TIMEOUT_S)
             if hello is None:
@@ -89,19 +111,21 @@ class Listener:
         except (HqError, TimeoutError) as err:
             if isinstance(err, HqError):
                 channel.send(error_message(err))
-                log.warning("connection from %s refused: %s", channel.name, str(err)[:300])
+                log.warning("connection from %s refused: %s", channel.name, printable(err))
             channel.close()
             return
         channel.version = version
-        session = Session(user, hello.role, creds.pid)
+        channel.max_frame = MAX_FRAME if hello.role == "userd" else ADMIN_MAX_FRAME
+        session = Session(user, hello.role, pid)
         link: UserLink | None = None
         if hello.role == "userd":
             channel.accept(USERD_SENDS_SERVER)
             cluster = self.server.cluster
             hosts = sorted({j.host for j in cluster.active_jobs_of(name) if j.host})
             channel.send(welcome(version, user=name, server=f"hq-server {__version__}",
-                                 adopt=[cluster.hosts[h].address_info() for h in hosts]))
-            link = UserLink(name, user.id, creds.pid, channel, self.server.clock.now())
+                                 adopt=[cluster.hosts[h].address_info() for h in hosts],
+                                 database=cluster.database_id or None))
+            link = UserLink(name, user.id, pid, channel, self.server.clock.now())
             self._register(link)
         else:
             channel.accept(ADMIN_SENDS)
@@ -111,6 +135,14 @@ class Listener:
         finally:
             if link is not None:
                 self._unregister(link)
+
+    def _bucket(self, user: str) -> TokenBucket:
+        bucket = self.buckets.get(user)
+        if bucket is None:
+            config = self.server.config
+            bucket = self.buckets[user] = TokenBucket.full(
+                config.requests_per_second, config.request_burst, self.server.clock.monotonic())
+        return bucket
 
     def _authorise(self, name: str, role: str) -> UserRecord:
         user = self.server.users.get(name)
@@ -122,6 +154,10 @@ class Listener:
         return user
 
     def _register(self, link: UserLink) -> None:
+        current = self.server.links.get(link.user)
+        if current is not None and current.version >= 2:
+            # the older one exits; else the two would replace each other for ever
+            current.channel.send(Superseded(by_pid=link.pid))
         old = self.server.links.register(link)
         self.server.journal.user_server(link.user_id, link.pid, gone=False)
         if old is not None:
@@ -144,6 +180,12 @@ class Listener:
             if handler is None:
                 channel.reply_error(message, UsageError(
                     f"unknown request {type(message).__name__}"))
+                return
+            if not self._bucket(session.user.name).take(self.server.clock.monotonic()):
+                config = self.server.config
+                channel.reply_error(message, Busy(
+                    f"too many requests from {session.user.name} (more than "
+                    f"{config.requests_per_second:g} a second): try again in a moment"))
                 return
             task = asyncio.create_task(self._answer(handler, session, channel, message))
             self.tasks.add(task)

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from hq.db.hosts import HostRecord, list_hosts
 from hq.db.jobs import job_counts, load_unfinished, max_ids
-from hq.db.settings import CLUSTER_ACTIVE, get_setting
+from hq.db.settings import CLUSTER_ACTIVE, DATABASE_ID, get_setting
 from hq.db.users import UserRecord, list_users
 from hq.server.state import Cluster, Host
 
@@ -58,4 +58,5 @@ def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
     cluster.counts = Counter(job_counts(conn))
     cluster.next_job_id, cluster.next_submission_id = (n + 1 for n in max_ids(conn))
     cluster.active = (get_setting(conn, CLUSTER_ACTIVE) or "yes") == "yes"
+    cluster.database_id = get_setting(conn, DATABASE_ID) or ""
     return cluster, users

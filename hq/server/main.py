@@ -9,8 +9,10 @@ exec-servers and are re-adopted when hq-server is back.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -32,8 +34,10 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     # Everything hq-server writes is the admin's alone (database, logs, pid file); what users
     # must reach (the socket, its directory, the head file) is opened up explicitly.
     os.umask(0o077)
-    from hq.db.engine import create_engine, database_errors, relocate_sqlite
+    raise_open_file_limit()
+    from hq.db.engine import create_engine, database_errors, relocate_sqlite, run_in_transaction
     from hq.db.migrate import require_head
+    from hq.db.settings import ensure_database_id
     from hq.server.admin import reload_configuration
     from hq.server.clock import SystemClock
     from hq.server.core import Server
@@ -50,6 +54,8 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     engine = create_engine(db)
     with database_errors(db):
         require_head(engine)
+        # a database made by an older hq has no identity yet
+        run_in_transaction(engine, lambda conn: ensure_database_id(conn, dt.datetime.now(dt.UTC)))
         with engine.connect() as conn:
             cluster, users = load_state(conn)
     loop = asyncio.get_running_loop()
@@ -97,6 +103,16 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     store.stop()
     engine.dispose()
     log.info("server: stopped")
+
+
+def raise_open_file_limit() -> None:
+    """As many open files as this account may have: every user's connections count."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("server: open file limit raised from %d to %d", soft, hard)
 
 
 def write_head_file(run_dir: Path, ssh_address: str | None) -> Path:

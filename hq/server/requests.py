@@ -20,6 +20,7 @@ from hq.errors import NotFound, UsageError
 from hq.job import Job, Submission
 from hq.jobspec import JobSpec
 from hq.protocol.messages import (
+    MAX_PAGE,
     Cancel,
     ChangeResult,
     ChangesReply,
@@ -80,7 +81,21 @@ def check_fits(server: Server, specs: list[JobSpec]) -> None:
             raise UsageError(where + problem)
 
 
+def check_quotas(server: Server, owner: str, count: int) -> None:
+    """Refuse, storing nothing, a submission over the limits of etc/hq-server.cfg."""
+    config = server.config
+    if count > config.max_jobs_per_submission:
+        raise UsageError(f"a submission may hold at most {config.max_jobs_per_submission:,} "
+                         f"jobs, this one has {count:,} ([scheduler] max_jobs_per_submission)")
+    queued = server.cluster.unfinished_of(owner)
+    if queued + count > config.max_queued_per_user:
+        raise UsageError(f"{owner} has {queued:,} unfinished jobs and may have at most "
+                         f"{config.max_queued_per_user:,}, so these {count:,} do not fit "
+                         "([scheduler] max_queued_per_user)")
+
+
 async def submit(server: Server, session: Session, request: Submit) -> SubmitReply:
+    check_quotas(server, session.user.name, len(request.jobs))
     check_fits(server, request.jobs)
     cluster, owner = server.cluster, session.user
     now = server.clock.now()
@@ -122,27 +137,49 @@ async def show(server: Server, session: Session, request: Show) -> ShowReply:
 
 
 async def jobs(server: Server, session: Session, request: Jobs) -> JobsReply:
+    """The newest ``limit`` of the caller's jobs that match, below ``before``; its cost is
+    what it answers (the caller's own jobs in memory are indexed, finished ones come from an
+    index-backed query on the reader thread)."""
     wanted = None if not request.states else set(request.states)
-    ids = None if request.ids is None else set(request.ids)
-    me = session.user.name
-    found = {j.id: j for j in server.cluster.jobs.values() if j.owner == me}
+    limit = request.limit or MAX_PAGE
+    before = request.before or 2**62
+    me, cluster = session.user.name, server.cluster
+
+    def matches(job: Job) -> bool:
+        return ((wanted is None or job.state in wanted)
+                and (request.group is None or job.spec.group == request.group)
+                and (request.name is None
+                     or fnmatch.fnmatchcase(job.spec.name or "", request.name)))
+
+    found: dict[int, Job] = {}
+    if request.ids is not None:
+        for job_id in request.ids:
+            job = cluster.own_job(me, job_id)
+            if job is not None and job_id < before and matches(job):
+                found[job_id] = job
+    else:
+        # newest first, and no further than needed: unfinished ones, then finished in memory
+        for job in reversed(cluster.unfinished_by_owner.get(me, {}).values()):
+            if job.id < before and matches(job):
+                found[job.id] = job
+                if len(found) > limit:
+                    break
+        if wanted is None or wanted & FINISHED_JOB_STATES:
+            for job in reversed(cluster.recent_finished.values()):
+                if job.owner == me and job.id < before and matches(job):
+                    found[job.id] = job
     if wanted is None or wanted & FINISHED_JOB_STATES:
         recorded = await server.store.read(
-            lambda conn: list_finished_jobs(conn, session.user.id, limit=request.limit or 1000,
-                                            ids=request.ids),
+            lambda conn: list_finished_jobs(conn, session.user.id, limit=limit + 1,
+                                            ids=request.ids, before=before,
+                                            states=wanted, group=request.group),
             what="list finished jobs")
         for job in recorded:
-            found.setdefault(job.id, job)
-    selected = sorted((j for j in found.values()
-                       if (wanted is None or j.state in wanted)
-                       and (ids is None or j.id in ids)
-                       and (request.group is None or j.spec.group == request.group)
-                       and (request.name is None
-                            or fnmatch.fnmatchcase(j.spec.name or "", request.name))),
-                      key=lambda j: j.id)
-    if request.limit:
-        selected = selected[-request.limit:]
-    return JobsReply(jobs=[job_info(server, j) for j in selected])
+            if matches(job):
+                found.setdefault(job.id, job)
+    newest = sorted(found, reverse=True)
+    page = sorted(newest[:limit])
+    return JobsReply(jobs=[job_info(server, found[i]) for i in page], more=len(newest) > limit)
 
 
 def status(server: Server, session: Session, request: Status) -> StatusReply:

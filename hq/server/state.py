@@ -94,6 +94,8 @@ class Cluster:
         self.hosts: dict[str, Host] = {}
         self.submissions: dict[int, Submission] = {}
         self.unfinished_by_submission: Counter[int] = Counter()
+        # each owner's unfinished jobs in id order: listings cost what they answer
+        self.unfinished_by_owner: dict[str, dict[int, Job]] = {}
         self.counts: Counter[tuple[str, JobState]] = Counter()
         # (user, host) -> when hq-server last heard that user's exec-server there (monotonic)
         self.last_heard: dict[tuple[str, str], float] = {}
@@ -101,6 +103,7 @@ class Cluster:
         self.user_blocks: dict[tuple[str, str], tuple[str, float]] = {}
         self.retry_after_s = 30.0  # [server] retry_unreachable: a failed host or block waits
         self.active = True
+        self.database_id = ""   # the database's identity: daemons key its jobs by it
         self.next_job_id = 1
         self.next_submission_id = 1
 
@@ -120,6 +123,7 @@ class Cluster:
             self._remember_finished(job)
             return
         self.unfinished_by_submission[job.submission_id] += 1
+        self.unfinished_by_owner.setdefault(job.owner, {})[job.id] = job
         if job.state is JobState.PENDING:
             self._queue(job)
         elif job.state.active and job.host in self.hosts:
@@ -154,6 +158,11 @@ class Cluster:
         if new is JobState.PENDING:
             self._queue(job)
         elif new.finished:
+            mine = self.unfinished_by_owner.get(job.owner)
+            if mine is not None:
+                mine.pop(job.id, None)
+                if not mine:
+                    del self.unfinished_by_owner[job.owner]
             self.unfinished_by_submission[job.submission_id] -= 1
             if self.unfinished_by_submission[job.submission_id] <= 0:
                 del self.unfinished_by_submission[job.submission_id]

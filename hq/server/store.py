@@ -8,11 +8,17 @@ acknowledged only after it committed.
 When the database is unreachable the thread keeps retrying state changes with backoff (they
 must be recorded eventually), while new work that can wait for nobody (a submission) is
 refused at once with the reason, so hq never accepts work it cannot record.
+
+Reads (``Store.read``: finished jobs for a listing, ``show`` of an old job) run on a thread
+and connection of their own, so that a user's large read never holds up the writes that
+everyone's jobs wait for. They only ever look for what has committed already: hq-server
+keeps every job in memory until its end has committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -24,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from hq.db.engine import run_in_transaction
+from hq.db.engine import read_connection, run_in_transaction
 from hq.errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,7 @@ class Store:
         self.flush_interval, self.batch_max = flush_interval, batch_max
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="hq-db-writer", daemon=True)
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hq-db-reader")
         self.down_reason: str | None = None
 
     def start(self) -> None:
@@ -67,13 +74,25 @@ class Store:
         return future
 
     async def read(self, work: Work, *, what: str) -> Any:
-        """Run a query in the writer thread (ordered after every write queued before it)."""
-        return await self.write(work, what=what, refuse_when_down=True)
+        """Run a query on the reader thread (never behind the writes); DatabaseError with
+        one line when the database cannot be read."""
+        if self.down_reason is not None:
+            raise DatabaseError(f"the database is unreachable: {self.down_reason}")
+        return await self.loop.run_in_executor(self._reader, self._read, work, what)
+
+    def _read(self, work: Work, what: str) -> Any:
+        try:
+            with read_connection(self.engine) as conn:
+                return work(conn)
+        except exc.DBAPIError as err:
+            reason = " ".join(str(err.orig).split())[:300]
+            raise DatabaseError(f"{what}: the database cannot be read: {reason}") from None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Flush what is queued, then end the thread."""
+        """Flush what is queued, then end the threads."""
         self._queue.put(None)
         self._thread.join(timeout)
+        self._reader.shutdown(wait=True, cancel_futures=True)
 
     # --- the thread ---------------------------------------------------------------------
 

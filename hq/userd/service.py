@@ -53,6 +53,7 @@ from hq.protocol.messages import (
     Request,
     Run,
     Submit,
+    Superseded,
     Sync,
     SyncReply,
     Undeliverable,
@@ -83,11 +84,17 @@ class UserServer:
         self.stopping = asyncio.Event()
         self.refusal: PermissionDenied | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.exec_settings = ExecSettings(idle_timeout_s=config.exec_server_idle_s,
-                                          lease_s=config.lease_s,
-                                          heartbeat_interval_s=config.heartbeat_interval_s)
+        self.database: str | None = None   # hq-server's database identity, from its welcome
         self.ssh_options = {"policy": config.host_key_policy,
                             "connect_timeout": config.connect_timeout_s}
+
+    @property
+    def exec_settings(self) -> ExecSettings:
+        """What our exec-servers are told: timeouts, and whose jobs the link speaks for."""
+        config = self.config
+        return ExecSettings(idle_timeout_s=config.exec_server_idle_s, lease_s=config.lease_s,
+                            heartbeat_interval_s=config.heartbeat_interval_s,
+                            database=self.database)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -188,6 +195,16 @@ class UserServer:
                 continue
             delay = 0.1
             self.refusal = None
+            if answer.database != self.database:
+                if self.database is not None:
+                    # a new database (recreated, or moved to MariaDB): our links speak for
+                    # the old one's jobs; make new ones
+                    log.warning("hq-server: its database is now %s (was %s): reconnecting "
+                                "to the exec-servers", answer.database, self.database)
+                    for link in list(self.links.values()):
+                        link.close()
+                    self.links.clear()
+                self.database = answer.database
             adopt = answer.adopt or []
             log.info("hq-server: connected (protocol %d); adopting hosts %s", channel.version,
                      [h.name for h in adopt])
@@ -213,6 +230,11 @@ class UserServer:
             return
         self.hosts[message.host.name] = message.host
         self._run(message.host.name, message)
+
+    def _on_superseded(self, message: Superseded) -> None:
+        log.warning("user-server: pid %d, a newer user-server of %s, took over: exiting",
+                    message.by_pid, self.user)
+        self.stopping.set()
 
     def _on_order(self, message: CancelJobs | Ack) -> None:
         """A cancel or an ack for one host's exec-server: passed on without the host."""
@@ -345,14 +367,18 @@ class UserServer:
     # --- lifetime ------------------------------------------------------------------------
 
     async def _idle_loop(self) -> None:
-        """Exit after an idle period with no command connected and no unfinished job."""
+        """Exit after an idle period with no command connected and no unfinished job; refused
+        by hq-server, or with hq-server down, after the idle period whatever it is. (Jobs keep
+        running in the exec-servers, whose ends wait there for the next user-server.)"""
         while not self.stopping.is_set():
             await asyncio.sleep(IDLE_CHECK_S)
             idle = time.monotonic() - self.last_activity
-            if self.refusal is not None and not self.clients and idle > 60:
-                log.info("user-server: refused by hq-server and idle, exiting")
+            if self.clients or idle < self.config.user_server_idle_s:
+                continue
+            if self.refusal is not None or self.server is None:
+                log.info("user-server: idle for %.0f s and %s, exiting", idle,
+                         "refused by hq-server" if self.refusal else "hq-server is not there")
                 self.stopping.set()
-            if self.clients or idle < self.config.user_server_idle_s or self.server is None:
                 continue
             try:
                 reply = await self.server.request(Ping(), timeout=10.0)
@@ -373,7 +399,7 @@ class UserServer:
 
 
 FROM_SERVER = {Run: UserServer._on_run, CancelJobs: UserServer._on_order,
-               Ack: UserServer._on_order}
+               Ack: UserServer._on_order, Superseded: UserServer._on_superseded}
 """What hq-server sends a user-server -> its handler."""
 
 FROM_EXEC = {JobEvents: UserServer._on_report, Heartbeat: UserServer._on_report,

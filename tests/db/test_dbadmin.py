@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,12 +68,17 @@ def test_first_load_reports_what_it_added(hq_install):
     hq_install.users_file.write_text("alice admin\n")
     result = dbadmin(hq_install, "--create-tables", "--add-standard-entries")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    *lines, identity = result.stdout.splitlines()
+    assert lines == [
         "user alice: added (admin,user)",
         "host node1: added (4 cores)",
         "cluster cluster_active: added (yes)",
     ]
+    # a random name of this database, made once (daemons tell its jobs from another's by it)
+    assert re.fullmatch(r"cluster database_id: added \([0-9a-f]{16}\)", identity)
     assert "schema created" in result.stderr
+    again = dbadmin(hq_install, "-a")
+    assert "database_id" not in again.stdout
 
 
 def test_reload_after_editing_cluster_tab_reports_and_applies_changes(loaded_install):

@@ -81,7 +81,8 @@ async def exec_server(tmp_path: Path, clock: Clock, **settings: float) -> AsyncI
     listening.bind(str(path))
     listening.listen(8)
     server = ExecServer(listening, path, hostname="testhost", user=auth.user_name(os.geteuid()),
-                        settings=Settings(**settings), clock=clock)
+                        installation=f"t{os.getpid()}", settings=Settings(**settings),
+                        clock=clock)
     serving = asyncio.create_task(server.serve())
     await asyncio.sleep(0.05)
     reader, writer = await asyncio.open_unix_connection(str(path))
@@ -157,7 +158,7 @@ def test_the_lease_kills_jobs_once_no_user_server_renewed_it(tmp_path, home):
             await peer.event(3, JobStarted)
             clock.now += 29
             peer.server._check_lease(clock())
-            assert 3 in peer.server.runner.jobs
+            assert ("", 3) in peer.server.runner.jobs
             clock.now += 2                          # 31 s without contact
             peer.server._check_lease(clock())
             ended = await peer.event(3, JobEnded)

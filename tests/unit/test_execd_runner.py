@@ -13,16 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
-from hq.execd.runner import JobRunner, Launch, Outcome, RunningJob
+from hq.execd.processes import MARKER, marked_processes, marker_value
+from hq.execd.runner import REASON_UNKNOWN_END, JobRunner, Launch, Outcome, RunningJob
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
+INSTALLATION = f"test{os.getpid()}"
 
 
 def launch(tmp_path: Path, job_id: int, command: str, **overrides: Any) -> Launch:
     fields: dict[str, Any] = {
-        "job_id": job_id, "command": command, "shell": "/bin/sh", "cwd": str(tmp_path),
-        "env": {"PATH": PATH}, "umask": 0o022, "stdout": str(tmp_path / f"{job_id}.out"),
+        "key": ("db", job_id), "command": command, "shell": "/bin/sh", "cwd": str(tmp_path),
+        "env": {"PATH": PATH, MARKER: marker_value(INSTALLATION, "db", job_id)},
+        "umask": 0o022, "stdout": str(tmp_path / f"{job_id}.out"),
         "stderr": str(tmp_path / f"{job_id}.err")}
     fields.update(overrides)
     return Launch(**fields)
@@ -37,7 +41,7 @@ class Jobs:
         self.runner.install(asyncio.get_running_loop())
 
     def _record(self, outcome: Outcome) -> None:
-        self.ended[outcome.job_id] = outcome
+        self.ended[outcome.key[1]] = outcome
 
     def start(self, what: Launch) -> RunningJob:
         started = self.runner.start(what)
@@ -179,7 +183,7 @@ def test_cancel_kills_the_whole_tree_even_a_new_session(tmp_path: Path) -> None:
         grandchild = int(await wait_for_file(tmp_path / "grandchild.pid"))
         await asyncio.sleep(0.1)  # let the grandchild's shell exec sleep
         assert os.getsid(grandchild) != job.pid, "the test needs a grandchild in a new session"
-        assert jobs.runner.cancel([1, 999]) == [1]
+        assert jobs.runner.cancel([("db", 1), ("db", 999)]) == [("db", 1)]
         outcome = await jobs.outcome(1)
         assert outcome.reason == "cancelled"
         assert outcome.signal == 15 and outcome.exit_code is None
@@ -235,5 +239,75 @@ def test_many_quick_jobs_are_all_reaped(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, f"only {len(jobs.ended)} of {count} reaped"
             await asyncio.sleep(0.01)
         assert {o.exit_code for o in jobs.ended.values()} == {0}
+        assert jobs.runner.jobs == {}
+    run(test)
+
+
+# --- containment: every process of a job, however it left the job's tree ---------------------
+
+ESCAPES = {
+    "setsid in a subshell": "(setsid sleep 1000 &); sleep 1000",
+    "nohup in the background": "nohup sleep 1000 > /dev/null 2>&1 & sleep 1000",
+    "a daemon (fork, setsid, fork)": (
+        f"{sys.executable} -c 'import os, time\n"
+        "if os.fork(): os._exit(0)\n"
+        "os.setsid()\n"
+        "if os.fork(): os._exit(0)\n"
+        "time.sleep(1000)'; sleep 1000"),
+}
+
+
+def marked(job_id: int) -> set[int]:
+    value = marker_value(INSTALLATION, "db", job_id)
+    return {pid for pid, marker in marked_processes(INSTALLATION).items() if marker == value}
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("command", list(ESCAPES.values()), ids=list(ESCAPES))
+def test_cancel_leaves_nothing_of_a_job_that_escaped_its_group(tmp_path: Path, command: str):
+    async def test() -> None:
+        jobs = Jobs(cancel_grace_s=0.5)
+        jobs.start(launch(tmp_path, 1, command, stdout="/dev/null", stderr="/dev/null"))
+        await until(lambda: len(marked(1)) >= 3, 5, "the job did not start its processes")
+        escaped = marked(1)
+        jobs.runner.cancel([("db", 1)])
+        assert (await jobs.outcome(1)).reason == "cancelled"
+        await until(lambda: not marked(1), 5, f"still running after cancel: {marked(1)}")
+        assert not any(alive(pid) for pid in escaped)
+    run(test)
+
+
+def test_what_a_job_leaves_behind_when_it_ends_is_ended(tmp_path: Path):
+    async def test() -> None:
+        jobs = Jobs()
+        jobs.start(launch(tmp_path, 2, "(setsid sleep 1000 &); echo $$ > leader.pid",
+                          stdout="/dev/null", stderr="/dev/null"))
+        outcome = await jobs.outcome(2)
+        assert outcome.exit_code == 0
+        await until(lambda: not marked(2), 5, f"left running after the job ended: {marked(2)}")
+    run(test)
+
+
+def test_a_job_of_a_predecessor_is_adopted_and_its_end_seen(tmp_path: Path):
+    import subprocess
+
+    async def test() -> None:
+        # started by "an exec-server that was killed": not our child
+        env = {"PATH": PATH, MARKER: marker_value(INSTALLATION, "db", 3)}
+        shell = subprocess.Popen(["/bin/sh", "-c", "sleep 0.5"], env=env,
+                                 start_new_session=True)
+        jobs = Jobs()
+        adopted = jobs.runner.adopt(("db", 3), shell.pid, time.time(),
+                                    env[MARKER])
+        assert adopted is not None
+        shell.wait()   # its real parent (here, the test) reaps it; the pidfd sees it end
+        outcome = await jobs.outcome(3)
+        assert outcome.reason == REASON_UNKNOWN_END and outcome.exit_code is None
         assert jobs.runner.jobs == {}
     run(test)

@@ -49,6 +49,7 @@ EXAMPLES: dict[type, dict[str, Any]] = {
             "submissions": {"3": {"environment": {"PATH": "/bin"}, "umask": 18}}},
     m.CancelJobs: {"type": "cancel", "host": "n1", "ids": [7], "reason": "cancelled"},
     m.Ack: {"type": "ack", "host": "n1", "ids": [7]},
+    m.Superseded: {"type": "superseded", "by_pid": 4242},
     m.JobEvents: {"type": "job_events", "host": "n1",
                   "events": [{"id": 7, "event": "started", "pid": 42, "at": 1.0}, ENDED]},
     m.Sync: {"type": "sync", "host": "n1", "running": [{"id": 8, "pid": 43, "started_at": 1.0}],
