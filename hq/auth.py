@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hq.config import Installation, ServerConfig
 from hq.errors import ConfigError, HqError, PermissionDenied
-from hq.jobspec import JobSpec, signed_text
+from hq.jobspec import JobSpec, signed_text, signed_text_v1
 
 SIGNING_KEY_NAME = "job-signing.key"
 
@@ -49,9 +49,16 @@ def check_private(path: Path, *, want_dir: bool, what: str) -> None:
 
 
 def private_dir(path: Path, what: str) -> Path:
-    """Create ``path`` (and parents) as 0700 if missing, then check it is private."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=True)
+    """Create ``path`` (and missing parents, each 0700 too) if missing, then check it is
+    private."""
+    missing = []
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
     check_private(path, want_dir=True, what=what)
     return path
 
@@ -124,14 +131,29 @@ def load_signing_key(create: bool) -> bytes:
     return key
 
 
-def sign_job(key: bytes, spec: JobSpec, owner: str, digest: str) -> str:
-    return hmac.new(key, signed_text(spec, owner, digest), hashlib.sha256).hexdigest()
+def sign_job(key: bytes, spec: JobSpec, owner: str, digest: str, *, database: str,
+             submission_id: int) -> str:
+    """The signature of ``spec`` (``hq.jobspec.signed_text``), as the user-server makes it."""
+    text = signed_text(spec, owner, digest, database=database, submission_id=submission_id)
+    return hmac.new(key, text, hashlib.sha256).hexdigest()
 
 
-def job_signature_ok(key: bytes, spec: JobSpec, owner: str, digest: str) -> bool:
-    if not spec.signature:
+def job_signature_ok(key: bytes, spec: JobSpec, owner: str, digest: str, *, database: str,
+                     submission_id: int, accept_v1: bool = True) -> bool:
+    """Whether ``spec`` carries a signature of ours for this database and submission; a
+    signature of protocol version 1 (which named neither) counts only with ``accept_v1``."""
+    signature = spec.signature
+    if not signature:
         return False
-    return hmac.compare_digest(sign_job(key, spec, owner, digest), spec.signature)
+    # Both kinds are 64 hex digits (the column's width): a version-1 one is tried only after
+    # the current one failed, and only where it may still count.
+    expected = sign_job(key, spec, owner, digest, database=database, submission_id=submission_id)
+    if hmac.compare_digest(expected, signature):
+        return True
+    if not accept_v1:
+        return False
+    expected = hmac.new(key, signed_text_v1(spec, owner, digest), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature)
 
 
 def server_uid(inst: Installation, config: ServerConfig) -> int:

@@ -456,6 +456,7 @@ class ServerConfig:
     lease_s: float = 30.0                # an exec-server unreached this long kills its jobs
     lease_grace_s: float = 5.0           # extra wait before hq-server requeues them
     retry_unreachable_s: float = 30.0    # an unreachable host gets a new try after this long
+    monitor_timeout_s: float = 30.0      # no host monitor report this long: facts unknown
     user_server_idle_s: float = 300.0
     exec_server_idle_s: float = 300.0
     db_flush_interval_s: float = 0.001   # longest wait for more work to batch with
@@ -497,6 +498,7 @@ _SERVER_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "lease_s": ("server", "lease", syntax.positive_number),
     "lease_grace_s": ("server", "lease_grace", syntax.positive_number),
     "retry_unreachable_s": ("server", "retry_unreachable", syntax.positive_number),
+    "monitor_timeout_s": ("server", "monitor_timeout", syntax.positive_number),
     "user_server_idle_s": ("server", "user_server_idle_timeout", syntax.positive_number),
     "exec_server_idle_s": ("server", "exec_server_idle_timeout", syntax.positive_number),
     "db_flush_interval_s": ("server", "db_flush_interval", syntax.positive_number),

@@ -30,7 +30,7 @@ DEFAULT_STDOUT = "hq-%j.out"
 DEFAULT_STDERR = "hq-%j.err"
 MAX_COMMAND_BYTES = 128 * 1024
 MAX_PATH = 4096
-SIGNATURE_VERSION = 1
+SIGNATURE_VERSION = 2
 INT32_MAX = 2**31 - 1
 # excluded_hosts is stored as one comma-separated column of this width
 EXCLUDED_HOSTS_WIDTH = 1024
@@ -67,7 +67,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     excluded_hosts: Annotated[tuple[HostNameText, ...], msgspec.Meta(max_length=256)] = ()
     requeue: bool = True
     array_index: Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)] | None = None
-    signature: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    signature: Annotated[str, msgspec.Meta(max_length=64)] | None = None   # the column's width
 
     def validate(self) -> None:
         """Raise InvalidSpec naming the option at fault: the semantic checks of a spec."""
@@ -134,11 +134,31 @@ def submission_digest(environment: dict[str, str], umask: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def signed_text(spec: JobSpec, owner: str, digest: str) -> bytes:
-    """The exact bytes a job signature covers: everything that decides what runs, as whom,
-    where, and where its output goes."""
-    covered = [SIGNATURE_VERSION, owner, spec.command, spec.shell, spec.cwd, spec.stdout,
-               spec.stderr, spec.log_path, spec.array_index, digest]
+def signed_text(spec: JobSpec, owner: str, digest: str, *, database: str,
+                submission_id: int) -> bytes:
+    """The exact bytes a job signature covers: the whole spec (but the signature), whose it
+    is, what its submission shares (``digest``), and where it belongs: the database and the
+    submission (its array index is in the spec). Copied under another submission, into
+    another database or with any field changed, it no longer verifies; the user-server's
+    ledger refuses to hand over the same (submission, index) twice.
+
+    Fields at their default are left out, so that a field a later hq adds leaves earlier
+    signatures valid."""
+    # By equality, not by msgspec's omit_defaults, which compares some defaults by identity:
+    # a shell read back from the database is an equal string but another object.
+    body = {field.encode_name: msgspec.to_builtins(value)
+            for field in msgspec.structs.fields(spec)
+            if field.name != "signature"
+            and (value := getattr(spec, field.name)) != field.default}
+    covered = [SIGNATURE_VERSION, owner, database, submission_id, body, digest]
+    return json.dumps(covered, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode()
+
+
+def signed_text_v1(spec: JobSpec, owner: str, digest: str) -> bytes:
+    """What a signature of protocol version 1 covered (jobs queued before an upgrade)."""
+    covered = [1, owner, spec.command, spec.shell, spec.cwd, spec.stdout, spec.stderr,
+               spec.log_path, spec.array_index, digest]
     return json.dumps(covered, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -1,8 +1,8 @@
 """Which processes belong to which job: the exec-server's view of /proc (reads only).
 
 Every job's processes carry a marker in their environment, ``HQ_JOB_KEY=<installation>/
-<database>/<job id>``, which they inherit from the job's shell whatever they do with process
-groups and sessions (``setsid``, double forks). The exec-server is a child subreaper
+<database>/<job id>/<attempt>``, which they inherit from the job's shell whatever they do with
+process groups and sessions (``setsid``, double forks). The exec-server is a child subreaper
 (``PR_SET_CHILD_SUBREAPER``), so a job's orphans become its children instead of init's: at a
 job's end, its orphans are found among the exec-server's own children; at a cancel, a time
 limit or a lease kill, every process of the user that carries the marker is. A new
@@ -24,14 +24,16 @@ _MARKER_BYTES = MARKER.encode() + b"="
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def marker_value(installation: str, database: str, job_id: int) -> str:
-    return f"{installation}/{database}/{job_id}"
+def marker_value(installation: str, database: str, job_id: int, attempt: int) -> str:
+    return f"{installation}/{database}/{job_id}/{attempt}"
 
 
-def parse_marker(value: str) -> tuple[str, str, int] | None:
-    installation, _, rest = value.partition("/")
-    database, _, job_id = rest.rpartition("/")
-    return (installation, database, int(job_id)) if job_id.isdigit() else None
+def parse_marker(value: str) -> tuple[str, tuple[str, int, int]] | None:
+    """(installation, job key) of a marker; None when it is not one of ours."""
+    parts = value.split("/")
+    if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+        return None
+    return parts[0], (parts[1], int(parts[2]), int(parts[3]))
 
 
 def become_subreaper() -> bool:
@@ -94,6 +96,7 @@ def _is_zombie(pid: int) -> bool:
 @dataclass(frozen=True)
 class ProcessInfo:
     pid: int
+    ppid: int
     pgid: int
     started_at: float   # UTC seconds since the epoch
 
@@ -107,7 +110,19 @@ def process_info(pid: int) -> ProcessInfo | None:
         return None
     # after the command: state ppid pgrp session tty tpgid flags ... starttime is the 20th
     started_ticks = int(fields[19])
-    return ProcessInfo(pid, int(fields[2]), _boot_time() + started_ticks / _ticks())
+    return ProcessInfo(pid, int(fields[1]), int(fields[2]),
+                       _boot_time() + started_ticks / _ticks())
+
+
+def is_exec_server(pid: int) -> bool:
+    """Whether ``pid`` is a live hq exec-server daemon (a job's shell's parent while it runs
+    one; an orphaned job's shell has init, or this process, for its parent)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            argv = file.read().split(b"\0")
+    except OSError:
+        return False
+    return b"hq.execd.main" in argv and b"--bridge" not in argv and pid != os.getpid()
 
 
 def same_process(pid: int, started_at: float) -> bool:

@@ -17,15 +17,15 @@ whatever of them is left after a grace period. When a job's shell ends, what it 
 is ended the same way (as Slurm does at the end of a job). The exec-server is the subreaper
 of its jobs, so their orphans are its children and are reaped here too.
 
-A job is known by its key, (database identity, job id): daemons outlive databases, and a
-recreated one starts its ids at 1 again.
+A job is known by its key, (database identity, job id, attempt): daemons outlive databases
+(a recreated one starts its ids at 1 again), and a job requeued after its host was lost runs
+again as its next attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from hq.execd import processes
+from hq.execd.outputs import OutputRefused, open_output
 from hq.protocol.messages import JobEnded
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,9 @@ REASON_LEASE = "lease expired: no contact with a user-server"
 REASON_UNKNOWN_END = "exit status unknown: it ended while no exec-server watched it"
 LEFTOVER_GRACE_S = 2.0
 
-JobKey = tuple[str, int]
-"""(database identity, job id)"""
+JobKey = tuple[str, int, int]
+"""(database identity, job id, attempt)"""
 
-# O_CLOEXEC: the daemon's copy must not leak into other jobs (Popen dup2s it onto 1 and 2).
-_OUTPUT_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,8 @@ class Outcome:
 
     def event(self) -> JobEnded:
         """The ``ended`` event as it goes on the wire."""
-        return JobEnded(id=self.key[1], at=self.ended_at, started_at=self.started_at,
+        return JobEnded(id=self.key[1], attempt=self.key[2], at=self.ended_at,
+                        started_at=self.started_at,
                         pid=self.pid, exit_code=self.exit_code, signal=self.signal,
                         cpu_time_s=self.cpu_time_s, max_rss_kb=self.max_rss_kb,
                         reason=self.reason)
@@ -314,6 +314,16 @@ class JobRunner:
         else:
             _signal_all(tree, signal.SIGKILL)
 
+    def kill_now(self, pids: Iterable[int], wait_s: float = 5.0) -> None:
+        """SIGKILL ``pids`` and their descendants, and wait (up to ``wait_s``) until they are
+        gone: for a copy that must be dead before another one starts."""
+        tree = _processes(pids)
+        tree += _descendants(p.pid for p in tree)
+        _signal_all(tree, signal.SIGKILL)
+        deadline = time.monotonic() + wait_s
+        while any(_is_alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def _tree_of(self, jobs: list[RunningJob]) -> list[psutil.Process]:
         """Every process of ``jobs``: descendants of their shells, and whatever carries their
         markers (one scan of this account's processes)."""
@@ -378,38 +388,12 @@ def _check_directory(path: str) -> None:
 
 
 def _open_output(path: str, umask: int, what: str) -> int:
-    """Open a job's output file for writing, never through a symlink; parents are not made.
-
-    A new file gets mode ``0o666 & ~umask`` whatever the daemon's own umask is. An existing
-    file is truncated and keeps its mode, as a shell redirection would (so ``/dev/null`` stays
-    usable); O_NONBLOCK so that a FIFO without a reader cannot hang the daemon.
-    """
-    mode = 0o666 & ~umask
-    for _attempt in range(3):
-        try:
-            fd = os.open(path, _OUTPUT_FLAGS | os.O_CREAT | os.O_EXCL, mode)
-        except FileExistsError:
-            try:
-                fd = os.open(path, _OUTPUT_FLAGS | os.O_NONBLOCK)
-            except FileNotFoundError:
-                continue  # removed between the two opens: create it after all
-            except OSError as err:
-                raise _CannotStart(_describe_output_error(err, path, what)) from None
-            os.set_blocking(fd, True)
-            return fd
-        except OSError as err:
-            raise _CannotStart(_describe_output_error(err, path, what)) from None
-        os.fchmod(fd, mode)
-        return fd
-    raise _CannotStart(f"{what} file {path} keeps appearing and disappearing")
-
-
-def _describe_output_error(err: OSError, path: str, what: str) -> str:
-    if err.errno == errno.ELOOP:
-        return f"{what} file {path} is a symbolic link (not followed)"
-    if err.errno == errno.ENOENT:
-        return f"{what} file {path}: directory {os.path.dirname(path)} does not exist"
-    return f"{what} file {path}: {err.strerror}"
+    """A job's output file, opened by the rules of ``hq.execd.outputs`` (no link planted by
+    another account is followed, no file of another account is written)."""
+    try:
+        return open_output(path, umask, what)
+    except OutputRefused as err:
+        raise _CannotStart(str(err)) from None
 
 
 def _describe_spawn_error(err: OSError, launch: Launch) -> str:

@@ -210,47 +210,64 @@ class ExecServer:
         contact for ``lease_s`` are killed. hq-server requeues a silent host's jobs only
         after the lease and a grace period, so a job never runs twice at once, even across a
         partition."""
-        lease = self.settings.lease_s
-        if lease is None or not self.runner.jobs:
+        if not self.runner.jobs:
             return
         expired = [key for key, job in self.runner.jobs.items()
-                   if now - self.last_contact.get(key[0], job.started_at) > lease]
+                   if (lease := self._lease_of(key[0])) is not None
+                   and now - self.last_contact.get(key[0], job.started_at) > lease]
         stopping = self.runner.stop(expired, REASON_LEASE, LEASE_KILL_GRACE_S)
         if stopping:
-            log.warning("exec-server %s: no user-server contact for longer than the lease "
-                        "(%s s): killing jobs %s", self.hostname, lease, [k[1] for k in stopping])
-        self.journal.compact_if_grown(self.ended, self.last_contact)
+            log.warning("exec-server %s: no user-server contact for longer than the lease: "
+                        "killing jobs %s", self.hostname, [k[1] for k in stopping])
+        self.journal.compact_if_grown(self.ended, self.last_contact, self._started())
 
     def take_over(self) -> None:
         """Start from what a predecessor left: the ends it could not hand over (journal),
         and its running jobs (their markers in /proc), re-adopted, or killed when their lease
         ran out. Runs before any connection is served."""
-        self.ended, self.last_contact = self.journal.load()
-        self.journal.open(self.ended, self.last_contact)
+        self.ended, self.last_contact, journaled = self.journal.load()
+        self.journal.open(self.ended, self.last_contact, journaled)
         found: dict[JobKey, list[int]] = {}
         for pid, marker in processes.marked_processes(self.installation).items():
             parsed = processes.parse_marker(marker)
             if parsed is not None:
-                found.setdefault((parsed[1], parsed[2]), []).append(pid)
-        now, lease = self.clock(), self.settings.lease_s
+                found.setdefault(parsed[1], []).append(pid)
+        now = self.clock()
         for key, pids in found.items():
             if key in self.ended or key in self.runner.jobs:
                 continue
-            marker = processes.marker_value(self.installation, *key)
+            if any(processes.is_exec_server(p.ppid) for pid in pids
+                   if (p := processes.process_info(pid)) is not None):
+                continue   # another exec-server of ours runs it (our runtime directory was
+                #            removed under it): its jobs are its own
             leader = next(iter(processes.leaders(pids)), None)
             info = processes.process_info(leader) if leader is not None else None
-            job = None if info is None else self.runner.adopt(key, info.pid, info.started_at,
-                                                              marker)
-            if job is None:
-                # only what the job left behind is there: its end was never seen
-                self.runner.stop_processes(pids)
-                self._record_end(Outcome(key, now, reason=REASON_UNKNOWN_END))
+            lease = self._lease_of(key[0])
+            expired = lease is not None and now - self.last_contact.get(key[0], 0.0) > lease
+            if info is None or expired:
+                # its lease ran out (a copy of it may be about to start elsewhere), or only
+                # what it left behind is there: killed, and waited for, before anything runs
+                self.runner.kill_now(pids)
+                self._record_end(Outcome(key, now, pid=leader,
+                                         started_at=None if info is None else info.started_at,
+                                         reason=REASON_LEASE if expired else REASON_UNKNOWN_END))
+                log.warning("job %s: %s (left by the previous exec-server): killed", key[1],
+                            "its lease had run out" if expired else "its end was not seen")
                 continue
-            log.info("job %s: found running (pid %s), left by the previous exec-server",
-                     key[1], job.pid)
-            contact = self.last_contact.get(key[0], 0.0)
-            if lease is not None and now - contact > lease:
-                self.runner.stop([key], REASON_LEASE, LEASE_KILL_GRACE_S)
+            job = self.runner.adopt(key, info.pid, info.started_at,
+                                    processes.marker_value(self.installation, *key))
+            if job is not None:
+                log.info("job %s: found running (pid %s), left by the previous exec-server",
+                         key[1], job.pid)
+        for key, (pid, started_at) in journaled.items():
+            if key in found or key in self.ended or key in self.runner.jobs:
+                continue
+            # started by the predecessor and gone, its end unseen: it may well have run to
+            # its end, so it is reported as ended (never run again), status unknown
+            self._record_end(Outcome(key, now, pid=pid, started_at=started_at,
+                                     reason=REASON_UNKNOWN_END))
+            log.warning("job %s: %s (started by the previous exec-server, pid %s)", key[1],
+                        REASON_UNKNOWN_END, pid)
 
     # --- connections ----------------------------------------------------------------------
 
@@ -301,11 +318,19 @@ class ExecServer:
     def _contact(self) -> None:
         now = self.clock()
         self.last_contact[self.settings.database] = now
-        self.journal.contact(self.settings.database, now)
+        self.journal.contact(self.settings.database, now, self.settings.lease_s)
 
-    def _key_of(self, job_id: int) -> JobKey:
-        """The key of the controller's job ``job_id``."""
-        return (self.settings.database, job_id)
+    def _key_of(self, job_id: int, attempt: int) -> JobKey:
+        """The key of the controller's job ``job_id``, run ``attempt``."""
+        return (self.settings.database, job_id, attempt)
+
+    def _keys_of(self, job_ids: list[int], attempts: list[int] | None) -> list[JobKey]:
+        """Keys of the controller's jobs: the given attempts, else every one known here."""
+        if attempts is not None:
+            return [self._key_of(i, a) for i, a in zip(job_ids, attempts, strict=False)]
+        wanted, database = set(job_ids), self.settings.database
+        return [k for k in (*self.runner.jobs, *self.ended) if k[0] == database
+                and k[1] in wanted]
 
     def _welcome(self, version: int) -> Any:
         return welcome(version, host=self.hostname, pid=os.getpid(), user=self.user)
@@ -390,7 +415,7 @@ class ExecServer:
     def _run_one(self, item: RunJob, submissions: dict[str, SubmissionEnv],
                  signing_key: bytes | None, digests: dict[str, str | None]) -> None:
         job_id, spec = item.id, item.spec
-        key = self._key_of(job_id)
+        key = self._key_of(job_id, item.attempt)
         if self.knows(key):
             log.info("job %s: already known here, run ignored", job_id)
             return
@@ -401,7 +426,9 @@ class ExecServer:
                 submission.environment, submission.umask)
         digest = digests[submission_id]
         if (signing_key is None or digest is None or submission is None
-                or not auth.job_signature_ok(signing_key, spec, self.user, digest)):
+                or not auth.job_signature_ok(signing_key, spec, self.user, digest,
+                                             database=self.settings.database,
+                                             submission_id=item.submission_id)):
             self._not_started(key, "refused: bad signature")
             return
         env = dict(submission.environment)
@@ -430,21 +457,22 @@ class ExecServer:
         self._note(key, f"job {job_id}: started on {self.hostname} at "
                         f"{_when(result.started_at)}, pid {result.pid}")
         log.info("job %s: started pid %s", job_id, result.pid)
-        self._emit(JobStarted(id=job_id, pid=result.pid, at=result.started_at))
+        self.journal.started(key, result.pid, result.started_at)
+        self._emit(JobStarted(id=job_id, attempt=item.attempt, pid=result.pid,
+                              at=result.started_at))
 
     def _cancel(self, message: CancelJobs) -> None:
-        for key in self.runner.cancel(self._key_of(i) for i in message.ids):
+        for key in self.runner.cancel(self._keys_of(message.ids, message.attempts)):
             log.info("job %s: cancelling (%s)", key[1], message.reason or "no reason given")
 
     def _ack(self, message: Ack) -> None:
         now = self.clock()
         done = []
-        for job_id in message.ids:
-            key = self._key_of(job_id)
+        for key in self._keys_of(message.ids, message.attempts):
             if self.ended.pop(key, None) is not None:
                 self.acked[key] = now
                 self.acked.move_to_end(key)
-                done.append(job_id)
+                done.append((key[1], key[2]))
         if done:
             self.journal.acked(self.settings.database, done)
         while self.acked and (len(self.acked) > ACKED_MEMORY_MAX
@@ -530,8 +558,20 @@ class ExecServer:
             self._flush_timer.cancel()
             self._flush_timer = None
         if self._queue and self.controller is not None:
+            # a start is on disk before anyone hears of it: a successor then knows it ran
+            self.journal.flush()
             self.controller.send(JobEvents(events=self._queue))
         self._queue = []
+
+    def _lease_of(self, database: str) -> float | None:
+        """The lease of ``database``'s jobs: as its user-server set it, here or (from the
+        journal) with the predecessor; a job is never spared for want of a hello."""
+        if database == self.settings.database and self.settings.lease_s is not None:
+            return self.settings.lease_s
+        return self.journal.leases.get(database, self.settings.lease_s)
+
+    def _started(self) -> dict[JobKey, tuple[int, float]]:
+        return {key: (job.pid, job.started_at) for key, job in self.runner.jobs.items()}
 
     def _drop_queue(self) -> None:
         if self._flush_timer is not None:
@@ -545,7 +585,8 @@ def _when(epoch: float) -> str:
 
 
 def _running(job: RunningJob) -> RunningJobInfo:
-    return RunningJobInfo(id=job.key[1], pid=job.pid, started_at=job.started_at)
+    return RunningJobInfo(id=job.key[1], attempt=job.key[2], pid=job.pid,
+                          started_at=job.started_at)
 
 
 HANDLERS: dict[type, Callable[[ExecServer, Any], Any]] = {

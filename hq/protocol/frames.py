@@ -49,8 +49,8 @@ def rid_of(body: bytes) -> int | None:
     """The ``rid`` of a frame that could not be decoded, if it has a usable one."""
     try:
         rid = msgspec.json.decode(body, type=_RidOnly).rid
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-        return None
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return None   # RecursionError: skipping a field nested thousands deep
     return rid if rid is not None and 0 <= rid <= 2**53 else None
 
 
@@ -69,6 +69,8 @@ class Decoder:
             raise ProtocolError(f"malformed message: {err}") from None
         except UnicodeDecodeError as err:
             raise ProtocolError(f"malformed message: not UTF-8 at byte {err.start}") from None
+        except RecursionError:
+            raise ProtocolError("malformed message: nested too deep") from None
 
 
 _decoders: dict[Any, Decoder] = {}

@@ -100,7 +100,7 @@ class ReplyHeader(msgspec.Struct, tag_field="type", tag="reply", forbid_unknown_
 
 # --- handshake -------------------------------------------------------------------------------
 
-Role = Literal["cli", "admin", "userd"]
+Role = Literal["cli", "admin", "userd", "monitor"]
 
 
 class ExecSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
@@ -156,6 +156,18 @@ class Ping(Request, tag="ping", kw_only=True):
     reply_type = PingReply
 
 
+class ReserveReply(Reply, tag="reply", kw_only=True):
+    submission_id: JobId
+    database: Word
+
+
+class ReserveSubmission(Request, tag="reserve", kw_only=True):
+    """A submission id for the submission the user-server is about to sign (its signatures
+    name it), and the database it is for (version 2)."""
+
+    reply_type = ReserveReply
+
+
 class SubmitReply(Reply, tag="reply", kw_only=True):
     ids: list[JobId]
     submission_id: JobId
@@ -169,6 +181,7 @@ class Submit(Request, tag="submit", kw_only=True):
     umask: Umask
     submit_host: Annotated[str, msgspec.Meta(max_length=255)] = ""
     hold: bool = False
+    submission_id: JobId | None = None   # reserved and signed by the user-server (version 2)
     reply_type = SubmitReply
 
     def __post_init__(self) -> None:
@@ -458,10 +471,16 @@ ADMIN_REQUESTS = (AdminInfo, AdminStatus, ListHosts, ListUsers, SetHostActive,
 
 # --- jobs on their way to a host and back ---------------------------------------------------
 
+Attempt = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+
+
 class RunJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: JobId
     submission_id: JobId
     spec: JobSpec
+    # which run of the job this is (its restart count): a report about an earlier one, or a
+    # second order for it, is told from this one (version 2)
+    attempt: Attempt = 0
 
 
 class SubmissionEnv(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -481,17 +500,22 @@ class Run(Message, tag="run", kw_only=True):
 
 
 class CancelJobs(Message, tag="cancel", kw_only=True):
-    """Stop these jobs (hq-server -> user-server with ``host``, then -> exec-server)."""
+    """Stop these jobs, every run of them (hq-server -> user-server with ``host``, then ->
+    exec-server)."""
 
     ids: IdList
     reason: Text | None = None
     host: HostName | None = None
+    # one per id (version 2): only that run of it (a stale copy); without: every run
+    attempts: Annotated[list[Attempt], msgspec.Meta(max_length=MAX_IDS)] | None = None
 
 
 class Ack(Message, tag="ack", kw_only=True):
-    """These jobs' ends are recorded: the exec-server may forget them."""
+    """These jobs' ends are recorded: the exec-server may forget them. ``attempts`` (one per
+    id, version 2) names the run whose end it was; without it, every run's."""
 
     ids: ViewIds
+    attempts: Annotated[list[Attempt], msgspec.Meta(max_length=MAX_VIEW)] | None = None
     host: HostName | None = None
 
 
@@ -507,6 +531,7 @@ class JobStarted(msgspec.Struct, tag_field="event", tag="started", frozen=True,
     id: JobId
     pid: Pid
     at: Epoch
+    attempt: Attempt = 0
 
 
 class JobEnded(msgspec.Struct, tag_field="event", tag="ended", frozen=True, kw_only=True,
@@ -523,6 +548,7 @@ class JobEnded(msgspec.Struct, tag_field="event", tag="ended", frozen=True, kw_o
     cpu_time_s: Annotated[float, msgspec.Meta(ge=0, le=1e12)] | None = None
     max_rss_kb: Count | None = None
     reason: Text | None = None
+    attempt: Attempt = 0
 
 
 JobEvent = JobStarted | JobEnded
@@ -540,6 +566,7 @@ class RunningJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: JobId
     pid: Pid
     started_at: Epoch
+    attempt: Attempt = 0
 
 
 class SyncReply(Reply, tag="reply", kw_only=True):
@@ -592,6 +619,35 @@ class Heartbeat(Message, tag="heartbeat", kw_only=True):
     host: HostName | None = None
 
 
+class HostFacts(Message, tag="host_facts", kw_only=True):
+    """What a host is doing, measured by the host monitor (hq-server's own account): the only
+    source of facts about a host that affect everyone. ``cpu_busy`` and ``hq_daemons`` are
+    cores (1.0 = one core busy) over the last report interval."""
+
+    cores: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    cpu_busy: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
+    hq_daemons: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
+    load1: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
+    memory_mb: Count
+    free_memory_mb: Count
+    host: HostName | None = None     # set by the monitor hub, for hq-server
+
+
+class HostReach(Message, tag="host_reach", kw_only=True):
+    """The host monitor could (``up``) or could not (``unreachable``) reach a host."""
+
+    host: HostName
+    state: Literal["up", "unreachable"]
+    reason: Text | None = None
+
+
+class MonitorHosts(Message, tag="monitor_hosts", kw_only=True):
+    """hq-server -> monitor: the hosts to watch (again after every reload)."""
+
+    hosts: Annotated[list[HostAddress], msgspec.Meta(max_length=100_000)]
+    interval_s: Seconds
+
+
 class Lease(Message, tag="lease", kw_only=True):
     """User-server -> exec-server: renews the lease (only while hq-server hears from it)."""
 
@@ -610,8 +666,11 @@ class Relay(Request, tag="relay", kw_only=True):
 CLI_SENDS = UserRequest
 ADMIN_SENDS = (AdminInfo | AdminStatus | ListHosts | ListUsers | SetHostActive
                | SetClusterActive | Reload | Shutdown)
-USERD_SENDS_SERVER = (UserRequest | JobEvents | Sync | HostStateReport | Undeliverable
-                      | Heartbeat)
+USERD_SENDS_SERVER = (UserRequest | ReserveSubmission | JobEvents | Sync | HostStateReport
+                      | Undeliverable | Heartbeat)
 SERVER_SENDS_USERD = Run | CancelJobs | Ack | Superseded
 USERD_SENDS_EXECD = Run | CancelJobs | Ack | SyncRequest | Lease
 EXECD_SENDS_USERD = JobEvents | Heartbeat | Relay
+MONITOR_SENDS = HostFacts | HostReach
+SERVER_SENDS_MONITOR = MonitorHosts
+PROBE_SENDS = HostFacts

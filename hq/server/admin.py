@@ -126,6 +126,10 @@ async def reload_configuration(server: Server) -> ReloadReply:
                       list_hosts(conn, include_retired=True)), what="reload")
     server.users = {u.name: u for u in users}
     changed = apply_host_records(server.cluster, hosts)
+    if server.monitor is not None:
+        from hq.server.core import monitor_hosts
+
+        server.monitor.send(monitor_hosts(server))
     count = sum(1 for u in users if not u.retired)
     log.info("server: configuration reloaded: %d users, hosts changed: %s", count,
              ", ".join(changed) or "none")

@@ -11,11 +11,15 @@ step, and drive it through the same handlers the socket does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 
 from hq.config import Installation, ServerConfig
 from hq.db.users import UserRecord
+from hq.protocol import Channel
+from hq.protocol.messages import MonitorHosts
 from hq.server.clock import Clock
 from hq.server.dispatch import Dispatcher
 from hq.server.health import Health
@@ -48,17 +52,54 @@ class Server:
     health: Health = field(init=False)
     started_at: dt.datetime = field(init=False)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    monitor: Channel | None = None   # the host monitor's link, while it is connected
 
     def __post_init__(self) -> None:
         self.policy = policy_of(self.config)
         self.started_at = self.clock.now()
         self.cluster.retry_after_s = self.config.retry_unreachable_s
+        self.cluster.facts_timeout_s = self.config.monitor_timeout_s
         self.journal = Journal(self.cluster, self.store, self.clock)
         self.links = Links()
         self.dispatcher = Dispatcher(self.cluster, self.journal, self.links, self.policy,
                                      self.clock)
         self.health = Health(self.cluster, self.journal, self.links, self.dispatcher,
                              self.config, self.clock)
+
+
+def monitor_hosts(server: Server) -> MonitorHosts:
+    """What the host monitor is to watch: every host in etc/cluster.tab."""
+    return MonitorHosts(hosts=[h.address_info() for h in server.cluster.hosts.values()
+                               if not h.retired],
+                        interval_s=server.config.heartbeat_interval_s)
+
+
+async def keep_monitor(server: Server) -> None:
+    """Keep the host monitor (``hq-monitor --hub``, hq-server's own account) running for as
+    long as hq-server runs: started again, after a pause, whenever it ends."""
+    import os
+    import sys
+
+    log = logging.getLogger("hq.server.monitor")
+    env = {**os.environ, "HQPATH": str(server.inst.root)}
+    pause = 1.0
+    while True:
+        started = server.clock.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-P", "-m", "hq.monitor.main", "--hub", env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = await process.wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 5)
+            raise
+        log.warning("monitor: pid %d ended (status %s); starting it again", process.pid, code)
+        pause = 1.0 if server.clock.monotonic() - started > 60 else min(pause * 2, 30.0)
+        await asyncio.sleep(pause)
 
 
 @dataclass(eq=False)

@@ -18,10 +18,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from hq.job import Job
+from hq.protocol.frames import printable
 from hq.protocol.messages import (
     Ack,
     CancelJobs,
     Heartbeat,
+    HostFacts,
+    HostReach,
     HostStateReport,
     JobEnded,
     JobEvents,
@@ -86,7 +89,7 @@ class Dispatcher:
         if not cluster.active or not cluster.pending_queues or not len(links):
             return 0
         now_m = self.clock.monotonic()
-        slots = [h.slot() for h in cluster.usable_hosts(now_m)]
+        slots = [h.slot(now_m, cluster.facts_timeout_s) for h in cluster.usable_hosts(now_m)]
         slots = [s for s in slots if s.free_cores > 0
                  and (s.max_jobs is None or s.running_jobs < s.max_jobs)]
         if not slots:
@@ -130,7 +133,7 @@ class Dispatcher:
             submissions[str(sub.id)] = SubmissionEnv(environment=sub.environment,
                                                      umask=sub.umask)
         return Run(host=self.cluster.hosts[host_name].address_info(),
-                   jobs=[RunJob(j.id, j.submission_id, j.spec) for j in jobs],
+                   jobs=[RunJob(j.id, j.submission_id, j.spec, j.restart_count) for j in jobs],
                    submissions=submissions)
 
     # --- cancelling ---------------------------------------------------------------------
@@ -165,17 +168,17 @@ class Dispatcher:
         if host is None:
             return
         self.heard(link.user, host)
-        acks: list[int] = []
+        acks: list[tuple[int, int]] = []
         now = self.clock.now()
         for event in message.events:
             job = self._own_job(link, event.id)
             if job is None:
                 continue
             if isinstance(event, JobStarted):
-                self._started(job, host, event.pid, event.at)
+                self._started(link, job, host, event.pid, event.at, event.attempt)
             else:
                 self._ended(job, host, event, now)
-                acks.append(job.id)
+                acks.append((job.id, event.attempt))
         self._ack_after_commit(link, host, acks)
         self.wake()
 
@@ -187,42 +190,53 @@ class Dispatcher:
         cluster, now = self.cluster, self.clock.now()
         self.heard(link.user, host)
         cluster.user_blocks.pop((link.user, host), None)
-        acks: list[int] = []
+        acks: list[tuple[int, int]] = []
         seen: set[int] = set()
         for ended in message.ended:
             job = self._own_job(link, ended.id)
             if job is not None:
-                seen.add(job.id)
-                acks.append(job.id)
+                if ended.attempt == job.restart_count:
+                    seen.add(job.id)
+                acks.append((job.id, ended.attempt))
                 self._ended(job, host, ended, now)
-        stop: list[int] = []
+        stop: list[tuple[int, int]] = []
         for entry in message.running:
             job = self._own_job(link, entry.id)
             if job is None:
                 continue
+            if entry.attempt != job.restart_count:
+                stop.append((job.id, entry.attempt))   # a copy of an earlier run: stop it
+                continue
             seen.add(job.id)
             if job.state is JobState.DISPATCHED:
-                self._started(job, host, entry.pid, entry.started_at)
+                self._started(link, job, host, entry.pid, entry.started_at, entry.attempt)
             if job.state.finished or (job.cancel_requested and job.state.active):
                 # finished here (cancelled meanwhile) but still running there: stop it
-                stop.append(job.id)
+                stop.append((job.id, entry.attempt))
         if stop:
-            self.links.send(link.user, CancelJobs(host=host, ids=stop, reason=CANCELLED))
+            self.links.send(link.user, CancelJobs(
+                host=host, ids=[i for i, _a in stop], attempts=[a for _i, a in stop],
+                reason=CANCELLED))
         seen.update(message.delivering)
         for job in cluster.active_jobs_of(link.user, host):
             if job.id not in seen:
-                self.lost(job, f"not known to the exec-server on {host}")
+                # it never reached that exec-server: no run of it was lost
+                self.lost(job, f"not known to the exec-server on {host}", may_have_run=False)
         self._ack_after_commit(link, host, acks)
         self.wake()
 
-    def lost(self, job: Job, why: str) -> None:
-        """A dispatched or running job that its host no longer has: requeue it or fail it."""
+    def lost(self, job: Job, why: str, *, may_have_run: bool = True) -> None:
+        """A dispatched or running job that its host no longer has: requeue it or fail it
+        (a cancel asked for meanwhile is never lost: the job ends cancelled). A run that may
+        have started counts: the next one is another attempt, so that a late report about
+        this one is never taken for the next."""
         now = self.clock.now()
-        if job.state is JobState.DISPATCHED:
-            self.journal.job(job, JobState.PENDING, reason=f"requeued: dispatch lost ({why})",
-                             host=None)
-        elif job.cancel_requested:
+        if job.cancel_requested:
             self.journal.job(job, JobState.CANCELLED, reason=f"cancelled ({why})", ended_at=now)
+        elif job.state is JobState.DISPATCHED:
+            self.journal.job(job, JobState.PENDING, reason=f"requeued: dispatch lost ({why})",
+                             host=None,
+                             restart_count=job.restart_count + (1 if may_have_run else 0))
         elif job.spec.requeue:
             self.journal.job(job, JobState.PENDING, reason=f"requeued: {why}", host=None,
                              pid=None, started_at=None, restart_count=job.restart_count + 1)
@@ -236,36 +250,56 @@ class Dispatcher:
             return
         for job_id in message.ids:
             job = self._own_job(link, job_id)
-            if job is not None and job.state is JobState.DISPATCHED and job.host == host:
+            if job is None or job.state is not JobState.DISPATCHED or job.host != host:
+                continue
+            if job.cancel_requested:
+                self.journal.job(job, JobState.CANCELLED, reason="cancelled before it started",
+                                 ended_at=self.clock.now())
+            else:
                 self.journal.job(job, JobState.PENDING, reason=f"host {host}: {message.reason}",
                                  host=None)
         self.wake()
 
     def on_host_state(self, link: UserLink, message: HostStateReport) -> None:
-        """A host's reachability as a user-server found it; with ``user_only``, only that
-        user cannot use it (host key, login)."""
+        """Whether a user-server could reach a host: it speaks for its user only (a host key,
+        a login, or the host itself: the host monitor says what holds for everyone)."""
         host_name = self._known_host(link, message.host)
         if host_name is None:
             return
-        if message.user_only:
-            if message.state == HostState.UNREACHABLE:
-                log.info("host %s: unusable for %s: %s", host_name, link.user, message.reason)
-                self.cluster.user_blocks[(link.user, host_name)] = (
-                    message.reason or "unreachable", self.clock.monotonic())
-            return
-        if self.journal.host_state(self.cluster.hosts[host_name], HostState(message.state),
-                                   message.reason):
+        if message.state == HostState.UNREACHABLE:
+            log.info("host %s: unusable for %s: %s", host_name, link.user,
+                     printable(message.reason))
+            self.cluster.user_blocks[(link.user, host_name)] = (
+                message.reason or "unreachable", self.clock.monotonic())
+        elif self.cluster.user_blocks.pop((link.user, host_name), None) is not None:
             self.wake()
 
     def on_heartbeat(self, link: UserLink, message: Heartbeat) -> None:
+        """A user's exec-server is alive: that renews what hq-server heard from it (for the
+        lease of that user's jobs). What it says about its host is not taken: a user's word
+        must not move the load rule or the host's state for everyone."""
         host_name = self._known_host(link, message.host)
-        if host_name is None:
+        if host_name is not None:
+            self.heard(link.user, host_name)
+            self.cluster.user_blocks.pop((link.user, host_name), None)
+
+    # --- facts from the host monitor (hq-server's own account) --------------------------------
+
+    def on_host_facts(self, message: HostFacts) -> None:
+        host = self.cluster.hosts.get(message.host or "")
+        if host is None:
             return
-        host = self.cluster.hosts[host_name]
-        self.heard(link.user, host_name)
+        host.cpu_busy, host.hq_daemons = message.cpu_busy, message.hq_daemons
         host.load1, host.free_memory_mb = message.load1, message.free_memory_mb
+        host.facts_at = self.clock.monotonic()
         host.last_heartbeat_at = self.clock.now()
         if host.state is not HostState.UP and self.journal.host_state(host, HostState.UP, None):
+            self.wake()
+
+    def on_host_reach(self, message: HostReach) -> None:
+        host = self.cluster.hosts.get(message.host)
+        if host is not None and self.journal.host_state(host, HostState(message.state),
+                                                        message.reason):
             self.wake()
 
     # --- transitions from reports -------------------------------------------------------
@@ -285,14 +319,20 @@ class Dispatcher:
                         "unknown)", link.user, job_id)
         return job
 
-    def _started(self, job: Job, host: str, pid: int, at: float) -> None:
-        if job.state is JobState.DISPATCHED and job.host == host:
-            self.journal.job(job, JobState.RUNNING, pid=pid,
-                             started_at=from_epoch(at) or self.clock.now())
+    def _started(self, link: UserLink, job: Job, host: str, pid: int, at: float,
+                 attempt: int) -> None:
+        if job.state is not JobState.DISPATCHED or job.host != host \
+                or attempt != job.restart_count:
+            return
+        self.journal.job(job, JobState.RUNNING, pid=pid,
+                         started_at=from_epoch(at) or self.clock.now())
+        if job.cancel_requested:   # the cancel may have reached the host before the job did
+            self.links.send(link.user, CancelJobs(host=host, ids=[job.id],
+                                                  attempts=[attempt], reason=CANCELLED))
 
     def _ended(self, job: Job, host: str, event: JobEnded, now: dt.datetime) -> None:
-        if not job.state.active or job.host != host:
-            return  # already recorded (a repeated report) or requeued meanwhile
+        if not job.state.active or job.host != host or event.attempt != job.restart_count:
+            return  # already recorded, requeued meanwhile, or an earlier run's end
         reason = event.reason
         if reason == CANCELLED or job.cancel_requested:
             new = JobState.CANCELLED
@@ -308,13 +348,15 @@ class Dispatcher:
             ended_at=from_epoch(event.at) or now, cpu_time_s=event.cpu_time_s,
             max_rss_kb=event.max_rss_kb)
 
-    def _ack_after_commit(self, link: UserLink, host: str, acks: list[int]) -> None:
+    def _ack_after_commit(self, link: UserLink, host: str,
+                          acks: list[tuple[int, int]]) -> None:
         if not acks:
             return
 
         def send_ack(future: asyncio.Future[object]) -> None:
             if not future.exception() and self.links.is_current(link):
-                self.links.send(link.user, Ack(host=host, ids=acks))
+                self.links.send(link.user, Ack(host=host, ids=[i for i, _a in acks],
+                                               attempts=[a for _i, a in acks]))
 
         self.journal.committed().add_done_callback(send_ack)
 

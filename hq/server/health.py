@@ -37,25 +37,31 @@ class Health:
                 log.exception("health check failed")
 
     def check(self) -> None:
-        """Mark hosts whose exec-servers went silent; requeue their jobs once the lease and
-        its grace have run out (the exec-server has killed them by then)."""
+        """Keep a user's jobs off a host where that user's exec-server went silent; requeue
+        them once the lease and its grace have run out (the exec-server has killed them by
+        then). A user's silence says nothing about the host for others: the host monitor
+        does that. A host the monitor has not heard from for ``monitor_timeout`` is
+        "heartbeat lost"."""
         cluster, config = self.cluster, self.config
         now_m, requeued = self.clock.monotonic(), False
         for (owner, host_name), jobs in cluster.active_pairs().items():
             heard = cluster.last_heard.setdefault((owner, host_name), now_m)
             silence = now_m - heard
-            host = cluster.hosts[host_name]
-            # Only a connected user-server's silence says something about the host.
-            if (silence > config.heartbeat_timeout_s and owner in self.links
-                    and host.state in (HostState.UP, HostState.UNKNOWN)):
-                self.journal.host_state(host, HostState.HEARTBEAT_LOST,
-                                        f"no heartbeat for {silence:.0f} s")
+            if silence > config.heartbeat_timeout_s and owner in self.links:
+                cluster.user_blocks.setdefault((owner, host_name), (
+                    f"no heartbeat for {silence:.0f} s", now_m))
             if silence > config.lease_s + config.lease_grace_s:
                 why = f"host {host_name}: no contact for {silence:.0f} s (lease expired)"
                 for job in jobs:
                     self.dispatcher.lost(job, why)
                 del cluster.last_heard[(owner, host_name)]
                 requeued = True
+        for host in cluster.hosts.values():
+            if (host.facts_at is not None and host.state is HostState.UP
+                    and now_m - host.facts_at > config.monitor_timeout_s):
+                self.journal.host_state(host, HostState.HEARTBEAT_LOST,
+                                        f"no report of the host monitor for "
+                                        f"{now_m - host.facts_at:.0f} s")
         if requeued:
             self.dispatcher.wake()
         if now_m - self._hosts_recorded_at >= HOST_RECORD_S and self.journal.host_load():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ from hq.protocol import MAX_FRAME, Channel, check_hello, error_message, peer_cre
 from hq.protocol.frames import printable
 from hq.protocol.messages import (
     ADMIN_SENDS,
+    MONITOR_SENDS,
     USERD_SENDS_SERVER,
     Heartbeat,
     Hello,
+    HostFacts,
     HostStateReport,
     JobEvents,
     Request,
@@ -37,7 +40,7 @@ from hq.protocol.messages import (
     Undeliverable,
 )
 from hq.server.admin import ADMIN_REQUESTS
-from hq.server.core import Server, Session
+from hq.server.core import Server, Session, monitor_hosts
 from hq.server.dispatch import Dispatcher
 from hq.server.limits import (
     ADMIN_MAX_FRAME,
@@ -106,8 +109,12 @@ class Listener:
             if hello is None:
                 channel.close()
                 return
-            version = check_hello(hello, {"userd", "admin"})
-            user = self._authorise(name, hello.role)
+            version = check_hello(hello, {"userd", "admin", "monitor"})
+            if hello.role == "monitor":
+                if uid != os.geteuid():
+                    raise PermissionDenied("only hq-server's own account reports host facts")
+            else:
+                user = self._authorise(name, hello.role)
         except (HqError, TimeoutError) as err:
             if isinstance(err, HqError):
                 channel.send(error_message(err))
@@ -116,6 +123,9 @@ class Listener:
             return
         channel.version = version
         channel.max_frame = MAX_FRAME if hello.role == "userd" else ADMIN_MAX_FRAME
+        if hello.role == "monitor":
+            await self._serve_monitor(channel, version)
+            return
         session = Session(user, hello.role, pid)
         link: UserLink | None = None
         if hello.role == "userd":
@@ -136,6 +146,28 @@ class Listener:
             if link is not None:
                 self._unregister(link)
 
+    async def _serve_monitor(self, channel: Channel, version: int) -> None:
+        """The host monitor (hq-server's own account): the hosts to watch, and its facts."""
+        channel.accept(MONITOR_SENDS)
+        channel.send(welcome(version, server=f"hq-server {__version__}"))
+        self.server.monitor = channel
+        channel.send(monitor_hosts(self.server))
+        log.info("monitor: connected")
+        dispatcher = self.server.dispatcher
+
+        def on_report(message: Any) -> None:
+            if isinstance(message, HostFacts):
+                dispatcher.on_host_facts(message)
+            else:
+                dispatcher.on_host_reach(message)
+
+        try:
+            await channel.serve(on_report)
+        finally:
+            if self.server.monitor is channel:
+                self.server.monitor = None
+            log.warning("monitor: disconnected")
+
     def _bucket(self, user: str) -> TokenBucket:
         bucket = self.buckets.get(user)
         if bucket is None:
@@ -155,7 +187,7 @@ class Listener:
 
     def _register(self, link: UserLink) -> None:
         current = self.server.links.get(link.user)
-        if current is not None and current.version >= 2:
+        if current is not None and current.version >= 2 and current.pid != link.pid:
             # the older one exits; else the two would replace each other for ever
             current.channel.send(Superseded(by_pid=link.pid))
         old = self.server.links.register(link)

@@ -9,6 +9,7 @@ exec-servers and are re-adopted when hq-server is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -40,7 +41,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     from hq.db.settings import ensure_database_id
     from hq.server.admin import reload_configuration
     from hq.server.clock import SystemClock
-    from hq.server.core import Server
+    from hq.server.core import Server, keep_monitor
     from hq.server.listener import Listener
     from hq.server.loading import load_state
     from hq.server.store import Store
@@ -71,6 +72,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     head_file = write_head_file(config.socket_path.parent, config.ssh_address)
     scheduler = asyncio.create_task(server.dispatcher.run())
     health = asyncio.create_task(server.health.watch())
+    monitor = asyncio.create_task(keep_monitor(server))
 
     stops = 0
 
@@ -96,6 +98,9 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     await server.stopping.wait()
     scheduler.cancel()
     health.cancel()
+    monitor.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await monitor
     await listener.close()
     config.socket_path.unlink(missing_ok=True)
     head_file.unlink(missing_ok=True)

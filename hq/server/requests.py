@@ -16,7 +16,7 @@ from typing import Any
 
 from hq import __version__
 from hq.db.jobs import find_job, list_finished_jobs
-from hq.errors import NotFound, UsageError
+from hq.errors import Busy, NotFound, UsageError
 from hq.job import Job, Submission
 from hq.jobspec import JobSpec
 from hq.protocol.messages import (
@@ -32,6 +32,8 @@ from hq.protocol.messages import (
     Ping,
     PingReply,
     Release,
+    ReserveReply,
+    ReserveSubmission,
     Show,
     ShowReply,
     Status,
@@ -94,15 +96,41 @@ def check_quotas(server: Server, owner: str, count: int) -> None:
                          "([scheduler] max_queued_per_user)")
 
 
+RESERVATION_S = 600.0
+MAX_RESERVATIONS = 1000   # per user, at once
+
+
+def reserve(server: Server, session: Session, request: ReserveSubmission) -> ReserveReply:
+    """A submission id the user-server signs its next submission's jobs for."""
+    cluster, me, now = server.cluster, session.user.name, server.clock.monotonic()
+    for sub_id, (_owner, expires) in list(cluster.reservations.items()):
+        if expires < now:
+            del cluster.reservations[sub_id]
+    if sum(1 for owner, _ in cluster.reservations.values() if owner == me) >= MAX_RESERVATIONS:
+        raise Busy(f"{me} has {MAX_RESERVATIONS} submissions reserved and not submitted")
+    sub_id = cluster.next_submission_id
+    cluster.next_submission_id += 1
+    cluster.reservations[sub_id] = (me, now + RESERVATION_S)
+    return ReserveReply(submission_id=sub_id, database=cluster.database_id)
+
+
 async def submit(server: Server, session: Session, request: Submit) -> SubmitReply:
     check_quotas(server, session.user.name, len(request.jobs))
     check_fits(server, request.jobs)
     cluster, owner = server.cluster, session.user
     now = server.clock.now()
     state = JobState.HELD if request.hold else JobState.PENDING
-    sub_id = cluster.next_submission_id
+    if request.submission_id is None:   # a user-server of protocol 1: signed without one
+        sub_id = cluster.next_submission_id
+        cluster.next_submission_id += 1
+    else:
+        reserved = cluster.reservations.get(request.submission_id)
+        if reserved is None or reserved[0] != owner.name:
+            raise UsageError(f"submission {request.submission_id} was not reserved for "
+                             f"{owner.name} (or hq-server restarted since): submit again")
+        sub_id = request.submission_id
+        del cluster.reservations[sub_id]
     first = cluster.next_job_id
-    cluster.next_submission_id += 1
     cluster.next_job_id += len(request.jobs)
     sub = Submission(id=sub_id, owner=owner.name, environment=request.environment,
                      umask=request.umask, submitted_at=now,
@@ -271,6 +299,6 @@ async def wait(server: Server, session: Session, request: Wait) -> WaitReply:
 
 
 USER_REQUESTS: dict[type, Handler] = {
-    Ping: ping, Submit: submit, Status: status, Jobs: jobs, Show: show, Cancel: cancel,
-    Hold: hold, Release: release, Wait: wait,
+    Ping: ping, ReserveSubmission: reserve, Submit: submit, Status: status, Jobs: jobs,
+    Show: show, Cancel: cancel, Hold: hold, Release: release, Wait: wait,
 }

@@ -54,7 +54,7 @@ class HostSlot:
     running_jobs: int           # hq jobs on it now
     memory_mb: int | None       # declared memory; None = not declared (requests not checked)
     free_memory_mb: int | None  # declared memory minus what running hq jobs requested
-    load1: float | None         # 1-minute load average last reported; None = unknown
+    other_work: float | None    # cores busy with work that is not hq's; None = unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,22 +88,22 @@ def load_headroom(host: HostSlot, load_factor: float) -> int:
     """Cores of new jobs the load rule lets ``host`` take now (0 or more)::
 
         busy     = cores - free_cores             # cores held by hq's own jobs
-        load     = max(load1 or 0, busy)
-        headroom = floor(load_factor * cores - load + 1e-9)
+        other    = round(other_work or 0)         # cores busy with work that is not hq's
+        headroom = floor(load_factor * cores) - busy - other
 
-    A job passes when ``job.cores <= headroom``, i.e. ``load + job.cores <= load_factor *
-    cores``; placing it lowers the headroom by ``job.cores`` (load is taken to rise by what the
-    job asks for). load1 already contains hq's running jobs, so it is compared with ``busy``
-    rather than added to it: the original hQ added both and over-counted its own jobs. ``busy``
-    still matters because load1 lags jobs that started a moment ago.
+    A job passes when ``job.cores <= headroom``; placing it lowers the headroom by its cores.
+    ``other_work`` is measured by the host monitor (the CPU the host used over its report
+    interval, less hq's daemons and the cores hq's jobs hold), never taken from a user: hq's
+    own load never holds hq back, and noise below half a core is no core. None (the monitor
+    has not reported lately) counts as no other work: free cores decide.
 
-    With load_factor 1.1: a host without interactive work (load1 <= busy) gets headroom >=
-    free_cores, so free cores decide and the host fills completely; a host whose load1 equals
-    its cores from interactive work alone takes at most floor(0.1 * cores) cores of hq jobs.
+    With load_factor 1.1: a host without other work fills completely; a 1-core burner on a
+    2-core host leaves one core to hq; other work of 2 cores on a 4-core workstation leaves 2
+    (the original hQ's rule); interactive work on every core leaves floor(0.1 * cores).
     """
     busy = host.cores - host.free_cores
-    load = max(host.load1 or 0.0, busy)
-    return max(0, math.floor(load_factor * host.cores - load + _ROUNDING_SLACK))
+    other = math.floor((host.other_work or 0.0) + 0.5)
+    return max(0, math.floor(load_factor * host.cores + _ROUNDING_SLACK) - busy - other)
 
 
 class _Cluster:

@@ -42,9 +42,13 @@ class Host:
     retired: bool = False
     state: HostState = HostState.UNKNOWN
     state_reason: str | None = None
+    # facts from the host monitor (hq-server's own account; never from a user)
     load1: float | None = None
     free_memory_mb: int | None = None
-    last_heartbeat_at: dt.datetime | None = None
+    cpu_busy: float | None = None       # cores busy over the last report interval ...
+    hq_daemons: float = 0.0             # ... of which hq's own daemons
+    facts_at: float | None = None       # monotonic time of the last report
+    last_heartbeat_at: dt.datetime | None = None   # wall time of the last report
     recorded_heartbeat: dt.datetime | None = None  # the last one written to the database
     state_since: float = 0.0  # monotonic time of the last failure (or other state change)
     used_cores: int = 0
@@ -60,12 +64,22 @@ class Host:
             return now_m - self.state_since > retry_after_s
         return self.state in (HostState.UP, HostState.UNKNOWN)
 
-    def slot(self) -> HostSlot:
+    def other_work(self, now_m: float, facts_timeout_s: float) -> float | None:
+        """Cores busy with work that is not hq's: what the monitor saw busy, less hq's
+        daemons and the cores hq's jobs hold (at most what was busy); None when the monitor
+        has not reported for ``facts_timeout_s``."""
+        if self.cpu_busy is None or self.facts_at is None \
+                or now_m - self.facts_at > facts_timeout_s:
+            return None
+        return min(self.cpu_busy, max(0.0, self.cpu_busy - self.hq_daemons - self.used_cores))
+
+    def slot(self, now_m: float, facts_timeout_s: float) -> HostSlot:
         free_memory = None if self.memory_mb is None else self.memory_mb - self.used_memory_mb
         return HostSlot(name=self.name, cores=self.cores,
                         free_cores=self.cores - self.used_cores, max_jobs=self.max_jobs,
                         running_jobs=len(self.jobs), memory_mb=self.memory_mb,
-                        free_memory_mb=free_memory, load1=self.load1)
+                        free_memory_mb=free_memory,
+                        other_work=self.other_work(now_m, facts_timeout_s))
 
     def address_info(self) -> HostAddress:
         return HostAddress(name=self.name, address=self.address, ssh_port=self.ssh_port)
@@ -102,8 +116,11 @@ class Cluster:
         # (user, host) -> (why, since): the user cannot reach the host (host key, login)
         self.user_blocks: dict[tuple[str, str], tuple[str, float]] = {}
         self.retry_after_s = 30.0  # [server] retry_unreachable: a failed host or block waits
+        self.facts_timeout_s = 30.0  # [server] monitor_timeout: older host facts are unknown
         self.active = True
         self.database_id = ""   # the database's identity: daemons key its jobs by it
+        # submission id -> (owner, monotonic expiry): reserved for a submission to come
+        self.reservations: dict[int, tuple[str, float]] = {}
         self.next_job_id = 1
         self.next_submission_id = 1
 

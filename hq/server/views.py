@@ -44,7 +44,8 @@ def why_pending(server: Server, job: Job) -> str:
         return "the cluster is deactivated (hq-admin activate)"
     if job.owner not in server.links:
         return f"waiting for the user-server of {job.owner} (any hq-client command starts it)"
-    slots = [h.slot() for h in cluster.usable_hosts(server.clock.monotonic())]
+    now_m = server.clock.monotonic()
+    slots = [h.slot(now_m, cluster.facts_timeout_s) for h in cluster.usable_hosts(now_m)]
     if not slots:
         return "no host is taking jobs (all inactive, drained or unreachable)"
     return pending_reason(cluster.pending_view(job), slots, list(cluster.hosts),

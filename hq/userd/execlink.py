@@ -17,14 +17,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from hq.errors import HqError, Unavailable
 from hq.protocol import MAX_FRAME, OLDEST_VERSION, PROTOCOL_VERSION, Channel, hello
 from hq.protocol.channel import is_version_refusal
 from hq.protocol.messages import (
     EXECD_SENDS_USERD,
     ExecSettings,
+    JobEvents,
     Lease,
     Message,
+    Run,
     SyncReply,
     SyncRequest,
     Welcome,
@@ -63,8 +67,11 @@ class ExecLink:
         self.daemon_pid: int | None = None
         self.ready = asyncio.Event()
         self.queued: list[Message] = []   # runs and cancels held until the first sync is done
+        self.attempts: dict[int, int] = {}   # job id -> the attempt last handed over
+        self._settled = asyncio.Event()      # connect() has finished, one way or the other
         self.ssh: Any = None              # paramiko.SSHClient for a remote host
         self.connected = False            # connect() succeeded and the link has not been lost
+        self.failure: str | None = None   # why connect() failed, in one line
         self._close_remote: Callable[[], None] | None = None
 
     @property
@@ -105,16 +112,22 @@ class ExecLink:
         Any failure is an Unavailable with one line (what ssh, the bridge or the exec-server
         said), so the caller can tell hq-server and put the jobs back in the queue.
         """
-        for version in (PROTOCOL_VERSION, OLDEST_VERSION):
-            try:
-                return await self._connect(version)
-            except HqError as err:
-                if version > OLDEST_VERSION and is_version_refusal(err):
-                    log.info("host %s: the exec-server there speaks protocol %d: adopting "
-                             "it in that version", self.host, OLDEST_VERSION)
-                    continue
-                raise
-        raise AssertionError("unreachable")
+        try:
+            for version in (PROTOCOL_VERSION, OLDEST_VERSION):
+                try:
+                    return await self._connect(version)
+                except HqError as err:
+                    if version > OLDEST_VERSION and is_version_refusal(err):
+                        log.info("host %s: the exec-server there speaks protocol %d: "
+                                 "adopting it in that version", self.host, OLDEST_VERSION)
+                        continue
+                    raise
+            raise AssertionError("unreachable")
+        except HqError as err:
+            self.failure = str(err)
+            raise
+        finally:
+            self._settled.set()
 
     async def _connect(self, version: int) -> SyncReply:
         try:
@@ -154,6 +167,17 @@ class ExecLink:
         assert self.channel is not None
         return await self.channel.request(SyncRequest(), timeout=SPAWN_TIMEOUT_S)
 
+    async def settled(self, timeout: float = 2 * SPAWN_TIMEOUT_S) -> None:
+        """Wait until the link is ready (its first sync handled) or has failed."""
+        ready = asyncio.ensure_future(self.ready.wait())
+        done = asyncio.ensure_future(self._settled.wait())
+        try:
+            await asyncio.wait([ready, done], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            done.cancel()
+
     def renew_lease(self) -> None:
         if self.up and self.ready.is_set():
             self.channel.send(Lease())  # type: ignore[union-attr]
@@ -173,10 +197,27 @@ class ExecLink:
         return text[-300:] or "no output"
 
     def send(self, message: Message) -> None:
+        if isinstance(message, Run):
+            for job in message.jobs:
+                self.attempts[job.id] = job.attempt
         if self.ready.is_set() and self.up:
             self.channel.send(message)  # type: ignore[union-attr]
         else:
             self.queued.append(message)
+
+    def with_attempts(self, message: Any) -> Any:
+        """An exec-server of protocol 1 knows no attempts: its reports are about the run
+        this link handed it last (what hq-server compares with the job's attempt)."""
+        if self.channel is None or self.channel.version >= 2:
+            return message
+
+        def fix(item: Any) -> Any:
+            return msgspec.structs.replace(item, attempt=self.attempts.get(item.id, 0))
+
+        if isinstance(message, JobEvents):
+            return msgspec.structs.replace(message, events=[fix(e) for e in message.events])
+        return msgspec.structs.replace(message, running=[fix(r) for r in message.running],
+                                       ended=[fix(e) for e in message.ended])
 
     def flush_queue(self) -> None:
         self.ready.set()

@@ -23,9 +23,9 @@ from typing import Any
 
 import msgspec
 
-from hq.auth import job_signature_ok, load_signing_key, sign_job, user_name
+from hq.auth import job_signature_ok, load_signing_key, sign_job, state_dir, user_name
 from hq.config import Installation, ServerConfig
-from hq.errors import HqError, PermissionDenied, Unavailable
+from hq.errors import HqError, PermissionDenied, Unavailable, UsageError
 from hq.jobspec import submission_digest
 from hq.protocol import (
     MAX_FRAME,
@@ -51,7 +51,9 @@ from hq.protocol.messages import (
     Ping,
     Relay,
     Request,
+    ReserveSubmission,
     Run,
+    RunJob,
     Submit,
     Superseded,
     Sync,
@@ -59,6 +61,7 @@ from hq.protocol.messages import (
     Undeliverable,
 )
 from hq.userd.execlink import ExecLink, is_user_problem
+from hq.userd.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,14 @@ class UserServer:
         self.refusal: PermissionDenied | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.database: str | None = None   # hq-server's database identity, from its welcome
+        self.ledger: Ledger | None = None
+        self.ledger_database: str | None = None
+        self.started = time.monotonic()
+        self.host_contact: dict[str, float] = {}   # host -> last word from its exec-server
+        # host -> job ids hq-server handed us for it that are not yet sent or refused: a sync
+        # meanwhile lists them as on their way, or hq-server would take them for lost
+        self.in_flight: dict[str, set[int]] = {}
+        self.link_failures: dict[str, str] = {}   # host -> why the last link to it failed
         self.ssh_options = {"policy": config.host_key_policy,
                             "connect_timeout": config.connect_timeout_s}
 
@@ -149,17 +160,54 @@ class UserServer:
 
     async def _forward(self, request: Request) -> Any:
         """Pass a command's request to hq-server (signing a submission's jobs first)."""
-        if isinstance(request, Submit):
-            request = self._signed(request)
+        server = await self._server()
         timeout = float(getattr(request, "timeout_s", 0) or 0) + 60.0
-        return await (await self._server()).request(request, timeout=timeout)
+        if not isinstance(request, Submit):
+            return await server.request(request, timeout=timeout)
+        for attempt in (1, 2):
+            if server.version < 2:
+                request = self._signed_v1(request)
+            else:
+                reserved = await server.request(ReserveSubmission(), timeout=timeout)
+                self._ledger_for(reserved.database).first_submission(reserved.submission_id)
+                request = self._signed(request, reserved.database, reserved.submission_id)
+            try:
+                return await server.request(request, timeout=timeout + len(request.jobs) / 1000)
+            except UsageError as err:
+                # hq-server restarted between the reservation and the submission: once more
+                if attempt == 2 or "was not reserved" not in err.message:
+                    raise
+        raise AssertionError("unreachable")
 
-    def _signed(self, request: Submit) -> Submit:
+    def _signed(self, request: Submit, database: str, submission_id: int) -> Submit:
+        """``request`` with each job signed for ``database`` and ``submission_id``."""
         digest = submission_digest(request.environment, request.umask)
         jobs = [msgspec.structs.replace(spec, signature=sign_job(
-                    self.key, msgspec.structs.replace(spec, signature=None), self.user, digest))
+                    self.key, spec, self.user, digest, database=database,
+                    submission_id=submission_id))
+                for spec in request.jobs]
+        return msgspec.structs.replace(request, jobs=jobs, submission_id=submission_id)
+
+    def _signed_v1(self, request: Submit) -> Submit:
+        """Signed for an hq-server of protocol version 1 (which picks the submission id)."""
+        import hashlib
+        import hmac
+
+        from hq.jobspec import signed_text_v1
+
+        digest = submission_digest(request.environment, request.umask)
+        jobs = [msgspec.structs.replace(spec, signature=hmac.new(
+                    self.key, signed_text_v1(spec, self.user, digest), hashlib.sha256).hexdigest())
                 for spec in request.jobs]
         return msgspec.structs.replace(request, jobs=jobs)
+
+    def _ledger_for(self, database: str) -> Ledger:
+        if self.ledger is None or self.ledger_database != database:
+            if self.ledger is not None:
+                self.ledger.close()
+            self.ledger = Ledger.open(state_dir() / "ledger", database, time.monotonic())
+            self.ledger_database = database
+        return self.ledger
 
     async def _server(self) -> Channel:
         if self.refusal is not None and not self.server_up.is_set():
@@ -254,9 +302,30 @@ class UserServer:
     # --- exec-servers --------------------------------------------------------------------
 
     def _run(self, host: str, message: Run) -> None:
-        """Check every job's signature, then hand the good ones to the host's exec-server;
-        refused ones are reported as ended, so that hq-server does not wait for them."""
-        good, refused = [], []
+        self.in_flight.setdefault(host, set()).update(j.id for j in message.jobs)
+        self.spawn(self._delivered(host, message))
+
+    async def _delivered(self, host: str, message: Run) -> None:
+        try:
+            await self._deliver(host, message)
+        finally:
+            flying = self.in_flight.get(host)
+            if flying is not None:
+                flying.difference_update(j.id for j in message.jobs)
+                if not flying:
+                    del self.in_flight[host]
+
+    async def _deliver(self, host: str, message: Run) -> None:
+        """Hand ``message``'s jobs to ``host``'s exec-server, each only with a good signature
+        and when the ledger allows it (DESIGN §3: hq-server's word alone runs nothing).
+
+        The link comes first: its sync tells the ledger what that exec-server has (a job
+        handed over before, and lost with its lease, may go again). Refused jobs are reported
+        as ended, so that hq-server does not wait for them; one handed to another host that
+        may still run it waits until that host's exec-server has told, or its lease has run
+        out."""
+        ledger = self._ledger_for(self.database or "")
+        signed, refused = [], []
         digests: dict[str, str | None] = {}  # one hash of an environment per submission
         for job in message.jobs:
             sub_id = str(job.submission_id)
@@ -265,17 +334,72 @@ class UserServer:
                 digests[sub_id] = None if sub is None else submission_digest(sub.environment,
                                                                               sub.umask)
             digest = digests[sub_id]
-            ok = digest is not None and job_signature_ok(self.key, job.spec, self.user, digest)
-            (good if ok else refused).append(job)
+            accept_v1 = ledger.v1_cutoff is None or job.submission_id < ledger.v1_cutoff
+            if digest is None or not job_signature_ok(
+                    self.key, job.spec, self.user, digest, database=self.database or "",
+                    submission_id=job.submission_id, accept_v1=accept_v1):
+                refused.append((job.id, "refused: bad signature"))
+            else:
+                signed.append(job)
+        good, waiting = [], []
+        link = None
+        if signed:
+            link = await self._ensure_link(host, None)
+            if link is not None:
+                await link.settled()
+            if link is None or not link.up:
+                # the reason ssh or the exec-server gave (host key, login, ...), for the user
+                why = (link.failure if link is not None else None) or self.link_failures.get(
+                    host, "its exec-server cannot be reached")
+                self._to_server(Undeliverable(host=host, ids=[j.id for j in signed],
+                                              reason=why))
+                signed = []
+        now = time.monotonic()
+        for job in signed:
+            key = (job.submission_id, -1 if job.spec.array_index is None
+                   else job.spec.array_index)
+            entry = ledger.entries.get(key)
+            where = entry.host if entry is not None else host
+            if ledger.repeats(key, host, job.attempt):
+                good.append(job)
+                continue
+            why = ledger.may_release(key, self._silent_for(where), self.config.lease_s)
+            if why is None:
+                ledger.released(key, host, job.id, now, job.attempt)
+                good.append(job)
+            elif entry is not None and entry.state == "out" and entry.host != host:
+                waiting.append((job, entry.host))
+            else:
+                refused.append((job.id, why))
         if refused:
-            log.warning("host %s: refusing jobs with a bad signature: %s", host,
-                        [j.id for j in refused])
+            log.warning("host %s: refusing jobs %s", host, refused[:20])
             self._to_server(JobEvents(host=host, events=[
-                JobEnded(id=j.id, at=time.time(), reason="refused: bad signature")
-                for j in refused]))
-        if good:
-            self.spawn(self._via_link(host, msgspec.structs.replace(
-                message, jobs=good, owner=self.user)))
+                JobEnded(id=job_id, at=time.time(), reason=why) for job_id, why in refused]))
+        if good and link is not None:
+            link.send(msgspec.structs.replace(message, jobs=good, owner=self.user))
+        if waiting:
+            await self._deliver_later(host, message, waiting)
+
+    def _silent_for(self, host: str) -> float:
+        """How long no exec-server on ``host`` has been heard by this user-server."""
+        return time.monotonic() - self.host_contact.get(host, self.started)
+
+    async def _deliver_later(self, host: str, message: Run,
+                             waiting: list[tuple[RunJob, str]]) -> None:
+        """Jobs last handed to another host: ask that host's exec-server (its sync settles
+        the ledger), or wait until its lease has run out, then try again."""
+        others = {other for _job, other in waiting}
+        for other in others:
+            linked = await self._ensure_link(other, None)
+            if linked is not None:
+                await linked.settled()
+        wait = max((self.config.lease_s - self._silent_for(o) for o in others), default=0.0)
+        if wait > 0:
+            log.info("host %s: jobs %s wait %.0f s: handed to %s before, maybe still there",
+                     host, [j.id for j, _o in waiting][:20], wait, sorted(others))
+            await asyncio.sleep(wait + 1.0)
+        await self._deliver(host, msgspec.structs.replace(message,
+                                                          jobs=[j for j, _o in waiting]))
 
     async def _via_link(self, host: str, message: Any) -> None:
         await self._ensure_link(host, message)
@@ -297,21 +421,36 @@ class UserServer:
             state = await link.connect()
         except HqError as err:
             log.warning("host %s: %s", host, err)
+            self.link_failures[host] = str(err)
             if self.links.get(host) is link:
                 del self.links[host]
             ids = [j.id for m in link.queued if isinstance(m, Run) for j in m.jobs]
+            if self.ledger is not None:
+                for job_id in ids:   # never handed over: they may go elsewhere
+                    self.ledger.came_to_nothing(job_id)
             # A host key or login problem is this user's, not the host's: others may use it.
             self._to_server(HostStateReport(host=host, state="unreachable", reason=str(err),
                                             user_only=is_user_problem(err)))
             if ids:
                 self._to_server(Undeliverable(host=host, ids=ids, reason=str(err)))
             return None
+        self.link_failures.pop(host, None)
         self._send_sync(link, state)
         link.flush_queue()
         return link
 
     def _send_sync(self, link: ExecLink, state: SyncReply) -> None:
-        delivering = [j.id for m in link.queued if isinstance(m, Run) for j in m.jobs]
+        state = link.with_attempts(state)
+        delivering = sorted({j.id for m in link.queued if isinstance(m, Run) for j in m.jobs}
+                            | self.in_flight.get(link.host, set()))
+        self.host_contact[link.host] = time.monotonic()
+        if self.ledger is not None:
+            for event in state.ended:
+                self.ledger.ended(event.id, ran=_ran(event))
+            known = {r.id for r in state.running} | {e.id for e in state.ended} | set(delivering)
+            for job_id in self.ledger.out_on(link.host):
+                if job_id not in known:   # handed over, and the exec-server never had it
+                    self.ledger.came_to_nothing(job_id)
         self._to_server(Sync(host=link.host, running=state.running, ended=state.ended,
                              delivering=delivering))
         self._to_server(HostStateReport(host=link.host, state="up"))
@@ -325,10 +464,16 @@ class UserServer:
         self._send_sync(link, state)
 
     def _on_exec_message(self, link: ExecLink, message: Any) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = self.host_contact[link.host] = time.monotonic()
         FROM_EXEC[type(message)](self, link, message)
 
     def _on_report(self, link: ExecLink, message: JobEvents | Heartbeat) -> None:
+        if isinstance(message, JobEvents):
+            message = link.with_attempts(message)
+        if isinstance(message, JobEvents) and self.ledger is not None:
+            for event in message.events:
+                if isinstance(event, JobEnded):
+                    self.ledger.ended(event.id, ran=_ran(event))
         self._to_server(msgspec.structs.replace(message, host=link.host))
 
     def _on_relay(self, link: ExecLink, message: Relay) -> None:
@@ -389,6 +534,8 @@ class UserServer:
                 self.stopping.set()
 
     async def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
         self.listener.close()
         for link in list(self.links.values()):
             link.close()
@@ -396,6 +543,11 @@ class UserServer:
             self.server.close()
         for task in list(self.tasks):
             task.cancel()
+
+
+def _ran(event: JobEnded) -> bool:
+    """Whether an ended job had run (never hand it over again) or came to nothing."""
+    return event.pid is not None and not (event.reason or "").startswith("lease expired")
 
 
 FROM_SERVER = {Run: UserServer._on_run, CancelJobs: UserServer._on_order,

@@ -260,7 +260,10 @@ def test_an_unknown_host_key_keeps_the_job_pending_with_the_reason(cluster_hq):
         def reason_shown() -> bool:
             info = hq.show(bob, stuck)
             return info["state"] == "pending" and "known_hosts" in (info["pending_reason"] or "")
-        eventually(reason_shown, timeout=20, what="the host key reason")
+        try:
+            eventually(reason_shown, timeout=20, what="the host key reason")
+        except AssertionError:
+            raise AssertionError(hq.show(bob, stuck)) from None
         assert re.search(r"hqnode3", hq.show(bob, stuck)["pending_reason"])
         # the host is fine for everybody else
         (other,) = hq.submit_ids(hq.users.alice, "-E", "hqnode1,hqnode2", "hostname",

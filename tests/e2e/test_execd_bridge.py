@@ -131,8 +131,8 @@ class Host:
         spec = jobspec.JobSpec(command=command, cwd=str(self.work), **spec_fields)
         digest = jobspec.submission_digest(ENVIRONMENT, UMASK)
         key = self.key if sign else b"\x00" * 32
-        wire = {**msgspec.to_builtins(spec), "signature": auth.sign_job(key, spec, self.owner,
-                                                                        digest)}
+        wire = {**msgspec.to_builtins(spec), "signature": auth.sign_job(
+            key, spec, self.owner, digest, database="", submission_id=5)}
         return {"type": "run", "owner": self.owner,
                 "jobs": [{"id": job_id, "submission_id": 5, "spec": wire}],
                 "submissions": {"5": {"environment": ENVIRONMENT, "umask": UMASK}}}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import sqlalchemy as sa
 from fixtures.running_hq import eventually, wait_gone
 
@@ -75,6 +76,27 @@ def test_killing_the_user_server_keeps_running_jobs_and_a_new_one_adopts_them(ru
     eventually(lambda: registry().get(userd.pid) is not None, what="the old one marked gone")
     assert new_userd.pid in registry() and registry()[new_userd.pid] is None
     assert (hq.workdir / f"hq-{job_id}.out").read_text() == "started\nfinished\n"
+
+
+def test_a_job_that_ends_while_its_exec_server_is_dead_is_not_run_again(running_hq):
+    """Its exit status went to the dead exec-server only: the successor, from the journal,
+    reports it ended with its exit status unknown, and nothing runs it a second time."""
+    hq = running_hq
+    runs = hq.workdir / "runs"
+    job_id = hq.submit_id(f"sleep 0.5; echo ran >> {runs}")
+    info = hq.wait_for(job_id, {"running"})
+    execd = hq.daemon("hq.execd.main")
+    execd.suspend()   # the job's end waits as a zombie for a parent that never looks
+    job = psutil.Process(info["pid"])
+    eventually(lambda: job.status() == psutil.STATUS_ZOMBIE, what="the job to end")
+    execd.kill()      # ... and goes to init with it
+    wait_gone(execd.pid)
+    info = hq.wait_for(job_id, {"done", "failed", "pending"}, timeout=60)
+    assert info["state"] == "failed", info
+    assert info["pending_reason"].startswith("exit status unknown"), info
+    assert info["restart_count"] == 0
+    time.sleep(1.0)
+    assert runs.read_text() == "ran\n", "the job ran again"
 
 
 def test_concurrent_first_calls_start_exactly_one_user_server(running_hq):

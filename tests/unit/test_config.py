@@ -495,7 +495,8 @@ def test_server_cfg_overrides(inst: Installation) -> None:
     ("[server]\nlease = 30\n# comment\nleese = 30\n",
      ":4: leese: unknown key in [server] (known: db_batch_max, db_flush_interval, "
      "exec_server_idle_timeout, heartbeat_interval, heartbeat_timeout, lease, lease_grace, "
-     "log_file, max_connections_per_user, pid_file, request_burst, requests_per_second, "
+     "log_file, max_connections_per_user, monitor_timeout, pid_file, request_burst, "
+     "requests_per_second, "
      "retry_unreachable, server_user, socket, ssh_address, "
      "user_server_idle_timeout)"),
     ("[server]\nlease = 30\n[schedular]\nfair_share = yes\n",

@@ -114,7 +114,8 @@ def run_message(tmp_path: Path, job_id: int, command: str, *, key: bytes | None,
     owner = auth.user_name(os.geteuid())
     job = JobSpec(command=command, cwd=str(tmp_path), stdout="/dev/null", stderr="/dev/null",
                   **spec)  # type: ignore[arg-type]
-    signature = auth.sign_job(key or b"\x00" * 32, job, owner, submission_digest(ENV, 0o022))
+    signature = auth.sign_job(key or b"\x00" * 32, job, owner, submission_digest(ENV, 0o022),
+                              database="", submission_id=5)
     return Run(jobs=[RunJob(job_id, 5, msgspec.structs.replace(job, signature=signature))],
                submissions={"5": SubmissionEnv(environment=ENV, umask=0o022)}, owner=owner)
 
@@ -158,7 +159,7 @@ def test_the_lease_kills_jobs_once_no_user_server_renewed_it(tmp_path, home):
             await peer.event(3, JobStarted)
             clock.now += 29
             peer.server._check_lease(clock())
-            assert ("", 3) in peer.server.runner.jobs
+            assert ("", 3, 0) in peer.server.runner.jobs
             clock.now += 2                          # 31 s without contact
             peer.server._check_lease(clock())
             ended = await peer.event(3, JobEnded)
@@ -203,17 +204,29 @@ def test_the_user_server_signs_every_job_with_the_users_key(tmp_path, home):
     userd = user_server(tmp_path)
     request = Submit(jobs=[JobSpec(command="true", cwd="/tmp", array_index=i) for i in (1, 2)],
                      environment=ENV, umask=0o022)
-    signed = userd._signed(request)
+    signed = userd._signed(request, "db1", 7)
+    assert signed.submission_id == 7
     digest = submission_digest(ENV, 0o022)
     key = auth.load_signing_key(create=False)
-    assert all(auth.job_signature_ok(key, job, userd.user, digest) for job in signed.jobs)
-    # a signature covers the command, the index and what the submission shares
-    tampered = msgspec.structs.replace(signed.jobs[0], command="rm -rf ~")
-    assert not auth.job_signature_ok(key, tampered, userd.user, digest)
-    assert not auth.job_signature_ok(key, signed.jobs[0], userd.user,
-                                     submission_digest({**ENV, "LD_PRELOAD": "x"}, 0o022))
-    moved = msgspec.structs.replace(signed.jobs[0], array_index=2)
-    assert not auth.job_signature_ok(key, moved, userd.user, digest)
+
+    def ok(job: JobSpec, *, digest: str = digest, database: str = "db1",
+           submission: int = 7) -> bool:
+        return auth.job_signature_ok(key, job, userd.user, digest, database=database,
+                                     submission_id=submission, accept_v1=False)
+
+    assert all(ok(job) for job in signed.jobs)
+    # a signature covers the whole spec, what the submission shares, where it belongs
+    assert not ok(msgspec.structs.replace(signed.jobs[0], command="rm -rf ~"))
+    assert not ok(msgspec.structs.replace(signed.jobs[0], time_limit_s=1))
+    assert not ok(msgspec.structs.replace(signed.jobs[0], array_index=2))
+    assert not ok(signed.jobs[0], digest=submission_digest({**ENV, "LD_PRELOAD": "x"}, 0o022))
+    assert not ok(signed.jobs[0], submission=8)      # copied into another submission
+    assert not ok(signed.jobs[0], database="db2")    # or another database
+    # a protocol-1 signature counts only where protocol 1 is still accepted
+    old = userd._signed_v1(request).jobs[0]
+    assert not ok(old)
+    assert auth.job_signature_ok(key, old, userd.user, digest, database="db1",
+                                 submission_id=7, accept_v1=True)
 
 
 def test_the_user_server_refuses_a_run_it_did_not_sign(tmp_path, home):

@@ -24,8 +24,8 @@ INSTALLATION = f"test{os.getpid()}"
 
 def launch(tmp_path: Path, job_id: int, command: str, **overrides: Any) -> Launch:
     fields: dict[str, Any] = {
-        "key": ("db", job_id), "command": command, "shell": "/bin/sh", "cwd": str(tmp_path),
-        "env": {"PATH": PATH, MARKER: marker_value(INSTALLATION, "db", job_id)},
+        "key": ("db", job_id, 0), "command": command, "shell": "/bin/sh", "cwd": str(tmp_path),
+        "env": {"PATH": PATH, MARKER: marker_value(INSTALLATION, "db", job_id, 0)},
         "umask": 0o022, "stdout": str(tmp_path / f"{job_id}.out"),
         "stderr": str(tmp_path / f"{job_id}.err")}
     fields.update(overrides)
@@ -183,7 +183,7 @@ def test_cancel_kills_the_whole_tree_even_a_new_session(tmp_path: Path) -> None:
         grandchild = int(await wait_for_file(tmp_path / "grandchild.pid"))
         await asyncio.sleep(0.1)  # let the grandchild's shell exec sleep
         assert os.getsid(grandchild) != job.pid, "the test needs a grandchild in a new session"
-        assert jobs.runner.cancel([("db", 1), ("db", 999)]) == [("db", 1)]
+        assert jobs.runner.cancel([("db", 1, 0), ("db", 999, 0)]) == [("db", 1, 0)]
         outcome = await jobs.outcome(1)
         assert outcome.reason == "cancelled"
         assert outcome.signal == 15 and outcome.exit_code is None
@@ -258,7 +258,7 @@ ESCAPES = {
 
 
 def marked(job_id: int) -> set[int]:
-    value = marker_value(INSTALLATION, "db", job_id)
+    value = marker_value(INSTALLATION, "db", job_id, 0)
     return {pid for pid, marker in marked_processes(INSTALLATION).items() if marker == value}
 
 
@@ -276,7 +276,7 @@ def test_cancel_leaves_nothing_of_a_job_that_escaped_its_group(tmp_path: Path, c
         jobs.start(launch(tmp_path, 1, command, stdout="/dev/null", stderr="/dev/null"))
         await until(lambda: len(marked(1)) >= 3, 5, "the job did not start its processes")
         escaped = marked(1)
-        jobs.runner.cancel([("db", 1)])
+        jobs.runner.cancel([("db", 1, 0)])
         assert (await jobs.outcome(1)).reason == "cancelled"
         await until(lambda: not marked(1), 5, f"still running after cancel: {marked(1)}")
         assert not any(alive(pid) for pid in escaped)
@@ -299,11 +299,11 @@ def test_a_job_of_a_predecessor_is_adopted_and_its_end_seen(tmp_path: Path):
 
     async def test() -> None:
         # started by "an exec-server that was killed": not our child
-        env = {"PATH": PATH, MARKER: marker_value(INSTALLATION, "db", 3)}
+        env = {"PATH": PATH, MARKER: marker_value(INSTALLATION, "db", 3, 0)}
         shell = subprocess.Popen(["/bin/sh", "-c", "sleep 0.5"], env=env,
                                  start_new_session=True)
         jobs = Jobs()
-        adopted = jobs.runner.adopt(("db", 3), shell.pid, time.time(),
+        adopted = jobs.runner.adopt(("db", 3, 0), shell.pid, time.time(),
                                     env[MARKER])
         assert adopted is not None
         shell.wait()   # its real parent (here, the test) reaps it; the pidfd sees it end

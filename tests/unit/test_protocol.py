@@ -27,6 +27,7 @@ ENDED = {"id": 7, "event": "ended", "at": 1.5, "started_at": 1.0, "pid": 42, "ex
 # A valid frame of every kind a peer may send (the smallest that is complete).
 EXAMPLES: dict[type, dict[str, Any]] = {
     m.Ping: {"type": "ping", "rid": 1},
+    m.ReserveSubmission: {"type": "reserve", "rid": 1},
     m.Submit: {"type": "submit", "rid": 1, "jobs": [SPEC], "environment": {"PATH": "/bin"},
                "umask": 18},
     m.Status: {"type": "status", "rid": 1},
@@ -62,11 +63,17 @@ EXAMPLES: dict[type, dict[str, Any]] = {
     m.SyncRequest: {"type": "sync", "rid": 1},
     m.Lease: {"type": "lease"},
     m.Relay: {"type": "relay", "rid": 1, "request": {"type": "show", "id": 7}},
+    m.HostFacts: {"type": "host_facts", "host": "n1", "cores": 4, "cpu_busy": 1.5,
+                  "hq_daemons": 0.1, "load1": 1.2, "memory_mb": 8000, "free_memory_mb": 4000},
+    m.HostReach: {"type": "host_reach", "host": "n1", "state": "unreachable", "reason": "x"},
+    m.MonitorHosts: {"type": "monitor_hosts", "interval_s": 5.0,
+                     "hosts": [{"name": "n1", "address": "10.0.0.1", "ssh_port": 22}]},
 }
 
 UNIONS = {"CLI_SENDS": m.CLI_SENDS, "ADMIN_SENDS": m.ADMIN_SENDS,
           "USERD_SENDS_SERVER": m.USERD_SENDS_SERVER, "SERVER_SENDS_USERD": m.SERVER_SENDS_USERD,
-          "USERD_SENDS_EXECD": m.USERD_SENDS_EXECD, "EXECD_SENDS_USERD": m.EXECD_SENDS_USERD}
+          "USERD_SENDS_EXECD": m.USERD_SENDS_EXECD, "EXECD_SENDS_USERD": m.EXECD_SENDS_USERD,
+          "MONITOR_SENDS": m.MONITOR_SENDS, "SERVER_SENDS_MONITOR": m.SERVER_SENDS_MONITOR}
 
 
 def members(union: Any) -> tuple[type, ...]:
@@ -89,6 +96,16 @@ def test_every_kind_decodes_from_its_example(union, kind):
     # and what is decoded encodes back to the same frame (no field lost, none invented)
     again = frames.decode_as(UNIONS[union], frames.encode(decoded)[4:])
     assert again == decoded
+
+
+@pytest.mark.parametrize("where", ["unknown field", "known field"])
+def test_a_frame_nested_too_deep_is_a_protocol_error_not_a_crash(where):
+    deep = "[" * 100_000 + "1" + "]" * 100_000
+    field = "x" if where == "unknown field" else "ids"
+    body = f'{{"type": "cancel", "rid": 5, "{field}": {deep}}}'.encode()
+    with pytest.raises(ProtocolError):
+        frames.decode_as(m.CLI_SENDS, body)
+    assert frames.rid_of(body) in (None, 5)
 
 
 @pytest.mark.parametrize("kind", list(EXAMPLES), ids=lambda k: k.__name__)
@@ -252,7 +269,8 @@ def _top_level_names(text: str) -> set[str]:
 
 def _message_classes() -> dict[str, type]:
     return {name: cls for name, cls in inspect.getmembers(m, inspect.isclass)
-            if issubclass(cls, m.Message) and cls not in (m.Message, m.Request, m.Reply)
+            if name == cls.__name__   # not an alias such as PROBE_SENDS = HostFacts
+            and issubclass(cls, m.Message) and cls not in (m.Message, m.Request, m.Reply)
             and not issubclass(cls, m.Reply)}
 
 

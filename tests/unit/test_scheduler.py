@@ -30,13 +30,13 @@ FIFO = Policy(fair_share=False)
 
 def host(name: str = "node01", cores: int = 4, free: int | None = None, *,
          max_jobs: int | None = None, running: int = 0, memory: int | None = None,
-         free_memory: int | None = None, load1: float | None = None) -> HostSlot:
+         free_memory: int | None = None, other: float | None = None) -> HostSlot:
     free = cores if free is None else free
     if memory is not None and free_memory is None:
         free_memory = memory
     return HostSlot(name=name, cores=cores, free_cores=free, max_jobs=max_jobs,
                     running_jobs=running, memory_mb=memory, free_memory_mb=free_memory,
-                    load1=load1)
+                    other_work=other)
 
 
 def job(id: int, owner: str = "alice", *, priority: int = 0, cores: int = 1,
@@ -137,35 +137,37 @@ def test_small_job_backfills_past_one_that_fits_nowhere():
 
 # --- the load rule -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("cores", "free", "load1", "expected"), [
-    (16, 16, None, 16),   # load unknown: free cores decide
+@pytest.mark.parametrize(("cores", "free", "other", "expected"), [
+    (16, 16, None, 16),   # the monitor has not reported: free cores decide
     (16, 16, 0.0, 16),    # idle host fills completely
-    (16, 8, 8.0, 8),      # load1 is hq's own 8 jobs: not counted twice (old hQ: 1)
-    (16, 8, 0.0, 8),      # load1 lags jobs that just started: busy cores count instead
-    (16, 0, 16.0, 0),     # full
+    (16, 8, 0.0, 8),      # hq's own 8 jobs are not other work
+    (16, 0, 0.0, 0),      # full
     (16, 16, 16.0, 1),    # interactive work on every core: floor(0.1 * 16)
     (10, 10, 10.0, 1),
     (9, 9, 9.0, 0),       # floor(0.9)
-    (16, 8, 12.0, 5),     # 8 hq cores + 4 interactive: 17.6 - 12
-    (16, 16, 17.6, 0),    # at the limit exactly
-    (16, 16, 20.0, 0),    # over the limit
-    (16, 16, 15.6, 2),
+    (16, 8, 4.0, 5),      # 8 hq cores + 4 other: 17 - 12
+    (16, 16, 17.6, 0),    # over the limit
+    (16, 16, 20.0, 0),
+    (16, 16, 15.6, 1),    # 15.6 cores of other work are 16
+    (2, 2, 1.0, 1),       # a 1-core burner on 2 cores leaves one core to hq
+    (2, 2, 0.3, 2),       # noise is no core
+    (4, 4, 2.0, 2),       # a workstation in use: other work of 2 cores leaves 2 (hQ's rule)
 ])
-def test_load_rule(cores, free, load1, expected):
-    slot = host(cores=cores, free=free, load1=load1)
+def test_load_rule(cores, free, other, expected):
+    slot = host(cores=cores, free=free, other=other)
     assert min(free, load_headroom(slot, 1.1)) == expected
     assert len(ids([job(i) for i in range(40)], [slot])) == expected
 
 
 @pytest.mark.parametrize("cores", range(1, 257))
 def test_interactive_load_on_every_core_leaves_a_tenth(cores):
-    assert load_headroom(host(cores=cores, load1=float(cores)), 1.1) == cores // 10
+    assert load_headroom(host(cores=cores, other=float(cores)), 1.1) == cores // 10
 
 
 @pytest.mark.parametrize("cores", range(1, 257))
 def test_no_interactive_load_fills_every_core(cores):
     for busy in (0, cores // 2, cores - 1):
-        slot = host(cores=cores, free=cores - busy, load1=float(busy))
+        slot = host(cores=cores, free=cores - busy, other=0.0)
         assert load_headroom(slot, 1.1) >= cores - busy
 
 
@@ -174,21 +176,21 @@ def test_load_factor_rounding_never_costs_a_core(load_factor):
     # 1.15 * 100 - 100 is 14.99999... in binary floating point; the exact answer is 15
     for cores in range(1, 257):
         exact = math.floor((Fraction(str(load_factor)) - 1) * cores)
-        assert load_headroom(host(cores=cores, load1=float(cores)), load_factor) == exact
+        assert load_headroom(host(cores=cores, other=float(cores)), load_factor) == exact
 
 
 def test_load_rises_with_each_placement():
-    slot = host(cores=16, load1=14.0)  # headroom floor(17.6 - 14) = 3
+    slot = host(cores=16, other=14.0)  # headroom 17 - 14 = 3
     assert ids([job(1, cores=2), job(2, cores=2), job(3), job(4)], [slot]) == [1, 3]
 
 
 def test_load_factor_one_with_interactive_load_takes_nothing():
-    slot = host(cores=16, load1=16.0)
+    slot = host(cores=16, other=16.0)
     assert ids([job(1)], [slot], policy=Policy(load_factor=1.0)) == []
 
 
 def test_load_sends_jobs_to_the_quiet_host():
-    hosts = [host("busy", cores=16, load1=16.0), host("quiet", cores=4, free=2)]
+    hosts = [host("busy", cores=16, other=16.0), host("quiet", cores=4, free=2)]
     assert placed([job(1), job(2), job(3, cores=2)], hosts) == [(1, "busy"), (2, "quiet")]
 
 
@@ -232,7 +234,7 @@ class CountingJobs(Sequence):
 @pytest.mark.parametrize("hosts", [
     [host(f"n{i}", cores=16, free=0) for i in range(40)],
     [host(f"n{i}", cores=16, max_jobs=4, running=4) for i in range(40)],
-    [host(f"n{i}", cores=16, load1=40.0) for i in range(40)],
+    [host(f"n{i}", cores=16, other=40.0) for i in range(40)],
     [],
 ], ids=["no free core", "every host at max_jobs", "every host loaded", "no hosts"])
 def test_full_cluster_returns_without_reading_pending(hosts):
@@ -307,7 +309,7 @@ def random_case(rng: random.Random):
             name, cores, free, max_jobs=max_jobs,
             running=0 if max_jobs is None else rng.randint(0, max_jobs),
             memory=memory, free_memory=None if memory is None else rng.randint(0, memory),
-            load1=rng.choice([None, rng.uniform(0, 1.5 * cores), float(cores - free)])))
+            other=rng.choice([None, rng.uniform(0, 1.5 * cores), 0.0])))
     owners = ["alice", "bob", "carol"]
     pending = [job(i, rng.choice(owners), priority=rng.choice([0, 0, 1, 2]),
                    cores=rng.choice([1, 1, 2, 3, 4, 8, 17]),
@@ -366,7 +368,7 @@ NAMES = ["a", "b", "c"]
     (job(1), [host("a", max_jobs=1, running=1)], {}, Policy(), "waiting for a free host"),
     (job(1, memory=500), [host("a", memory=1000, free_memory=100)], {}, Policy(),
      "waiting for 500 MB of free memory"),
-    (job(1), [host("a", cores=16, load1=17.0)], {}, Policy(),
+    (job(1), [host("a", cores=16, other=17.0)], {}, Policy(),
      "hosts busy with other work (load)"),
     (job(1), [host("a")], {}, Policy(), "waiting for its turn"),
 ])
@@ -375,7 +377,7 @@ def test_pending_reason(pending_job, hosts, running, policy, reason):
 
 
 def test_pending_reason_agrees_with_place_jobs_for_load():
-    slot = host(cores=16, free=8, load1=8.0)  # hq's own load only: must not read as busy
+    slot = host(cores=16, free=8, other=0.0)  # hq's own load only: never other work
     pending = job(1, cores=8)
     assert ids([pending], [slot]) == [1]
     assert pending_reason(pending, [slot], ["node01"], {}, Policy()) == "waiting for its turn"

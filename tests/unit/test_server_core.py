@@ -202,10 +202,12 @@ async def test_undeliverable_jobs_go_back_to_the_queue(core: Core):
 
 
 @core_test()
-async def test_a_heartbeat_brings_a_host_up_and_records_its_load_later(core: Core):
-    peer = await core.user_server("alice")
-    core.server.dispatcher.on_heartbeat(peer.link, Heartbeat(host="n1", load1=0.25,
-                                                             free_memory_mb=1000))
+async def test_the_monitors_facts_bring_a_host_up_and_its_load_is_recorded_later(core: Core):
+    from hq.protocol.messages import HostFacts
+
+    core.server.dispatcher.on_host_facts(HostFacts(
+        host="n1", cores=2, cpu_busy=0.25, hq_daemons=0.0, load1=0.25, memory_mb=2000,
+        free_memory_mb=1000))
     host = core.server.cluster.hosts["n1"]
     assert (host.state, host.load1) == (HostState.UP, 0.25)
     await core.committed()
@@ -214,7 +216,7 @@ async def test_a_heartbeat_brings_a_host_up_and_records_its_load_later(core: Cor
     core.clock.advance(11)
     core.server.health.check()
     await settle()
-    await core.server.store.read(lambda conn: None, what="barrier")
+    await core.server.store.write(lambda conn: None, what="barrier")
     (row,) = core.rows(sa.select(hosts.c.state, hosts.c.load1))
     assert row.load1 == 0.25
 
@@ -222,7 +224,7 @@ async def test_a_heartbeat_brings_a_host_up_and_records_its_load_later(core: Cor
 # --- silence and the lease --------------------------------------------------------------------
 
 @core_test(heartbeat_timeout_s=10.0, lease_s=30.0, lease_grace_s=5.0)
-async def test_silence_marks_the_host_then_the_lease_requeues_its_jobs(core: Core):
+async def test_silence_keeps_the_users_jobs_off_then_the_lease_requeues_them(core: Core):
     peer = await core.user_server("alice")
     ids, _run = await dispatched(core, "alice", 2)
     started, queued = ids
@@ -231,10 +233,12 @@ async def test_silence_marks_the_host_then_the_lease_requeues_its_jobs(core: Cor
     health = core.server.health
     core.clock.advance(9)
     health.check()
-    assert core.server.cluster.hosts["n1"].state is not HostState.HEARTBEAT_LOST
-    core.clock.advance(2)                          # 11 s of silence
+    assert "n1" not in core.server.cluster.blocked_hosts("alice", core.clock.monotonic())
+    core.clock.advance(2)                          # 11 s of silence: alice's jobs stay off
     health.check()
-    assert core.server.cluster.hosts["n1"].state is HostState.HEARTBEAT_LOST
+    assert "n1" in core.server.cluster.blocked_hosts("alice", core.clock.monotonic())
+    # a user's silence says nothing about the host for the others
+    assert core.server.cluster.hosts["n1"].state is not HostState.HEARTBEAT_LOST
     core.clock.advance(23)                         # 34 s: within lease + grace
     health.check()
     await core.committed()
@@ -244,7 +248,9 @@ async def test_silence_marks_the_host_then_the_lease_requeues_its_jobs(core: Cor
     await core.committed()
     assert states(core, ids) == {started: "pending", queued: "pending"}
     assert core.server.cluster.jobs[started].restart_count == 1
-    assert core.server.cluster.jobs[queued].restart_count == 0
+    # the dispatched one may have started unseen: its next run is a new attempt, so
+    # whatever its first one left behind cannot be mistaken for it
+    assert core.server.cluster.jobs[queued].restart_count == 1
     assert "lease expired" in core.server.cluster.jobs[started].reason
 
 
@@ -370,3 +376,50 @@ async def test_the_journal_refuses_what_the_state_machine_forbids(core: Core):
     core.server.journal.host_state(host, HostState.UP, None)
     with pytest.raises(InvalidTransition, match="up -> unknown"):
         core.server.journal.host_state(host, HostState.UNKNOWN, None)
+
+
+@core_test()
+async def test_a_cancel_is_never_lost_when_its_dispatch_fails(core: Core):
+    peer = await core.user_server("alice")
+    ids, _run = await dispatched(core, "alice", 2)
+    reply = requests.cancel(core.server, core.session("alice"), Cancel(ids=ids))
+    assert [r.result for r in reply.results] == ["cancelling", "cancelling"]
+    await peer.next(CancelJobs)
+    # one never reached its host, the other is not known there: neither goes back to pending
+    core.server.dispatcher.on_undeliverable(peer.link, Undeliverable(host="n1", ids=ids[:1],
+                                                                     reason="down"))
+    core.server.dispatcher.on_sync(peer.link, Sync(host="n1", running=[], ended=[]))
+    await core.committed()
+    assert states(core, ids) == {ids[0]: "cancelled", ids[1]: "cancelled"}
+    assert core.server.dispatcher.round() == 0
+
+
+@core_test()
+async def test_facts_about_a_host_come_from_the_monitor_only(core: Core):
+    from hq.protocol.messages import HostFacts, HostReach
+
+    peer = await core.user_server("alice")
+    dispatcher, host = core.server.dispatcher, core.server.cluster.hosts["n1"]
+    # a user's exec-server says the host is loaded and another user's host is down: ignored
+    dispatcher.on_heartbeat(peer.link, Heartbeat(host="n1", load1=900.0, free_memory_mb=0))
+    dispatcher.on_host_state(peer.link, HostStateReport(host="n1", state="unreachable",
+                                                        reason="alice says so"))
+    assert host.load1 is None and host.state is HostState.UNKNOWN
+    assert core.server.cluster.blocked_hosts("bob", core.clock.monotonic()) == frozenset()
+    assert core.server.cluster.blocked_hosts("alice", core.clock.monotonic()) == {"n1"}
+    # the monitor: one core busy with other work on this 2-core host leaves one for hq
+    dispatcher.on_host_facts(HostFacts(host="n1", cores=2, cpu_busy=1.1, hq_daemons=0.1,
+                                       load1=1.0, memory_mb=1000, free_memory_mb=500))
+    assert host.state is HostState.UP and host.load1 == 1.0
+    await core.user_server("bob")
+    await core.submit("bob", "true", "true")
+    assert dispatcher.round() == 1
+    # hq's own jobs are not other work: busy with them, the host is full, not "loaded"
+    dispatcher.on_host_facts(HostFacts(host="n1", cores=2, cpu_busy=2.0, hq_daemons=0.2,
+                                       load1=2.0, memory_mb=1000, free_memory_mb=500))
+    assert host.other_work(core.clock.monotonic(), 30.0) == pytest.approx(0.8)
+    # and facts that grew old are unknown: free cores decide
+    core.clock.advance(31)
+    assert host.other_work(core.clock.monotonic(), 30.0) is None
+    dispatcher.on_host_reach(HostReach(host="n1", state="unreachable", reason="ssh: refused"))
+    assert host.state is HostState.UNREACHABLE and host.state_reason == "ssh: refused"

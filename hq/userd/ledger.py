@@ -1,0 +1,238 @@
+"""Every job this user-server handed to an exec-server: no signed job runs twice by hq-server's
+word alone.
+
+A signature proves that the user submitted a spec, not that hq-server may run it as often as
+it likes: a compromised hq-server, or an edited database row, could hand the same signed job
+over again. So the user-server keeps, per database, a ledger of each (submission, index) it
+released, where, and what became of it, in ``~/.hq/ledger/<database>.log`` (0600). It hands a
+job over again only when that release provably came to nothing: the exec-server said it ended
+without running (refused, cannot start, killed by its lease) or that it never had it, or the
+host it went to has been out of contact for longer than the lease (its exec-server has killed
+it by then); and at most ``MAX_RELEASES`` times. A job that ran to an end is never released
+again.
+
+The file is append-only (one line per change, gathered per turn of the event loop), read back
+at start, and rewritten with only the live entries when it has grown; beyond ``MAX_ENTRIES``
+the oldest finished entries are forgotten (a replay of one of those is the remaining risk,
+and the docs say so). Writes are not fsync'd: a crash of the user-server loses nothing, a
+crash of the whole machine may lose the last writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+MAX_RELEASES = 20
+MAX_ENTRIES = 2_000_000
+COMPACT_LINES = 200_000
+
+Key = tuple[int, int]
+"""(submission id, array index; -1 for a job without one)"""
+
+OUT, FREE, DONE = "out", "free", "done"
+
+
+@dataclass(slots=True)
+class Entry:
+    state: str          # OUT: handed over, end unknown; FREE: came to nothing; DONE: ran
+    releases: int
+    host: str
+    at: float           # when it was last handed over (monotonic of the writer's start) ...
+    job_id: int
+    attempt: int = 0    # hq-server's attempt number of that release
+
+
+class _Release(msgspec.Struct, tag="release", array_like=True):
+    submission: int
+    index: int
+    host: str
+    job_id: int
+    attempt: int = 0
+
+
+class _Settle(msgspec.Struct, tag="settle", array_like=True):
+    submission: int
+    index: int
+    state: str
+
+
+class _Cutoff(msgspec.Struct, tag="cutoff", array_like=True):
+    submission: int
+
+
+_Line = _Release | _Settle | _Cutoff
+_decoder = msgspec.json.Decoder(_Line)
+_encoder = msgspec.json.Encoder()
+
+
+class Ledger:
+    """The ledger of one database (see the module docstring)."""
+
+    def __init__(self, path: Path, clock_start: float) -> None:
+        self.path = path
+        self.entries: dict[Key, Entry] = {}
+        self.by_job: dict[int, Key] = {}     # jobs handed over whose end is not known yet
+        # protocol-1 signatures (no submission in them) are accepted only below this
+        # submission id: the first one this user got from hq-server since the upgrade
+        self.v1_cutoff: int | None = None
+        self._pending: list[bytes] = []
+        self._lines = 0
+        self._fd: int | None = None
+        self._start = clock_start
+
+    @classmethod
+    def open(cls, directory: Path, database: str, now: float) -> Ledger:
+        from hq.auth import private_dir
+
+        private_dir(directory, "ledger directory")
+        ledger = cls(directory / f"{database or 'protocol-1'}.log", now)
+        ledger._load()
+        ledger._rewrite()
+        return ledger
+
+    # --- the rules ---------------------------------------------------------------------------
+
+    def repeats(self, key: Key, host: str, attempt: int) -> bool:
+        """``key`` is out on ``host`` as this very attempt: handing it over again is harmless
+        (an exec-server runs an attempt once) and is no new release."""
+        entry = self.entries.get(key)
+        return (entry is not None and entry.state == OUT and entry.host == host
+                and entry.attempt == attempt)
+
+    def may_release(self, key: Key, host_silent_for: float, lease_s: float) -> str | None:
+        """None when ``key`` may be handed over now, else why not (one line)."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry.releases >= MAX_RELEASES:
+            return f"refused: handed over {entry.releases} times already"
+        if entry.state == DONE:
+            return "refused: it has run already (a replay?)"
+        if entry.state == OUT and host_silent_for <= lease_s:
+            return (f"refused: it was handed to host {entry.host} and is not known to have "
+                    "ended there")
+        return None
+
+    def released(self, key: Key, host: str, job_id: int, now: float, attempt: int = 0) -> None:
+        entry = self.entries.get(key)
+        releases = 1 if entry is None else entry.releases + 1
+        if entry is not None:
+            self.by_job.pop(entry.job_id, None)
+        self.entries[key] = Entry(OUT, releases, host, now, job_id, attempt)
+        self.by_job[job_id] = key
+        self._add(_Release(key[0], key[1], host, job_id, attempt))
+        if len(self.entries) > MAX_ENTRIES:
+            self._forget_oldest()
+
+    def ended(self, job_id: int, ran: bool) -> None:
+        """The exec-server reported the job's end: it ran (never again), or not."""
+        key = self.by_job.pop(job_id, None)
+        if key is not None:
+            self._settle(key, DONE if ran else FREE)
+
+    def came_to_nothing(self, job_id: int) -> None:
+        """Never delivered, or not known to the exec-server it went to."""
+        key = self.by_job.pop(job_id, None)
+        if key is not None:
+            self._settle(key, FREE)
+
+    def out_on(self, host: str) -> list[int]:
+        """Jobs handed to ``host`` whose end is not known."""
+        return [job_id for job_id, key in self.by_job.items() if self.entries[key].host == host]
+
+    def first_submission(self, submission_id: int) -> None:
+        """Note the first submission id hq-server reserved for us (the protocol-1 cutoff)."""
+        if self.v1_cutoff is None:
+            self.v1_cutoff = submission_id
+            self._add(_Cutoff(submission_id))
+
+    def _settle(self, key: Key, state: str) -> None:
+        entry = self.entries.get(key)
+        if entry is not None and entry.state != state:
+            entry.state = state
+            self._add(_Settle(key[0], key[1], state))
+
+    # --- the file ------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        for line in data.splitlines():
+            try:
+                item = _decoder.decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue   # torn by a crash
+            if isinstance(item, _Release):
+                key = (item.submission, item.index)
+                old = self.entries.get(key)
+                self.entries[key] = Entry(OUT, 1 if old is None else old.releases + 1, item.host,
+                                          self._start, item.job_id, item.attempt)
+            elif isinstance(item, _Settle):
+                entry = self.entries.get((item.submission, item.index))
+                if entry is not None:
+                    entry.state = item.state
+            elif self.v1_cutoff is None:
+                self.v1_cutoff = item.submission
+        self.by_job = {e.job_id: k for k, e in self.entries.items() if e.state == OUT}
+
+    def _add(self, item: _Line) -> None:
+        if not self._pending:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(_encoder.encode(item) + b"\n")
+
+    def flush(self) -> None:
+        if not self._pending or self._fd is None:
+            return
+        data, self._pending = b"".join(self._pending), []
+        try:
+            os.write(self._fd, data)
+        except OSError as err:
+            log.error("ledger %s: cannot write: %s", self.path, err)
+        self._lines += data.count(b"\n")
+        if self._lines > COMPACT_LINES:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        lines = [] if self.v1_cutoff is None else [_encoder.encode(_Cutoff(self.v1_cutoff))]
+        for (submission, index), entry in self.entries.items():
+            for _ in range(entry.releases):
+                lines.append(_encoder.encode(_Release(submission, index, entry.host,
+                                                      entry.job_id, entry.attempt)))
+            if entry.state != OUT:
+                lines.append(_encoder.encode(_Settle(submission, index, entry.state)))
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, b"".join(line + b"\n" for line in lines))
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._lines = len(lines)
+
+    def _forget_oldest(self) -> None:
+        """Keep the ledger bounded: drop the oldest finished entries (lowest submissions)."""
+        finished = sorted(k for k, e in self.entries.items() if e.state != OUT)
+        for key in finished[:len(self.entries) - MAX_ENTRIES + MAX_ENTRIES // 10]:
+            del self.entries[key]
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
