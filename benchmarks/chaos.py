@@ -101,7 +101,7 @@ def main() -> int:
         print(json.dumps(report))
     else:
         say(f"chaos on {args.backend}, {args.jobs} jobs: kills {disturbed['kills']}")
-        for key in ("lost", "run_twice", "rows_disagreeing", "not_done"):
+        for key in ("lost", "run_twice", "rows_disagreeing", "not_done", "unknown_end"):
             say(f"  {key:18} {disturbed[key]}")
         say(f"  time: {disturbed['elapsed_s']} s against {undisturbed['elapsed_s']} s "
             f"undisturbed ({report['time_lost_s']} s lost)")

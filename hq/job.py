@@ -25,6 +25,12 @@ class Submission:
     submitted_at: dt.datetime | None = None
     submit_host: str = ""
     job_count: int = 0
+    # run times of its jobs that ended (memory only): how deep its jobs may be queued ahead
+    runs: int = 0
+    run_time_s: float = 0.0
+
+    def mean_run_time_s(self) -> float | None:
+        return self.run_time_s / self.runs if self.runs else None
 
 
 @dataclass(slots=True, eq=False)
@@ -48,9 +54,11 @@ class Job:
     ended_at: dt.datetime | None = None
     cpu_time_s: float | None = None
     max_rss_kb: int | None = None
-    restart_count: int = 0
-    # Asked to stop while dispatched or running; hq-server's memory only.
+    restart_count: int = 0          # times it was requeued after it had started
+    attempt: int = 0                # one more at every dispatch: tells its runs apart
+    # Asked to stop, or to be held, while dispatched; hq-server's memory only.
     cancel_requested: bool = False
+    hold_requested: bool = False
 
     @property
     def stdout_path(self) -> str:
@@ -66,4 +74,4 @@ class Job:
 # The outcome attributes of Job that a transition may set (hq.db.jobs maps them to columns).
 OUTCOME_FIELDS = frozenset({"state", "reason", "host", "pid", "exit_code", "signal",
                             "eligible_at", "started_at", "ended_at", "cpu_time_s", "max_rss_kb",
-                            "restart_count"})
+                            "restart_count", "attempt"})

@@ -15,6 +15,7 @@ Two kinds of checks, on purpose:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -146,13 +147,20 @@ def signed_text(spec: JobSpec, owner: str, digest: str, *, database: str,
     signatures valid."""
     # By equality, not by msgspec's omit_defaults, which compares some defaults by identity:
     # a shell read back from the database is an equal string but another object.
-    body = {field.encode_name: msgspec.to_builtins(value)
-            for field in msgspec.structs.fields(spec)
-            if field.name != "signature"
-            and (value := getattr(spec, field.name)) != field.default}
+    body = {encoded: list(value) if isinstance(value, tuple) else value
+            for name, encoded, default in _signed_fields()
+            if (value := getattr(spec, name)) != default}
     covered = [SIGNATURE_VERSION, owner, database, submission_id, body, digest]
     return json.dumps(covered, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False).encode()
+
+
+@functools.cache
+def _signed_fields() -> list[tuple[str, str, object]]:
+    """(attribute, name in the text, default) of each signed field of JobSpec: looked up
+    once, since msgspec.structs.fields evaluates the annotations at every call."""
+    return [(f.name, f.encode_name, f.default) for f in msgspec.structs.fields(JobSpec)
+            if f.name != "signature"]
 
 
 def signed_text_v1(spec: JobSpec, owner: str, digest: str) -> bytes:

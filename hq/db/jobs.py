@@ -41,7 +41,7 @@ def job_row(job: Job) -> dict[str, Any]:
         "excluded_hosts": ",".join(spec.excluded_hosts), "requeue": spec.requeue,
         "signature": spec.signature, "state": job.state, "pending_reason": job.reason,
         "submitted_at": job.submitted_at, "eligible_at": job.eligible_at,
-        "restart_count": job.restart_count,
+        "restart_count": job.restart_count, "attempt": job.attempt,
     }
 
 
@@ -62,7 +62,8 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
                pid=row["pid"], exit_code=row["exit_code"], signal=row["signal_number"],
                eligible_at=row["eligible_at"], started_at=row["started_at"],
                ended_at=row["ended_at"], cpu_time_s=row["cpu_time_s"],
-               max_rss_kb=row["max_rss_kb"], restart_count=row["restart_count"])
+               max_rss_kb=row["max_rss_kb"], restart_count=row["restart_count"],
+               attempt=row["attempt"])
 
 
 def insert_submission(conn: sa.Connection, submission: Submission, owner_id: int,

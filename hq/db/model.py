@@ -156,6 +156,8 @@ jobs = sa.Table(
     sa.Column("max_rss_kb", sa.BigInteger, nullable=True, comment="peak resident set, KiB"),
     sa.Column("restart_count", sa.Integer, nullable=False, default=0,
               comment="times requeued after losing its host"),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0, server_default="0",
+              comment="times dispatched: each dispatch is a new attempt"),
     sa.Index(None, "owner_id", "state"),
     sa.Index(None, "state", "priority", "id"),
     sa.Index(None, "submitted_at"),

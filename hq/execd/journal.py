@@ -40,6 +40,7 @@ class _Start(msgspec.Struct, tag="start"):
     attempt: int
     pid: int
     at: float
+    cores: int = 1
 
 
 class _End(msgspec.Struct, tag="end"):
@@ -60,8 +61,8 @@ class _Contact(msgspec.Struct, tag="contact"):
 
 _Line = _Start | _End | _Ack | _Contact
 
-Started = dict[JobKey, tuple[int, float]]
-"""job -> (pid, start time) of the jobs started and not seen to end"""
+Started = dict[JobKey, tuple[int, float, int]]
+"""job -> (pid, start time, cores) of the jobs started and not seen to end"""
 _decoder = msgspec.json.Decoder(_Line)
 _encoder = msgspec.json.Encoder()
 
@@ -91,7 +92,7 @@ class ExecJournal:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue   # a line torn by a crash
             if isinstance(entry, _Start):
-                started[(entry.db, entry.id, entry.attempt)] = (entry.pid, entry.at)
+                started[(entry.db, entry.id, entry.attempt)] = (entry.pid, entry.at, entry.cores)
             elif isinstance(entry, _End):
                 key = (entry.db, entry.event.id, entry.event.attempt)
                 ended[key] = entry.event
@@ -112,8 +113,8 @@ class ExecJournal:
         """Start writing, from a file that holds only ``ended``, ``contacts``, ``started``."""
         self._rewrite(ended, contacts, started)
 
-    def started(self, key: JobKey, pid: int, at: float) -> None:
-        self._add(_Start(key[0], key[1], key[2], pid, at))
+    def started(self, key: JobKey, pid: int, at: float, cores: int = 1) -> None:
+        self._add(_Start(key[0], key[1], key[2], pid, at, cores))
 
     def ended(self, key: JobKey, event: JobEnded) -> None:
         self._add(_End(key[0], event))
@@ -156,8 +157,8 @@ class ExecJournal:
     def _rewrite(self, ended: dict[JobKey, JobEnded], contacts: dict[str, float],
                  started: Started) -> None:
         tmp = self.path.with_suffix(".tmp")
-        lines = [_encoder.encode(_Start(key[0], key[1], key[2], pid, at)) + b"\n"
-                 for key, (pid, at) in started.items() if key not in ended]
+        lines = [_encoder.encode(_Start(key[0], key[1], key[2], pid, at, cores)) + b"\n"
+                 for key, (pid, at, cores) in started.items() if key not in ended]
         lines += [_encoder.encode(_End(key[0], event)) + b"\n" for key, event in ended.items()]
         lines += [_encoder.encode(_Contact(db, at, self.leases.get(db))) + b"\n"
                   for db, at in contacts.items()]

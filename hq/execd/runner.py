@@ -49,6 +49,7 @@ REASON_CANCELLED = "cancelled"
 REASON_TIME_LIMIT = "time limit"
 REASON_LEASE = "lease expired: no contact with a user-server"
 REASON_UNKNOWN_END = "exit status unknown: it ended while no exec-server watched it"
+REASON_WITHDRAWN = "withdrawn"   # taken back by hq-server before it started (never will)
 LEFTOVER_GRACE_S = 2.0
 
 JobKey = tuple[str, int, int]

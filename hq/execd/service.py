@@ -43,9 +43,12 @@ from hq import auth, jobspec
 from hq.errors import HqError, ProtocolError, Unavailable
 from hq.execd import processes
 from hq.execd.journal import ExecJournal
+from hq.execd.queue import JobQueue, Waiting
 from hq.execd.runner import (
+    REASON_CANCELLED,
     REASON_LEASE,
     REASON_UNKNOWN_END,
+    REASON_WITHDRAWN,
     JobKey,
     JobRunner,
     Launch,
@@ -73,6 +76,7 @@ from hq.protocol.messages import (
     JobEvents,
     JobStarted,
     Lease,
+    QueuedJob,
     Relay,
     Request,
     Run,
@@ -80,6 +84,7 @@ from hq.protocol.messages import (
     SubmissionEnv,
     SyncReply,
     SyncRequest,
+    Withdraw,
 )
 from hq.protocol.messages import (
     RunningJob as RunningJobInfo,
@@ -130,6 +135,9 @@ class ExecServer:
         self.settings = settings or Settings()
         self.clock = clock
         self.runner = JobRunner(self._job_ended, clock=clock)
+        self.waiting = JobQueue()   # jobs handed over ahead of a free core
+        self._starting = False
+        self._start_again: set[str] = set()
         self.ended: dict[JobKey, JobEnded] = {}  # ended events not yet acknowledged
         self.acked: OrderedDict[JobKey, float] = OrderedDict()  # key -> when acknowledged
         self.controller: Channel | None = None
@@ -210,6 +218,14 @@ class ExecServer:
         contact for ``lease_s`` are killed. hq-server requeues a silent host's jobs only
         after the lease and a grace period, so a job never runs twice at once, even across a
         partition."""
+        for database in self.waiting.databases():
+            lease = self._lease_of(database)
+            if lease is not None and database in self.last_contact \
+                    and now - self.last_contact[database] > lease:
+                # never started, and now never will here: a copy may go elsewhere
+                for waiting in self.waiting.withdraw([w.key for w in
+                                                      self.waiting.all_of(database)]):
+                    self._record_end(Outcome(waiting.key, now, reason=REASON_WITHDRAWN))
         if not self.runner.jobs:
             return
         expired = [key for key, job in self.runner.jobs.items()
@@ -257,9 +273,10 @@ class ExecServer:
             job = self.runner.adopt(key, info.pid, info.started_at,
                                     processes.marker_value(self.installation, *key))
             if job is not None:
+                self.waiting.running(key, journaled.get(key, (0, 0.0, 1))[2])
                 log.info("job %s: found running (pid %s), left by the previous exec-server",
                          key[1], job.pid)
-        for key, (pid, started_at) in journaled.items():
+        for key, (pid, started_at, _cores) in journaled.items():
             if key in found or key in self.ended or key in self.runner.jobs:
                 continue
             # started by the predecessor and gone, its end unseen: it may well have run to
@@ -329,8 +346,9 @@ class ExecServer:
         if attempts is not None:
             return [self._key_of(i, a) for i, a in zip(job_ids, attempts, strict=False)]
         wanted, database = set(job_ids), self.settings.database
-        return [k for k in (*self.runner.jobs, *self.ended) if k[0] == database
-                and k[1] in wanted]
+        return [k for k in (*self.runner.jobs, *self.ended,
+                            *(w.key for w in self.waiting.all_of(database)))
+                if k[0] == database and k[1] in wanted]
 
     def _welcome(self, version: int) -> Any:
         return welcome(version, host=self.hostname, pid=os.getpid(), user=self.user)
@@ -407,18 +425,26 @@ class ExecServer:
     async def _run(self, message: Run) -> None:
         signing_key = self._signing_key()
         digests: dict[str, str | None] = {}
+        database = self.settings.database
         for n, item in enumerate(message.jobs):
             if n and n % RUN_CHUNK == 0:
                 await asyncio.sleep(0)  # let reaping, events and heartbeats through
-            self._run_one(item, message.submissions, signing_key, digests)
+            waiting = self._prepare(item, message.submissions, signing_key, digests)
+            if waiting is not None:
+                self.waiting.add(waiting)
+        # Protocol 1, or a user-server that does not say: every job starts at once.
+        self.waiting.set_allotment(database, message.cores)
+        self._start_waiting(database)
 
-    def _run_one(self, item: RunJob, submissions: dict[str, SubmissionEnv],
-                 signing_key: bytes | None, digests: dict[str, str | None]) -> None:
+    def _prepare(self, item: RunJob, submissions: dict[str, SubmissionEnv],
+                 signing_key: bytes | None, digests: dict[str, str | None]) -> Waiting | None:
+        """A job handed over, checked and made ready to start; None when it is known here
+        already or refused (its end is recorded)."""
         job_id, spec = item.id, item.spec
         key = self._key_of(job_id, item.attempt)
         if self.knows(key):
             log.info("job %s: already known here, run ignored", job_id)
-            return
+            return None
         submission_id = str(item.submission_id)
         submission = submissions.get(submission_id)
         if submission_id not in digests:
@@ -430,7 +456,7 @@ class ExecServer:
                                              database=self.settings.database,
                                              submission_id=item.submission_id)):
             self._not_started(key, "refused: bad signature")
-            return
+            return None
         env = dict(submission.environment)
         # HQ_EXECD_SOCKET: hq-submit inside the job reaches the user-server through us
         env.update(HQ_JOB_ID=str(job_id), HQ_SUBMISSION_ID=submission_id, HQ_HOST=self.hostname,
@@ -441,29 +467,69 @@ class ExecServer:
         env.pop("HQ_ARRAY_INDEX", None)
         if spec.array_index is not None:
             env["HQ_ARRAY_INDEX"] = str(spec.array_index)
-        result = self.runner.start(Launch(
+        launch = Launch(
             key=key, command=spec.command, shell=spec.shell, cwd=spec.cwd, env=env,
             umask=submission.umask, time_limit_s=spec.time_limit_s,
             stdout=jobspec.resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd),
-            stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd)))
-        if spec.log_path:
-            self.job_logs[key] = (jobspec.resolve_path(spec.log_path, job_id,
-                                                       spec.array_index, spec.cwd),
-                                  submission.umask)
+            stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd))
+        log_path = None if not spec.log_path else (
+            jobspec.resolve_path(spec.log_path, job_id, spec.array_index, spec.cwd),
+            submission.umask)
+        return Waiting(key, spec.cores, launch, log_path)
+
+    def _start_waiting(self, database: str) -> None:
+        """Start the waiting jobs of ``database`` that fit in its allotment now; none once its
+        lease has run out (a copy of them may be about to start elsewhere). A job that cannot
+        start frees its cores at once: the loop goes on here instead of recursing."""
+        self._start_again.add(database)
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self._start_again:
+                database = self._start_again.pop()
+                lease = self._lease_of(database)
+                if lease is not None and database in self.last_contact \
+                        and self.clock() - self.last_contact[database] > lease:
+                    continue
+                for waiting in self.waiting.startable(database):
+                    self._start(waiting)
+        finally:
+            self._starting = False
+
+    def _start(self, waiting: Waiting) -> None:
+        key = waiting.key
+        if waiting.log_path is not None:
+            self.job_logs[key] = waiting.log_path
+        result = self.runner.start(waiting.launch)
         if isinstance(result, Outcome):
-            log.warning("job %s: %s", job_id, result.reason)
+            log.warning("job %s: %s", key[1], result.reason)
             self._record_end(result)
             return
-        self._note(key, f"job {job_id}: started on {self.hostname} at "
+        self._note(key, f"job {key[1]}: started on {self.hostname} at "
                         f"{_when(result.started_at)}, pid {result.pid}")
-        log.info("job %s: started pid %s", job_id, result.pid)
-        self.journal.started(key, result.pid, result.started_at)
-        self._emit(JobStarted(id=job_id, attempt=item.attempt, pid=result.pid,
-                              at=result.started_at))
+        log.debug("job %s: started pid %s", key[1], result.pid)
+        self.journal.started(key, result.pid, result.started_at, waiting.cores)
+        event = JobStarted(id=key[1], attempt=key[2], pid=result.pid, at=result.started_at)
+        if key[0] == self.settings.database:
+            self._emit(event)
 
     def _cancel(self, message: CancelJobs) -> None:
-        for key in self.runner.cancel(self._keys_of(message.ids, message.attempts)):
+        keys = self._keys_of(message.ids, message.attempts)
+        reason = message.reason or REASON_CANCELLED
+        for waiting in self.waiting.withdraw(keys):   # never started: ended here and now
+            self._not_started(waiting.key, reason)
+        for key in self.runner.cancel(keys):
             log.info("job %s: cancelling (%s)", key[1], message.reason or "no reason given")
+
+    def _withdraw(self, message: Withdraw) -> None:
+        """Jobs hq-server wants back: each one still waiting is taken out and reported ended
+        as ``withdrawn`` (it will never start here); one that has started is left running
+        (its start is reported, or was)."""
+        keys = self._keys_of(message.ids, message.attempts)
+        for waiting in self.waiting.withdraw(keys):
+            log.debug("job %s: withdrawn before it started", waiting.key[1])
+            self._record_end(Outcome(waiting.key, self.clock(), reason=REASON_WITHDRAWN))
 
     def _ack(self, message: Ack) -> None:
         now = self.clock()
@@ -486,14 +552,18 @@ class ExecServer:
         return SyncReply(running=[_running(job) for key, job in self.runner.jobs.items()
                                   if key[0] == database],
                          ended=[event for key, event in self.ended.items()
-                                if key[0] == database])
+                                if key[0] == database],
+                         queued=[QueuedJob(id=w.key[1], attempt=w.key[2])
+                                 for w in self.waiting.all_of(database)])
 
     def _lease(self, _message: Lease) -> None:
         """Only renews the lease (``last_contact``, set for every message)."""
 
     def knows(self, key: JobKey) -> bool:
-        """Running, ended and unacknowledged, or acknowledged lately: never start it again."""
-        return key in self.runner.jobs or key in self.ended or key in self.acked
+        """Waiting, running, ended and unacknowledged, or acknowledged lately: never start
+        it again."""
+        return (key in self.runner.jobs or key in self.ended or key in self.acked
+                or key in self.waiting)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -504,9 +574,12 @@ class ExecServer:
     def _job_ended(self, outcome: Outcome) -> None:
         how = (f"killed by signal {outcome.signal}" if outcome.signal is not None
                else f"exit code {outcome.exit_code}")
-        log.info("job %s: ended, %s%s (cpu %.2f s, max rss %s KiB)", outcome.key[1], how,
-                 f", {outcome.reason}" if outcome.reason else "", outcome.cpu_time_s or 0.0,
-                 outcome.max_rss_kb)
+        # routine ends at debug level: the database has every one, and at thousands of jobs a
+        # second a line each is what would cost
+        log.log(logging.INFO if outcome.reason or outcome.exit_code else logging.DEBUG,
+                "job %s: ended, %s%s (cpu %.2f s, max rss %s KiB)", outcome.key[1], how,
+                f", {outcome.reason}" if outcome.reason else "", outcome.cpu_time_s or 0.0,
+                outcome.max_rss_kb)
         self._record_end(outcome)
 
     def _note(self, key: JobKey, line: str) -> None:
@@ -542,6 +615,8 @@ class ExecServer:
         self.journal.ended(key, event)
         if key[0] == self.settings.database:
             self._emit(event)
+        self.waiting.ended(key)
+        self._start_waiting(key[0])   # its cores go to the next waiting job, at once
 
     def _emit(self, event: JobEvent) -> None:
         if self.controller is None:
@@ -570,8 +645,9 @@ class ExecServer:
             return self.settings.lease_s
         return self.journal.leases.get(database, self.settings.lease_s)
 
-    def _started(self) -> dict[JobKey, tuple[int, float]]:
-        return {key: (job.pid, job.started_at) for key, job in self.runner.jobs.items()}
+    def _started(self) -> dict[JobKey, tuple[int, float, int]]:
+        return {key: (job.pid, job.started_at, self.waiting.cores_of(key))
+                for key, job in self.runner.jobs.items()}
 
     def _drop_queue(self) -> None:
         if self._flush_timer is not None:
@@ -590,7 +666,7 @@ def _running(job: RunningJob) -> RunningJobInfo:
 
 
 HANDLERS: dict[type, Callable[[ExecServer, Any], Any]] = {
-    Run: ExecServer._run, CancelJobs: ExecServer._cancel, Ack: ExecServer._ack,
-    SyncRequest: ExecServer._sync, Lease: ExecServer._lease,
+    Run: ExecServer._run, CancelJobs: ExecServer._cancel, Withdraw: ExecServer._withdraw,
+    Ack: ExecServer._ack, SyncRequest: ExecServer._sync, Lease: ExecServer._lease,
 }
 """What a user-server may send its exec-server -> the handler."""

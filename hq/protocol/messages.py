@@ -478,8 +478,8 @@ class RunJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: JobId
     submission_id: JobId
     spec: JobSpec
-    # which run of the job this is (its restart count): a report about an earlier one, or a
-    # second order for it, is told from this one (version 2)
+    # which dispatch of the job this is (one more each time hq-server hands it out): a report
+    # about an earlier one, or a second order for it, is told from this one (version 2)
     attempt: Attempt = 0
 
 
@@ -497,6 +497,9 @@ class Run(Message, tag="run", kw_only=True):
     submissions: dict[Annotated[str, msgspec.Meta(max_length=20)], SubmissionEnv]
     host: HostAddress | None = None
     owner: UserName | None = None
+    # the allotment (version 2): how many cores the user's jobs may use on the host at once;
+    # jobs beyond it wait at the exec-server and start as cores free. None: all start now.
+    cores: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
 
 
 class CancelJobs(Message, tag="cancel", kw_only=True):
@@ -508,6 +511,16 @@ class CancelJobs(Message, tag="cancel", kw_only=True):
     host: HostName | None = None
     # one per id (version 2): only that run of it (a stale copy); without: every run
     attempts: Annotated[list[Attempt], msgspec.Meta(max_length=MAX_IDS)] | None = None
+
+
+class Withdraw(Message, tag="withdraw", kw_only=True):
+    """hq-server wants these jobs back (hold, drain, better placement): each one still
+    waiting at the exec-server is taken out and reported ended as ``withdrawn`` (it never
+    starts there); one that started meanwhile is left running (version 2)."""
+
+    ids: IdList
+    attempts: Annotated[list[Attempt], msgspec.Meta(max_length=MAX_IDS)]
+    host: HostName | None = None
 
 
 class Ack(Message, tag="ack", kw_only=True):
@@ -569,11 +582,21 @@ class RunningJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     attempt: Attempt = 0
 
 
+class QueuedJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A job waiting at an exec-server for a core."""
+
+    id: JobId
+    attempt: Attempt = 0
+
+
 class SyncReply(Reply, tag="reply", kw_only=True):
     """An exec-server's whole view of its user's jobs."""
 
     running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_VIEW)]
     ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_VIEW)]
+    # version 2: the jobs waiting for a core (None from an exec-server of version 1, which
+    # keeps no queue: every job it is handed starts at once)
+    queued: Annotated[list[QueuedJob], msgspec.Meta(max_length=MAX_VIEW)] | None = None
 
 
 class SyncRequest(Request, tag="sync", kw_only=True):
@@ -590,6 +613,11 @@ class Sync(Message, tag="sync", kw_only=True):
     running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_VIEW)]
     ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_VIEW)]
     delivering: ViewIds = msgspec.field(default_factory=list)
+    # version 2: the jobs waiting there for a core; ``queues`` says that this exec-server
+    # keeps such a queue (hq-server hands it jobs ahead of free cores only then)
+    queued: Annotated[list[QueuedJob], msgspec.Meta(max_length=MAX_VIEW)] = \
+        msgspec.field(default_factory=list)
+    queues: bool = False
 
 
 class HostStateReport(Message, tag="host_state", kw_only=True):
@@ -668,8 +696,8 @@ ADMIN_SENDS = (AdminInfo | AdminStatus | ListHosts | ListUsers | SetHostActive
                | SetClusterActive | Reload | Shutdown)
 USERD_SENDS_SERVER = (UserRequest | ReserveSubmission | JobEvents | Sync | HostStateReport
                       | Undeliverable | Heartbeat)
-SERVER_SENDS_USERD = Run | CancelJobs | Ack | Superseded
-USERD_SENDS_EXECD = Run | CancelJobs | Ack | SyncRequest | Lease
+SERVER_SENDS_USERD = Run | CancelJobs | Withdraw | Ack | Superseded
+USERD_SENDS_EXECD = Run | CancelJobs | Withdraw | Ack | SyncRequest | Lease
 EXECD_SENDS_USERD = JobEvents | Heartbeat | Relay
 MONITOR_SENDS = HostFacts | HostReach
 SERVER_SENDS_MONITOR = MonitorHosts

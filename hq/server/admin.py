@@ -102,6 +102,8 @@ def set_host_active(server: Server, session: Session,
     changed = host.active is not request.active
     if changed:
         server.journal.host_active(host, request.active, by=session.user.name)
+        if not request.active:   # what waits there for a core must not start any more
+            server.dispatcher.withdraw_from_host(host.name)
         server.dispatcher.wake()
     return SetHostActiveReply(host=host.name, active=request.active, changed=changed)
 
@@ -111,6 +113,9 @@ async def set_cluster_active(server: Server, session: Session,
     changed = server.cluster.active is not request.active
     if changed:
         await server.journal.cluster_active(request.active, by=session.user.name)
+        if not request.active:
+            for name in server.cluster.hosts:
+                server.dispatcher.withdraw_from_host(name)
         server.dispatcher.wake()
     return SetClusterActiveReply(cluster_active=request.active, changed=changed)
 
@@ -126,6 +131,10 @@ async def reload_configuration(server: Server) -> ReloadReply:
                       list_hosts(conn, include_retired=True)), what="reload")
     server.users = {u.name: u for u in users}
     changed = apply_host_records(server.cluster, hosts)
+    for name in changed:
+        host = server.cluster.hosts.get(name)
+        if host is not None and (not host.active or host.drained or host.retired):
+            server.dispatcher.withdraw_from_host(name)   # drained, deactivated or retired
     if server.monitor is not None:
         from hq.server.core import monitor_hosts
 

@@ -16,8 +16,9 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
-from hq.job import Job
+from hq.job import Job, Submission
 from hq.protocol.frames import printable
 from hq.protocol.messages import (
     Ack,
@@ -34,12 +35,13 @@ from hq.protocol.messages import (
     SubmissionEnv,
     Sync,
     Undeliverable,
+    Withdraw,
 )
 from hq.server.clock import Clock
 from hq.server.journal import Journal
 from hq.server.links import Links, UserLink
-from hq.server.scheduler import Policy, place_jobs
-from hq.server.state import Cluster
+from hq.server.scheduler import Placement, Policy, place_jobs
+from hq.server.state import Cluster, Host
 from hq.states import HostState, JobState
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,22 @@ PERIODIC_ROUND_S = 5.0
 # Pending jobs a round looks at beyond the free cores, per queue: how far small jobs can pass
 # one that fits nowhere now.
 BACKFILL_DEPTH = 32
+# Queued ahead at an exec-server: about this many seconds of work per allotted core, judged by
+# the run times of the submission's jobs that ended; none while no job of it has ended.
+LOOKAHEAD_S = 1.0
+MAX_QUEUE_PER_CORE = 128
+MAX_QUEUED_PER_ROUND = 20_000   # a round's cost stays bounded; the next round goes on
 CANCELLED = "cancelled"
+WITHDRAWN = "withdrawn"   # hq.execd.runner.REASON_WITHDRAWN: a queued job given back unstarted
+
+
+def queue_depth(submission: Submission | None) -> int:
+    """How many of a submission's jobs may wait per allotted core at an exec-server: about
+    ``LOOKAHEAD_S`` of work, so that a long job is never stuck behind a busy host."""
+    mean = None if submission is None else submission.mean_run_time_s()
+    if mean is None:
+        return 0
+    return min(MAX_QUEUE_PER_CORE, int(LOOKAHEAD_S / max(mean, 1e-4) + 1e-6))
 
 
 def from_epoch(value: float | None) -> dt.datetime | None:
@@ -89,40 +106,103 @@ class Dispatcher:
         if not cluster.active or not cluster.pending_queues or not len(links):
             return 0
         now_m = self.clock.monotonic()
-        slots = [h.slot(now_m, cluster.facts_timeout_s) for h in cluster.usable_hosts(now_m)]
+        usable = cluster.usable_hosts(now_m)
+        blocked = {owner: cluster.blocked_hosts(owner, now_m)
+                   for owner in {owner for owner, _host in cluster.user_blocks}}
+        batches: dict[tuple[str, str], list[Job]] = defaultdict(list)
+        for placement in self._place_now(usable, blocked):
+            job = cluster.jobs[placement.job_id]
+            # a first job there starts the clock of the lease; later ones must not reset it
+            cluster.last_heard.setdefault((job.owner, placement.host), now_m)
+            cluster.grant(job.owner, placement.host, job.spec.cores)
+            self._dispatch(job, placement.host)
+            batches[(job.owner, placement.host)].append(job)
+        self._queue_ahead(usable, blocked, batches)
+        if batches:
+            self.journal.committed().add_done_callback(
+                lambda f: None if f.exception() else self._send_runs(batches))
+        return sum(len(jobs) for jobs in batches.values())
+
+    def _dispatch(self, job: Job, host: str) -> None:
+        self.journal.job(job, JobState.DISPATCHED, host=host)
+
+    def _place_now(self, usable: list[Host],
+                   blocked: dict[str, frozenset[str]]) -> list[Placement]:
+        """Jobs placed on free cores, to start at once."""
+        cluster, now_m = self.cluster, self.clock.monotonic()
+        slots = [h.slot(now_m, cluster.facts_timeout_s) for h in usable]
         slots = [s for s in slots if s.free_cores > 0
                  and (s.max_jobs is None or s.running_jobs < s.max_jobs)]
         if not slots:
-            return 0
+            return []
         per_queue = sum(s.free_cores for s in slots) + BACKFILL_DEPTH
-        blocked = {owner: cluster.blocked_hosts(owner, now_m)
-                   for owner in {owner for owner, _host in cluster.user_blocks}}
         pending = []
-        for job in cluster.pending_heads(per_queue, links):
+        for job in cluster.pending_heads(per_queue, self.links):
             view = cluster.pending_view(job)
             if blocked.get(job.owner):
                 view = dataclasses.replace(
                     view, excluded_hosts=view.excluded_hosts | blocked[job.owner])
             pending.append(view)
         if not pending:
-            return 0
-        placements = place_jobs(pending, slots, cluster.running_per_user(), self.policy)
-        batches: dict[tuple[str, str], list[Job]] = defaultdict(list)
-        for placement in placements:
-            job = cluster.jobs[placement.job_id]
-            # a first job there starts the clock of the lease; later ones must not reset it
-            cluster.last_heard.setdefault((job.owner, placement.host), now_m)
-            self.journal.job(job, JobState.DISPATCHED, host=placement.host)
-            batches[(job.owner, placement.host)].append(job)
-        if batches:
-            self.journal.committed().add_done_callback(
-                lambda f: None if f.exception() else self._send_runs(batches))
-        return len(placements)
+            return []
+        return place_jobs(pending, slots, cluster.running_per_user(), self.policy)
+
+    def _queue_ahead(self, usable: list[Host], blocked: dict[str, frozenset[str]],
+                     batches: dict[tuple[str, str], list[Job]]) -> None:
+        """Hand short jobs to exec-servers ahead of a free core (DESIGN §7): each user's
+        exec-server that keeps a queue gets enough of that user's pending jobs to keep its
+        allotted cores busy for about ``LOOKAHEAD_S``; it starts the next one the moment a
+        core frees, with no message in between. Not for jobs that ask for memory, nor on
+        hosts with a job limit, nor for a user above a fair share while others wait."""
+        cluster = self.cluster
+        if not cluster.queue_pairs or not cluster.pending_queues:
+            return
+        by_name = {h.name: h for h in usable if h.max_jobs is None}
+        waiting = {owner for owner, _prio in cluster.pending_queues if owner in self.links}
+        allotted = cluster.allotted_to()
+        share = sum(h.cores for h in by_name.values()) / max(1, len(waiting | set(allotted)))
+        limit = self.policy.max_running_per_user
+        running = cluster.running_per_user() if limit else {}
+        # owner -> [pair, allotment, cores of its active jobs] of the exec-servers to fill
+        targets: dict[str, list[list[Any]]] = defaultdict(list)
+        for pair in cluster.queue_pairs:
+            owner, host_name = pair
+            allot = cluster.allotment(owner, host_name)
+            if allot <= 0 or owner not in waiting or host_name not in by_name \
+                    or host_name in blocked.get(owner, ()):
+                continue
+            if self.policy.fair_share and len(waiting) > 1 and allotted[owner] > share:
+                continue   # let its queue run dry: its cores go to the others' jobs
+            targets[owner].append([pair, allot, cluster.pair_cores.get(pair, 0)])
+        for owner, pairs in targets.items():
+            n_running = running.get(owner, (0, 0))[0]
+            room = sum(allot * (1 + MAX_QUEUE_PER_CORE) - have for _p, allot, have in pairs)
+            for job in cluster.pending_of(owner, max(0, min(room, MAX_QUEUED_PER_ROUND))):
+                depth = queue_depth(cluster.submissions.get(job.submission_id))
+                spec = job.spec
+                if depth == 0 or spec.memory_mb or (limit and n_running >= limit):
+                    break   # in order: no job passes the one that cannot be queued
+                # the exec-server with the most room for it, relative to its allotment: a
+                # user's queue is spread over the hosts it runs on, not piled on the first
+                best, best_room = None, 0.0
+                for entry in pairs:
+                    (_owner, host_name), allot, have = entry
+                    free = allot * (1 + depth) - have - spec.cores
+                    if spec.cores <= allot and free >= 0 and host_name not in \
+                            spec.excluded_hosts and (best is None or free / allot > best_room):
+                        best, best_room = entry, free / allot
+                if best is None:
+                    break
+                self._dispatch(job, best[0][1])
+                batches[best[0]].append(job)
+                best[2] += spec.cores
+                n_running += 1
 
     def _send_runs(self, batches: dict[tuple[str, str], list[Job]]) -> None:
         for (owner, host_name), jobs in batches.items():
             # Still dispatched if it may not be sent now: the next user-server's sync decides.
-            jobs = [j for j in jobs if j.state is JobState.DISPATCHED and not j.cancel_requested]
+            jobs = [j for j in jobs if j.state is JobState.DISPATCHED and j.host == host_name
+                    and not j.cancel_requested and not j.hold_requested]
             if jobs:
                 self.links.send(owner, self.run_message(host_name, jobs))
 
@@ -132,9 +212,12 @@ class Dispatcher:
             sub = self.cluster.submissions[job.submission_id]
             submissions[str(sub.id)] = SubmissionEnv(environment=sub.environment,
                                                      umask=sub.umask)
+        owner = jobs[0].owner
+        queues = (owner, host_name) in self.cluster.queue_pairs
         return Run(host=self.cluster.hosts[host_name].address_info(),
-                   jobs=[RunJob(j.id, j.submission_id, j.spec, j.restart_count) for j in jobs],
-                   submissions=submissions)
+                   jobs=[RunJob(j.id, j.submission_id, j.spec, j.attempt) for j in jobs],
+                   submissions=submissions,
+                   cores=self.cluster.allotment(owner, host_name) if queues else None)
 
     # --- cancelling ---------------------------------------------------------------------
 
@@ -195,7 +278,7 @@ class Dispatcher:
         for ended in message.ended:
             job = self._own_job(link, ended.id)
             if job is not None:
-                if ended.attempt == job.restart_count:
+                if ended.attempt == job.attempt:
                     seen.add(job.id)
                 acks.append((job.id, ended.attempt))
                 self._ended(job, host, ended, now)
@@ -204,7 +287,7 @@ class Dispatcher:
             job = self._own_job(link, entry.id)
             if job is None:
                 continue
-            if entry.attempt != job.restart_count:
+            if entry.attempt != job.attempt:
                 stop.append((job.id, entry.attempt))   # a copy of an earlier run: stop it
                 continue
             seen.add(job.id)
@@ -218,6 +301,10 @@ class Dispatcher:
                 host=host, ids=[i for i, _a in stop], attempts=[a for _i, a in stop],
                 reason=CANCELLED))
         seen.update(message.delivering)
+        seen.update(q.id for q in message.queued
+                    if (job := cluster.own_job(link.user, q.id)) is not None
+                    and q.attempt == job.attempt)
+        cluster.set_queueing(link.user, host, message.queues)
         for job in cluster.active_jobs_of(link.user, host):
             if job.id not in seen:
                 # it never reached that exec-server: no run of it was lost
@@ -234,9 +321,10 @@ class Dispatcher:
         if job.cancel_requested:
             self.journal.job(job, JobState.CANCELLED, reason=f"cancelled ({why})", ended_at=now)
         elif job.state is JobState.DISPATCHED:
+            # it never started (or its start was never heard of, and a late report about that
+            # attempt is ignored): no restart; the next dispatch is a new attempt
             self.journal.job(job, JobState.PENDING, reason=f"requeued: dispatch lost ({why})",
-                             host=None,
-                             restart_count=job.restart_count + (1 if may_have_run else 0))
+                             host=None)
         elif job.spec.requeue:
             self.journal.job(job, JobState.PENDING, reason=f"requeued: {why}", host=None,
                              pid=None, started_at=None, restart_count=job.restart_count + 1)
@@ -322,7 +410,7 @@ class Dispatcher:
     def _started(self, link: UserLink, job: Job, host: str, pid: int, at: float,
                  attempt: int) -> None:
         if job.state is not JobState.DISPATCHED or job.host != host \
-                or attempt != job.restart_count:
+                or attempt != job.attempt:
             return
         self.journal.job(job, JobState.RUNNING, pid=pid,
                          started_at=from_epoch(at) or self.clock.now())
@@ -331,9 +419,12 @@ class Dispatcher:
                                                   attempts=[attempt], reason=CANCELLED))
 
     def _ended(self, job: Job, host: str, event: JobEnded, now: dt.datetime) -> None:
-        if not job.state.active or job.host != host or event.attempt != job.restart_count:
+        if not job.state.active or job.host != host or event.attempt != job.attempt:
             return  # already recorded, requeued meanwhile, or an earlier run's end
         reason = event.reason
+        if reason == WITHDRAWN and job.state is JobState.DISPATCHED:
+            self._withdrawn(job)
+            return
         if reason == CANCELLED or job.cancel_requested:
             new = JobState.CANCELLED
         elif event.exit_code == 0 and event.signal is None and not reason:
@@ -342,11 +433,45 @@ class Dispatcher:
             new = JobState.FAILED
             reason = reason or (f"killed by signal {event.signal}" if event.signal is not None
                                 else f"exit code {event.exit_code}")
+        sub = self.cluster.submissions.get(job.submission_id)
+        if sub is not None and event.started_at is not None and event.at is not None:
+            sub.runs += 1   # how long its jobs take: how deep the next ones may be queued
+            sub.run_time_s += max(0.0, event.at - event.started_at)
         self.journal.job(
             job, new, reason=reason, exit_code=event.exit_code, signal=event.signal,
             pid=event.pid or job.pid, started_at=job.started_at or from_epoch(event.started_at),
             ended_at=from_epoch(event.at) or now, cpu_time_s=event.cpu_time_s,
             max_rss_kb=event.max_rss_kb)
+
+    def _withdrawn(self, job: Job) -> None:
+        """The exec-server gave a queued job back: it never started there."""
+        if job.cancel_requested:
+            self.journal.job(job, JobState.CANCELLED, reason="cancelled before it started",
+                             ended_at=self.clock.now())
+            return
+        self.journal.job(job, JobState.PENDING, reason=None, host=None)
+        if job.hold_requested:
+            job.hold_requested = False
+            self.journal.job(job, JobState.HELD)
+
+    def withdraw(self, jobs: Iterable[Job]) -> list[Job]:
+        """Ask for dispatched jobs back from exec-servers that keep a queue; returns the jobs
+        asked for (each ends ``withdrawn``, or starts: the exec-server decides, atomically)."""
+        asked: dict[tuple[str, str], list[Job]] = defaultdict(list)
+        for job in jobs:
+            if job.state is JobState.DISPATCHED and job.host is not None \
+                    and (job.owner, job.host) in self.cluster.queue_pairs:
+                asked[(job.owner, job.host)].append(job)
+        for (owner, host), mine in asked.items():
+            self.links.send(owner, Withdraw(host=host, ids=[j.id for j in mine],
+                                            attempts=[j.attempt for j in mine]))
+        return [job for mine in asked.values() for job in mine]
+
+    def withdraw_from_host(self, host: str) -> int:
+        """A host that takes no new jobs (deactivated, drained): its queued ones go back."""
+        dispatched = [self.cluster.jobs[i] for i in self.cluster.hosts[host].jobs
+                      if self.cluster.jobs[i].state is JobState.DISPATCHED]
+        return len(self.withdraw(dispatched))
 
     def _ack_after_commit(self, link: UserLink, host: str,
                           acks: list[tuple[int, int]]) -> None:

@@ -257,8 +257,14 @@ def _hold_or_release(server: Server, session: Session, ids: list[int],
                       else (JobState.HELD, JobState.PENDING))
     results: dict[int, str] = {}
     mine, _missing = _own_jobs(server, session, ids)
+    withdrawing = []
     for job in mine:
-        if job.state is not source:
+        if hold and job.state is JobState.DISPATCHED and not job.cancel_requested:
+            withdrawing.append(job)   # queued ahead at an exec-server: ask for it back
+        elif not hold and job.hold_requested:
+            job.hold_requested = False
+            results[job.id] = "released"
+        elif job.state is not source:
             results[job.id] = f"not {source} ({job.state})"
         elif hold:
             server.journal.job(job, target)
@@ -266,6 +272,13 @@ def _hold_or_release(server: Server, session: Session, ids: list[int],
         else:
             server.journal.job(job, target, eligible_at=server.clock.now())
             results[job.id] = "released"
+    asked = {job.id for job in server.dispatcher.withdraw(withdrawing)}
+    for job in withdrawing:
+        if job.id in asked:
+            job.hold_requested = True
+            results[job.id] = "holding (if it has not started)"
+        else:
+            results[job.id] = f"not {source} ({job.state})"
     server.dispatcher.wake()
     return _results(ids, results)
 

@@ -113,6 +113,12 @@ class Cluster:
         self.counts: Counter[tuple[str, JobState]] = Counter()
         # (user, host) -> when hq-server last heard that user's exec-server there (monotonic)
         self.last_heard: dict[tuple[str, str], float] = {}
+        # (user, host) -> the cores that user's jobs may use there at once (the allotment
+        # sent with each run); host.used_cores is their sum over the host's users. Jobs beyond
+        # it wait in the exec-server's queue (queue_pairs: the exec-servers that keep one).
+        self.allotments: dict[tuple[str, str], int] = {}
+        self.pair_cores: Counter[tuple[str, str]] = Counter()  # cores of its active jobs
+        self.queue_pairs: set[tuple[str, str]] = set()
         # (user, host) -> (why, since): the user cannot reach the host (host key, login)
         self.user_blocks: dict[tuple[str, str], tuple[str, float]] = {}
         self.retry_after_s = 30.0  # [server] retry_unreachable: a failed host or block waits
@@ -159,7 +165,13 @@ class Cluster:
         unknown = fields.keys() - OUTCOME_FIELDS
         if unknown:
             raise ValueError(f"job {job.id}: not outcome fields: {sorted(unknown)}")
-        if old.active and job.host in self.hosts:
+        if old.active and new is JobState.PENDING:
+            # back in the queue without an end: its next dispatch is another attempt, so that
+            # whatever is heard later about this one is never taken for the next
+            fields.setdefault("attempt", job.attempt + 1)
+        # dispatched -> running keeps the host and its cores: nothing to move
+        moves = not (old.active and new.active and "host" not in fields)
+        if moves and old.active and job.host in self.hosts:
             self._release(job)
         if old is JobState.PENDING:
             self._unqueue(job)
@@ -185,7 +197,7 @@ class Cluster:
                 del self.unfinished_by_submission[job.submission_id]
                 self.submissions.pop(job.submission_id, None)
             self._remember_finished(job)
-        if new.active and job.host is not None:
+        if moves and new.active and job.host is not None:
             self._occupy(job)
         return Change(job, old, new, values)
 
@@ -223,15 +235,61 @@ class Cluster:
         host = self.hosts[job.host]  # type: ignore[index]
         if job.id not in host.jobs:
             host.jobs.add(job.id)
-            host.used_cores += job.spec.cores
             host.used_memory_mb += job.spec.memory_mb or 0
+            pair = (job.owner, host.name)
+            self.pair_cores[pair] += job.spec.cores
+            if pair not in self.queue_pairs:
+                # no queue there: every job handed over starts at once and holds its cores
+                self._allot(pair, self.pair_cores[pair])
 
     def _release(self, job: Job) -> None:
         host = self.hosts[job.host]  # type: ignore[index]
         if job.id in host.jobs:
             host.jobs.discard(job.id)
-            host.used_cores -= job.spec.cores
             host.used_memory_mb -= job.spec.memory_mb or 0
+            pair = (job.owner, host.name)
+            left = self.pair_cores[pair] - job.spec.cores
+            if left > 0:
+                self.pair_cores[pair] = left
+            else:
+                del self.pair_cores[pair]
+            # cores the user's jobs there can no longer fill go back to everyone
+            self._allot(pair, min(self.allotments.get(pair, 0), max(0, left)))
+
+    def _allot(self, pair: tuple[str, str], cores: int) -> None:
+        old = self.allotments.get(pair, 0)
+        if cores != old:
+            self.hosts[pair[1]].used_cores += cores - old
+            if cores:
+                self.allotments[pair] = cores
+            else:
+                del self.allotments[pair]
+
+    def grant(self, owner: str, host: str, cores: int) -> None:
+        """``owner``'s jobs on ``host`` may use ``cores`` more at once (a job placed on free
+        cores, to start now)."""
+        pair = (owner, host)
+        self._allot(pair, self.allotments.get(pair, 0) + cores)
+
+    def set_queueing(self, owner: str, host: str, queues: bool) -> None:
+        """Whether ``owner``'s exec-server on ``host`` keeps a queue of jobs handed over
+        ahead of free cores (its user-server's sync says so)."""
+        pair = (owner, host)
+        if queues:
+            self.queue_pairs.add(pair)
+        elif pair in self.queue_pairs:
+            self.queue_pairs.discard(pair)
+            self._allot(pair, self.pair_cores.get(pair, 0))
+
+    def allotment(self, owner: str, host: str) -> int:
+        return self.allotments.get((owner, host), 0)
+
+    def allotted_to(self) -> Counter[str]:
+        """Each user's allotted cores over all hosts."""
+        total: Counter[str] = Counter()
+        for (owner, _host), cores in self.allotments.items():
+            total[owner] += cores
+        return total
 
     def _remember_finished(self, job: Job) -> None:
         self.recent_finished[job.id] = job
@@ -249,6 +307,13 @@ class Cluster:
                 id=job.id, owner=job.owner, priority=job.spec.priority, cores=job.spec.cores,
                 memory_mb=job.spec.memory_mb, excluded_hosts=frozenset(job.spec.excluded_hosts))
         return view
+
+    def pending_of(self, owner: str, limit: int) -> list[Job]:
+        """``owner``'s first pending jobs, highest priority first, then in id order."""
+        queues = sorted(((prio, queue) for (who, prio), queue in self.pending_queues.items()
+                         if who == owner), key=lambda item: -item[0])
+        return [job for _prio, queue in queues
+                for job in itertools.islice(queue.values(), limit)][:limit]
 
     def pending_heads(self, per_queue: int, owners: Container[str]) -> list[Job]:
         """The first ``per_queue`` pending jobs of each (owner, priority) queue, in id order.

@@ -32,6 +32,7 @@ from hq.protocol.messages import (
     SyncReply,
     SyncRequest,
     Welcome,
+    Withdraw,
 )
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,11 @@ class ExecLink:
         return text[-300:] or "no output"
 
     def send(self, message: Message) -> None:
-        if isinstance(message, Run):
-            for job in message.jobs:
+        old = self.channel is not None and self.channel.version < 2
+        if isinstance(message, Withdraw) and old:
+            return   # a protocol-1 exec-server keeps no queue: nothing waits there to withdraw
+        if isinstance(message, Run) and (old or self.channel is None):
+            for job in message.jobs:   # only a protocol-1 exec-server needs them
                 self.attempts[job.id] = job.attempt
         if self.ready.is_set() and self.up:
             self.channel.send(message)  # type: ignore[union-attr]

@@ -59,6 +59,7 @@ from hq.protocol.messages import (
     Sync,
     SyncReply,
     Undeliverable,
+    Withdraw,
 )
 from hq.userd.execlink import ExecLink, is_user_problem
 from hq.userd.ledger import Ledger
@@ -284,8 +285,9 @@ class UserServer:
                     message.by_pid, self.user)
         self.stopping.set()
 
-    def _on_order(self, message: CancelJobs | Ack) -> None:
-        """A cancel or an ack for one host's exec-server: passed on without the host."""
+    def _on_order(self, message: CancelJobs | Withdraw | Ack) -> None:
+        """A cancel, a withdrawal or an ack for one host's exec-server: passed on without the
+        host."""
         if message.host is not None:
             self.spawn(self._via_link(message.host,
                                       msgspec.structs.replace(message, host=None)))
@@ -447,12 +449,15 @@ class UserServer:
         if self.ledger is not None:
             for event in state.ended:
                 self.ledger.ended(event.id, ran=_ran(event))
-            known = {r.id for r in state.running} | {e.id for e in state.ended} | set(delivering)
+            known = ({r.id for r in state.running} | {e.id for e in state.ended}
+                     | {q.id for q in state.queued or ()} | set(delivering))
             for job_id in self.ledger.out_on(link.host):
                 if job_id not in known:   # handed over, and the exec-server never had it
                     self.ledger.came_to_nothing(job_id)
         self._to_server(Sync(host=link.host, running=state.running, ended=state.ended,
-                             delivering=delivering))
+                             delivering=delivering, queued=list(state.queued or ()),
+                             # an exec-server of protocol 1 keeps no queue of waiting jobs
+                             queues=link.channel is not None and link.channel.version >= 2))
         self._to_server(HostStateReport(host=link.host, state="up"))
 
     async def _resync(self, link: ExecLink) -> None:
@@ -551,7 +556,8 @@ def _ran(event: JobEnded) -> bool:
 
 
 FROM_SERVER = {Run: UserServer._on_run, CancelJobs: UserServer._on_order,
-               Ack: UserServer._on_order, Superseded: UserServer._on_superseded}
+               Withdraw: UserServer._on_order, Ack: UserServer._on_order,
+               Superseded: UserServer._on_superseded}
 """What hq-server sends a user-server -> its handler."""
 
 FROM_EXEC = {JobEvents: UserServer._on_report, Heartbeat: UserServer._on_report,

@@ -331,3 +331,49 @@ def test_a_partition_longer_than_the_lease_never_runs_a_job_twice_at_once(cluste
     second = [float(e[3]) for e in events if e[0] == "start" and e[2] != first_host]
     assert second[0] > killed[0], "the second copy started before the first was killed"
     assert hq.show(alice, job_id)["host"] != first_host
+
+
+def test_a_lost_host_requeues_its_queued_jobs_without_a_restart(cluster_hq):
+    hq = cluster_hq
+    alice = hq.users.alice
+    work = hq.workdir(alice)
+    # (an earlier test may have lost and booted it: wait until it takes jobs again)
+    eventually(lambda: hq.hosts_view()["hqnode1"]["state"] == "up", timeout=30,
+               what="hqnode1 to be up")
+    (probe,) = hq.submit_ids(alice, "-E", "hqnode2,hqnode3", "true", cwd=work)
+    hq.wait_jobs([probe], {"done"}, timeout=60)
+    # six quick jobs first: their run times let the sleeping ones be queued ahead
+    jobs_file = work / "jobs.tab"
+    jobs_file.write_text("command::true\n" * 6 + "".join(
+        f"command::{TRACED.format(log=work / 'runs.log', secs=4)}\n" for _ in range(24)))
+    os.chmod(jobs_file, 0o644)
+    ids = hq.submit_ids(alice, "-f", str(jobs_file), cwd=work)
+    sleepers = ids[6:]
+
+    def placed_on_node1() -> tuple[set[int], set[int]]:
+        placed = _host_of_jobs(hq, sleepers)
+        return ({i for i, (h, s, _r) in placed.items() if h == "hqnode1" and s == "running"},
+                {i for i, (h, s, _r) in placed.items() if h == "hqnode1" and s == "dispatched"})
+
+    eventually(lambda: all(len(group) > 0 for group in placed_on_node1()), timeout=60,
+               what="jobs running and queued on hqnode1")
+    running, queued = placed_on_node1()
+    lost_at = time.time()
+    hq.hosts.kill(1)
+    hq.wait_jobs(ids, {"done", "failed"}, timeout=150)
+    placed = _host_of_jobs(hq, ids)
+    assert {s for _h, s, _r in placed.values()} == {"done"}
+    runs = _job_log(work)
+    started_there = {i for i in sleepers if any(h == "hqnode1" for _e, h, _t in runs[i])}
+    assert running <= started_there
+    for job_id in sleepers:
+        host, _state, restarts = placed[job_id]
+        # a job that had started there ran again elsewhere (one restart); one that only
+        # waited there never started there: requeued with no restart counted
+        if job_id in started_there:
+            assert restarts == 1 and host != "hqnode1", (job_id, placed[job_id])
+        else:
+            assert restarts == 0, (job_id, placed[job_id])
+    assert queued - started_there, "no queued job was still waiting when the host died"
+    _check_runs({i: runs[i] for i in sleepers}, started_there, "hqnode1", lost_at)
+    hq.hosts.boot(1)

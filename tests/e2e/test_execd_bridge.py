@@ -190,7 +190,7 @@ def test_signed_job_runs_and_reports_until_acknowledged(host: Host) -> None:
     assert synced["running"] == [] and synced["ended"] == [ended]
     bridge.send({"type": "ack", "ids": [1]})
     assert bridge.request({"type": "sync"}) == {"type": "reply", "rid": 2, "running": [],
-                                                "ended": []}
+                                                "ended": [], "queued": []}
 
     # the same id again, after its ack: never started twice
     (host.work / "hq-1.out").unlink()

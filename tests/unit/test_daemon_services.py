@@ -34,6 +34,7 @@ from hq.protocol.messages import (
     Submit,
     SyncRequest,
     Welcome,
+    Withdraw,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -188,6 +189,70 @@ def test_an_ill_typed_order_ends_the_link_and_starts_nothing(tmp_path, home):
             peer.channel.writer.write(len(bad).to_bytes(4, "big") + bad)
             await asyncio.wait_for(peer.channel.closed.wait(), 5)
             assert peer.server.runner.jobs == {} and peer.server.controller is None
+    asyncio.run(body())
+
+
+# --- the exec-server's queue of jobs handed over ahead of a free core ----------------------
+
+def run_many(tmp_path: Path, jobs: dict[int, str], *, key: bytes, cores: int | None) -> Run:
+    messages = [run_message(tmp_path, job_id, command, key=key)
+                for job_id, command in jobs.items()]
+    return msgspec.structs.replace(messages[0], jobs=[m.jobs[0] for m in messages],
+                                   cores=cores)
+
+
+def test_queued_jobs_start_as_cores_free_within_the_allotment(tmp_path, home):
+    async def body() -> None:
+        key = auth.load_signing_key(create=True)
+        async with exec_server(tmp_path, Clock()) as peer:
+            peer.channel.send(run_many(tmp_path, {10: "sleep 0.5", 11: "true", 12: "true"},
+                                       key=key, cores=1))
+            await peer.event(10, JobStarted)
+            view = await peer.channel.request(SyncRequest())
+            assert [r.id for r in view.running] == [10]
+            assert [(q.id, q.attempt) for q in view.queued] == [(11, 0), (12, 0)]
+            await peer.event(12, JobEnded)
+            # one at a time (allotment 1), each started as the one before ended
+            order = [(type(e).__name__, e.id) for e in peer.events]
+            assert order == [("JobStarted", 10), ("JobEnded", 10), ("JobStarted", 11),
+                             ("JobEnded", 11), ("JobStarted", 12), ("JobEnded", 12)]
+    asyncio.run(body())
+
+
+def test_a_withdrawn_job_never_starts_and_a_started_one_is_left_running(tmp_path, home):
+    async def body() -> None:
+        key = auth.load_signing_key(create=True)
+        async with exec_server(tmp_path, Clock()) as peer:
+            peer.channel.send(run_many(tmp_path, {20: "sleep 60", 21: "true", 22: "true"},
+                                       key=key, cores=1))
+            await peer.event(20, JobStarted)
+            peer.channel.send(Withdraw(ids=[20, 21], attempts=[0, 0]))
+            withdrawn = await peer.event(21, JobEnded)
+            assert (withdrawn.reason, withdrawn.pid, withdrawn.started_at) == \
+                ("withdrawn", None, None)
+            assert ("", 20, 0) in peer.server.runner.jobs        # started: left running
+            # a second run of the withdrawn attempt is ignored: it never starts here
+            peer.channel.send(run_many(tmp_path, {21: "true"}, key=key, cores=1))
+            peer.channel.send(CancelJobs(ids=[20], reason="cancelled"))
+            await peer.event(20, JobEnded)
+            await peer.event(22, JobEnded)
+            assert not [e for e in peer.events if e.id == 21 and isinstance(e, JobStarted)]
+    asyncio.run(body())
+
+
+def test_queued_jobs_of_an_expired_lease_are_given_back_unstarted(tmp_path, home):
+    async def body() -> None:
+        key = auth.load_signing_key(create=True)
+        clock = Clock()
+        async with exec_server(tmp_path, clock, lease_s=30.0) as peer:
+            peer.channel.send(run_many(tmp_path, {30: "sleep 60", 31: "true"}, key=key,
+                                       cores=1))
+            await peer.event(30, JobStarted)
+            clock.now += 31
+            peer.server._check_lease(clock())
+            assert (await peer.event(31, JobEnded)).reason == "withdrawn"
+            assert (await peer.event(30, JobEnded)).reason.startswith("lease expired")
+            assert not [e for e in peer.events if e.id == 31 and isinstance(e, JobStarted)]
     asyncio.run(body())
 
 

@@ -27,7 +27,7 @@ def test_a_successor_learns_starts_without_ends_ends_without_acks_and_the_lease(
     successor = ExecJournal(path)
     ended, contacts, started = successor.load()
     assert set(ended) == {("db1", 2, 0)} and ended[("db1", 2, 0)].exit_code == 3
-    assert started == {("db1", 3, 1): (503, 100.7)}
+    assert started == {("db1", 3, 1): (503, 100.7, 1)}
     assert contacts == {"db1": 100.0}
     assert successor.leases == {"db1": 30.0}
     # what it rewrites keeps all of that for the next one

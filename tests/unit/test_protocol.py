@@ -49,6 +49,7 @@ EXAMPLES: dict[type, dict[str, Any]] = {
             "jobs": [{"id": 7, "submission_id": 3, "spec": {**SPEC, "signature": "ab"}}],
             "submissions": {"3": {"environment": {"PATH": "/bin"}, "umask": 18}}},
     m.CancelJobs: {"type": "cancel", "host": "n1", "ids": [7], "reason": "cancelled"},
+    m.Withdraw: {"type": "withdraw", "host": "n1", "ids": [7], "attempts": [2]},
     m.Ack: {"type": "ack", "host": "n1", "ids": [7]},
     m.Superseded: {"type": "superseded", "by_pid": 4242},
     m.JobEvents: {"type": "job_events", "host": "n1",
