@@ -57,10 +57,18 @@ def old_daemon(hq: Hq, module: str, old_code: Path):  # type: ignore[no-untyped-
     return found[0]
 
 
+def start_old_server(hq: Hq, old_code: Path) -> None:
+    """The installation as the old version had it (its schema revision), its hq-server up."""
+    down = hq.dbadmin("downgrade", "0001", "--yes")
+    assert down.returncode == 0, down.stderr
+    started = old(hq, old_code, "hq.server.main", "--daemon")
+    assert started.returncode == 0, started.stderr
+
+
 def test_jobs_running_through_an_upgrade_end_once_and_are_recorded(installed_hq, old_code):
     hq = installed_hq
     work = hq.workdir
-    assert old(hq, old_code, "hq.server.main", "--daemon").returncode == 0
+    start_old_server(hq, old_code)
     # the old version: a job that outlives the upgrade, and one held until after it
     started = old(hq, old_code, "hq.cli.submit", "--parsable",
                   f"echo $HQ_JOB_ID >> {work}/runs; sleep 4; echo first > first.out")
@@ -78,8 +86,13 @@ def test_jobs_running_through_an_upgrade_end_once_and_are_recorded(installed_hq,
     old_userd = old_daemon(hq, "hq.userd.main", old_code)
     old_execd = old_daemon(hq, "hq.execd.main", old_code)
 
-    # the upgrade: the old hq-server stops, the new one starts on the same database
+    # the upgrade: the old hq-server stops, the schema is upgraded (the new hq-server refuses
+    # an old one, naming the command), the new one starts on the same database
     hq.stop_server()
+    refused = hq.run("hq.server.main", "--daemon")
+    assert refused.returncode != 0 and "hq-dbadmin upgrade" in refused.stderr
+    up = hq.dbadmin("upgrade")
+    assert up.returncode == 0, up.stderr
     hq.start_server()
     # the old user-server comes back to the new hq-server (protocol 1) and reports the end
     eventually(lambda: state(first) == "done", 30, "the first job to be recorded done")
@@ -119,7 +132,7 @@ def test_jobs_running_through_an_upgrade_end_once_and_are_recorded(installed_hq,
 
 def test_hq_admin_of_the_new_version_steers_an_old_hq_server(installed_hq, old_code):
     hq = installed_hq
-    assert old(hq, old_code, "hq.server.main", "--daemon").returncode == 0
+    start_old_server(hq, old_code)
     info = hq.admin("info", "--json")
     assert info.returncode == 0, info.stderr
     assert '"cluster_active": true' in info.stdout
