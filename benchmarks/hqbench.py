@@ -208,6 +208,8 @@ class HqTimes:
     total_s: float
     cpu: dict[str, float]   # CPU s in the span by role, "clients" (CLIs), "machine" (all)
     load1: float = 0.0      # the 1-minute load average when hq-submit started
+    rss_before: int = 0     # hq-server's RSS (bytes) just before hq-submit started
+    rss_after: int = 0      # ... and right after hq-client wait returned (all jobs done)
 
 
 def write_jobs_file(path: Path, count: int, devnull: bool) -> None:
@@ -222,9 +224,11 @@ def time_hq(inst: Scratch, count: int, devnull: bool) -> HqTimes:
     inst.run("hq.cli.client", "status")  # starts the user-server (not timed)
     env = inst.env()
     timeout = 120 + count * 0.1
+    server = inst.daemons().get("hq-server")
     cpu_before = inst.cpu_seconds()
     busy_before, clients_before = system_busy_s(), clients_cpu_s()
     load1 = os.getloadavg()[0]
+    rss_before = rss(server)
     start = time.perf_counter()
     submit = subprocess.run([PY, "-m", "hq.cli.submit", "--json", "-f", str(jobs_file)],
                             env=env, cwd=inst.work, capture_output=True, text=True,
@@ -242,6 +246,7 @@ def time_hq(inst: Scratch, count: int, devnull: bool) -> HqTimes:
                           env=env, cwd=inst.work, capture_output=True, text=True,
                           timeout=timeout, check=False)
     done = time.perf_counter()
+    rss_after = rss(server)
     cpu_after = inst.cpu_seconds()
     cpu = {role: value - cpu_before.get(role, 0.0) for role, value in cpu_after.items()}
     cpu["clients"] = clients_cpu_s() - clients_before
@@ -254,7 +259,18 @@ def time_hq(inst: Scratch, count: int, devnull: bool) -> HqTimes:
         outputs = sum(1 for _ in inst.work.glob("hq-*.out"))
         if outputs != count:
             raise RuntimeError(f"expected {count} output files, found {outputs}")
-    return HqTimes(submit_s=submitted - start, total_s=done - start, cpu=cpu, load1=load1)
+    return HqTimes(submit_s=submitted - start, total_s=done - start, cpu=cpu, load1=load1,
+                   rss_before=rss_before, rss_after=rss_after)
+
+
+def rss(proc: psutil.Process | None) -> int:
+    """The resident set size of ``proc`` in bytes (0 if it is gone or unknown)."""
+    if proc is None:
+        return 0
+    try:
+        return proc.memory_info().rss
+    except psutil.Error:
+        return 0
 
 
 def system_busy_s() -> float:
@@ -298,6 +314,7 @@ class Run:
     baseline_machine_s: float   # the whole machine busy during the baseline
     devnull: HqTimes
     files: HqTimes
+    peer: object | None = None  # hyperqueue_peer.PeerTimes with --peer hyperqueue
 
 
 def measure_hq(db: Database, count: int, keep: bool, devnull: bool) -> HqTimes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from hq.jobspec import JobSpec, resolve_path
 from hq.states import JobState
@@ -55,10 +56,14 @@ class Job:
     cpu_time_s: float | None = None
     max_rss_kb: int | None = None
     restart_count: int = 0          # times it was requeued after it had started
-    attempt: int = 0                # one more at every dispatch: tells its runs apart
+    attempt: int = 0                # one more each time it went back without an end
     # Asked to stop, or to be held, while dispatched; hq-server's memory only.
     cancel_requested: bool = False
     hold_requested: bool = False
+
+    def outcome(self) -> dict[str, Any]:
+        """Every outcome attribute's value now (what the jobs row must say)."""
+        return {name: getattr(self, name) for name in _OUTCOME_ORDER}
 
     @property
     def stdout_path(self) -> str:
@@ -75,3 +80,4 @@ class Job:
 OUTCOME_FIELDS = frozenset({"state", "reason", "host", "pid", "exit_code", "signal",
                             "eligible_at", "started_at", "ended_at", "cpu_time_s", "max_rss_kb",
                             "restart_count", "attempt"})
+_OUTCOME_ORDER = sorted(OUTCOME_FIELDS)

@@ -18,7 +18,8 @@ from hq.errors import UsageError
 
 if TYPE_CHECKING:
     from hq.jobspec import JobSpec
-    from hq.protocol.messages import Submit
+    from hq.protocol import BlockingClient
+    from hq.protocol.messages import Submit, SubmitReply
 
 PROG = "hq-submit"
 
@@ -109,7 +110,7 @@ def cli(command: str | None, slots: int, priority: int, group: str | None,
     from hq.config import Installation
 
     with connect_user_server(Installation.locate(), PROG) as client:
-        reply = client.request(request, timeout=30.0 + len(specs) / 1000)
+        reply = send_submission(client, request)
         ids = reply.ids
         if not as_json:
             click.echo("\n".join(map(str, ids)) if parsable else submitted_text(ids))
@@ -177,6 +178,27 @@ def build_specs(command: str | None, jobs_file: str | None, template: JobSpec
     spec = msgspec.structs.replace(template, command=command)
     spec.validate()
     return [spec]
+
+
+def send_submission(client: BlockingClient, request: Submit) -> SubmitReply:
+    """Send ``request``; a big one is streamed in parts of ``PART_JOBS`` jobs on this one
+    connection, and stored by hq-server all or nothing when the last part is in."""
+    import msgspec
+
+    from hq.protocol.messages import PART_JOBS, SubmitPart
+
+    jobs = request.jobs
+    timeout = 30.0 + len(jobs) / 1000
+    if len(jobs) <= PART_JOBS:
+        return client.request(request, timeout=timeout)
+    starts = range(0, len(jobs) - PART_JOBS, PART_JOBS)   # the last part closes it
+    for n, start in enumerate(starts):
+        first = n == 0
+        client.request(SubmitPart(jobs=jobs[start:start + PART_JOBS],
+                                  environment=request.environment if first else None,
+                                  umask=request.umask if first else None), timeout=60.0)
+    return client.request(msgspec.structs.replace(request, jobs=jobs[len(starts) * PART_JOBS:],
+                                                  parts=len(starts)), timeout=timeout)
 
 
 def submit_request(specs: list[JobSpec], *, hold: bool) -> Submit:

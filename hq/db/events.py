@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 
 import sqlalchemy as sa
 
+from hq.db.engine import execute_many
 from hq.db.model import events
 from hq.states import EventKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """One row of the event log, before or after it was written."""
 
@@ -44,8 +46,14 @@ class ConfigChange:
                      user_name=self.name if self.kind is EventKind.USER else None)
 
 
+_COLUMNS = [f.name for f in fields(Event) if f.name != "id"]
+_values = attrgetter(*_COLUMNS)
+
+
 def record_events(conn: sa.Connection, batch: Sequence[Event]) -> None:
     """Append ``batch`` in one statement (the caller's transaction)."""
     if batch:
-        rows = [{k: v for k, v in asdict(e).items() if k != "id"} for e in batch]
-        conn.execute(sa.insert(events), rows)
+        # by hand, not dataclasses.asdict: that deep-copies every value, row after row
+        rows = [dict(zip(_COLUMNS, _values(e), strict=True)) for e in batch]
+        execute_many(conn, "insert events", lambda: sa.insert(events).values(
+            {c: sa.bindparam(c, type_=events.c[c].type) for c in _COLUMNS}), rows)

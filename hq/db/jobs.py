@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from hq.db.engine import execute_many
 from hq.db.model import hosts, jobs, submissions, users
 from hq.job import OUTCOME_FIELDS, Job, Submission
 from hq.jobspec import JobSpec
@@ -74,7 +75,11 @@ def insert_submission(conn: sa.Connection, submission: Submission, owner_id: int
         "id": submission.id, "owner_id": owner_id, "submitted_at": submission.submitted_at,
         "submit_host": submission.submit_host, "environment": submission.environment,
         "umask": submission.umask, "job_count": submission.job_count}])
-    conn.execute(sa.insert(jobs), [job_row(job) for job in new_jobs])
+    rows = [job_row(job) for job in new_jobs]
+    if rows:
+        columns = tuple(rows[0])
+        execute_many(conn, ("insert jobs", columns), lambda: sa.insert(jobs).values(
+            {c: sa.bindparam(c, type_=jobs.c[c].type) for c in columns}), rows)
 
 
 def update_jobs(conn: sa.Connection, changes: Iterable[tuple[int, Mapping[str, Any]]],
@@ -101,9 +106,9 @@ def update_jobs(conn: sa.Connection, changes: Iterable[tuple[int, Mapping[str, A
     for job_id, row in folded.items():
         by_columns[tuple(sorted(row))].append({"b_id": job_id, **row})
     for columns, rows in by_columns.items():
-        stmt = (sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id"))
-                .values({c: sa.bindparam(c) for c in columns}))
-        conn.execute(stmt, rows)
+        execute_many(conn, ("update jobs", columns), lambda columns=columns: (
+            sa.update(jobs).where(jobs.c.id == sa.bindparam("b_id", type_=jobs.c.id.type))
+            .values({c: sa.bindparam(c, type_=jobs.c[c].type) for c in columns})), rows)
 
 
 def _job_query() -> sa.Select[Any]:

@@ -39,6 +39,7 @@ MAX_PAGE = 10_000             # jobs in one answer to ``jobs``
 MAX_VIEW = 1_000_000          # jobs in an exec-server's whole view (sync) and its acks
 MAX_EVENTS = 10_000           # job events in one report
 MAX_JOBS_PER_SUBMIT = 1_000_000
+PART_JOBS = 10_000   # jobs per SubmitPart: a streamed submission's frames stay a few MB
 
 JobId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
@@ -174,7 +175,11 @@ class SubmitReply(Reply, tag="reply", kw_only=True):
 
 
 class Submit(Request, tag="submit", kw_only=True):
-    """New jobs. Decoding it runs ``JobSpec.validate`` on every job (user-server, hq-server)."""
+    """New jobs. Decoding it runs ``JobSpec.validate`` on every job (user-server, hq-server).
+
+    A submission of more than ``PART_JOBS`` jobs is streamed: ``SubmitPart`` requests first,
+    on the same connection, then this one with the last jobs and ``parts``, how many parts
+    came before. It is stored all or nothing, when this request arrives (version 2)."""
 
     jobs: Annotated[list[JobSpec], msgspec.Meta(min_length=1, max_length=MAX_JOBS_PER_SUBMIT)]
     environment: Environment
@@ -182,18 +187,45 @@ class Submit(Request, tag="submit", kw_only=True):
     submit_host: Annotated[str, msgspec.Meta(max_length=255)] = ""
     hold: bool = False
     submission_id: JobId | None = None   # reserved and signed by the user-server (version 2)
+    parts: Annotated[int, msgspec.Meta(ge=0, le=MAX_JOBS_PER_SUBMIT)] = 0
     reply_type = SubmitReply
 
     def __post_init__(self) -> None:
         check_environment(self.environment)
-        if len(self.jobs) == 1:
-            self.jobs[0].validate()
-            return
-        for n, spec in enumerate(self.jobs, 1):
-            try:
-                spec.validate()
-            except InvalidSpec as err:
-                raise InvalidSpec(f"job {n} of {len(self.jobs)}: {err}") from None
+        validate_jobs(self.jobs)
+
+
+class PartReply(Reply, tag="reply", kw_only=True):
+    received: int                 # jobs of the submission received so far
+    submission_id: JobId
+
+
+class SubmitPart(Request, tag="submit_part", kw_only=True):
+    """Some jobs of a streamed submission (see ``Submit``), in order. The first part names
+    the environment and umask its jobs will share (the user-server signs with them; the
+    closing ``Submit`` must name the same); the user-server adds the submission id."""
+
+    jobs: Annotated[list[JobSpec], msgspec.Meta(min_length=1, max_length=PART_JOBS)]
+    environment: Environment | None = None
+    umask: Umask | None = None
+    submission_id: JobId | None = None
+    reply_type = PartReply
+
+    def __post_init__(self) -> None:
+        if self.environment is not None:
+            check_environment(self.environment)
+        validate_jobs(self.jobs)
+
+
+def validate_jobs(jobs: list[JobSpec]) -> None:
+    if len(jobs) == 1:
+        jobs[0].validate()
+        return
+    for n, spec in enumerate(jobs, 1):
+        try:
+            spec.validate()
+        except InvalidSpec as err:
+            raise InvalidSpec(f"job {n} of {len(jobs)}: {err}") from None
 
 
 def check_environment(environment: dict[str, str]) -> None:
@@ -344,7 +376,7 @@ class Wait(Request, tag="wait", kw_only=True):
     reply_type = WaitReply
 
 
-USER_REQUESTS = (Ping, Submit, Status, Jobs, Show, Cancel, Hold, Release, Wait)
+USER_REQUESTS = (Ping, Submit, SubmitPart, Status, Jobs, Show, Cancel, Hold, Release, Wait)
 """What a command may ask its user-server, which forwards it to hq-server."""
 
 
@@ -680,7 +712,7 @@ class Lease(Message, tag="lease", kw_only=True):
     """User-server -> exec-server: renews the lease (only while hq-server hears from it)."""
 
 
-UserRequest = Ping | Submit | Status | Jobs | Show | Cancel | Hold | Release | Wait
+UserRequest = Ping | Submit | SubmitPart | Status | Jobs | Show | Cancel | Hold | Release | Wait
 
 
 class Relay(Request, tag="relay", kw_only=True):

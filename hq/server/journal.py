@@ -42,6 +42,11 @@ log = logging.getLogger("hq.server.jobs")
 host_log = logging.getLogger("hq.server.hosts")
 
 
+_ROUTINE = frozenset({(JobState.PENDING, JobState.DISPATCHED),
+                      (JobState.DISPATCHED, JobState.RUNNING),
+                      (JobState.RUNNING, JobState.DONE)})
+
+
 def _failed(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("database: a change could not be recorded: %s", future.exception())
@@ -67,7 +72,11 @@ class Journal:
         where = f" on {job.host}" if job.host and new.active else ""
         why = f": {reason}" if reason else ""
         line = f"job {job.id}: {change.old} -> {new}{where}"
-        log.info("%s (user %s)%s", line, job.owner, why)
+        # the routine path of a job at debug level: the event log has every one, and at
+        # thousands of jobs a second a log line each is what would cost
+        level = logging.DEBUG if (change.old, new) in _ROUTINE else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "%s (user %s)%s", line, job.owner, why)
         self._changes.append(change)
         self._events.append(Event(at=self.clock.now(), kind=EventKind.JOB, job_id=job.id,
                                   host_name=job.host, user_name=job.owner,
@@ -126,7 +135,10 @@ class Journal:
         changes, events, host_rows = self._changes, self._events, self._host_rows
         self._changes, self._events, self._host_rows = [], [], []
         assert piece is not None
-        rows = [(c.job.id, c.values) for c in changes]
+        # Each changed job's whole outcome as memory has it now, not the changes one by one:
+        # a job that started and ended in this piece is one row, and every row has the same
+        # columns, so the whole piece is one UPDATE statement (run as one executemany).
+        rows = [(job.id, job.outcome()) for job in {c.job.id: c.job for c in changes}.values()]
         host_ids = {name: host.id for name, host in self.cluster.hosts.items()}
 
         def work(conn: sa.Connection) -> None:

@@ -29,6 +29,7 @@ from hq.protocol.messages import (
     Jobs,
     JobsReply,
     JobWaitState,
+    PartReply,
     Ping,
     PingReply,
     Release,
@@ -39,6 +40,7 @@ from hq.protocol.messages import (
     Status,
     StatusReply,
     Submit,
+    SubmitPart,
     SubmitReply,
     Wait,
     WaitReply,
@@ -55,9 +57,9 @@ Handler = Callable[[Server, Session, Any], Awaitable[Any] | Any]
 
 # --- submit --------------------------------------------------------------------------------
 
-def check_fits(server: Server, specs: list[JobSpec]) -> None:
+def check_fits(server: Server, specs: list[JobSpec], first: int | None = None) -> None:
     """Refuse a submission that could never run here (the spec itself was validated when
-    the request was decoded)."""
+    the request was decoded). ``first``: the number of ``specs[0]`` in a streamed one."""
     cluster = server.cluster
     hosts = [h for h in cluster.hosts.values() if not h.retired]
     if not hosts:
@@ -79,7 +81,8 @@ def check_fits(server: Server, specs: list[JobSpec]) -> None:
         elif unknown := set(spec.excluded_hosts) - known:
             problem = f"--excludeHosts names unknown host(s): {', '.join(sorted(unknown))}"
         if problem is not None:
-            where = f"job {n} of {len(specs)}: " if len(specs) > 1 else ""
+            where = (f"job {first + n - 1}: " if first is not None
+                     else f"job {n} of {len(specs)}: " if len(specs) > 1 else "")
             raise UsageError(where + problem)
 
 
@@ -106,6 +109,7 @@ def reserve(server: Server, session: Session, request: ReserveSubmission) -> Res
     for sub_id, (_owner, expires) in list(cluster.reservations.items()):
         if expires < now:
             del cluster.reservations[sub_id]
+            cluster.submission_parts.pop(sub_id, None)   # a streamed submission never closed
     if sum(1 for owner, _ in cluster.reservations.values() if owner == me) >= MAX_RESERVATIONS:
         raise Busy(f"{me} has {MAX_RESERVATIONS} submissions reserved and not submitted")
     sub_id = cluster.next_submission_id
@@ -114,31 +118,58 @@ def reserve(server: Server, session: Session, request: ReserveSubmission) -> Res
     return ReserveReply(submission_id=sub_id, database=cluster.database_id)
 
 
+def _reserved(server: Server, session: Session, submission_id: int) -> None:
+    reserved = server.cluster.reservations.get(submission_id)
+    if reserved is None or reserved[0] != session.user.name:
+        raise UsageError(f"submission {submission_id} was not reserved for "
+                         f"{session.user.name} (or hq-server restarted since): submit again")
+
+
+def submit_part(server: Server, session: Session, request: SubmitPart) -> PartReply:
+    """Some jobs of a streamed submission: checked now, kept in memory, stored with the
+    rest when the closing ``Submit`` comes (or forgotten with the reservation)."""
+    if request.submission_id is None:
+        raise UsageError("a part of a submission needs its reserved submission id")
+    _reserved(server, session, request.submission_id)
+    parts = server.cluster.submission_parts.setdefault(request.submission_id, [])
+    check_quotas(server, session.user.name, len(parts) + len(request.jobs))
+    check_fits(server, request.jobs, first=len(parts) + 1)
+    parts.extend(request.jobs)
+    return PartReply(received=len(parts), submission_id=request.submission_id)
+
+
 async def submit(server: Server, session: Session, request: Submit) -> SubmitReply:
-    check_quotas(server, session.user.name, len(request.jobs))
-    check_fits(server, request.jobs)
     cluster, owner = server.cluster, session.user
+    specs = request.jobs
+    if request.parts:
+        if request.submission_id is None:
+            raise UsageError("a streamed submission needs its reserved submission id")
+        _reserved(server, session, request.submission_id)
+        received = cluster.submission_parts.get(request.submission_id, [])
+        check_fits(server, specs, first=len(received) + 1)
+        specs = received + specs
+    check_quotas(server, session.user.name, len(specs))
+    if not request.parts:
+        check_fits(server, specs)
     now = server.clock.now()
     state = JobState.HELD if request.hold else JobState.PENDING
     if request.submission_id is None:   # a user-server of protocol 1: signed without one
         sub_id = cluster.next_submission_id
         cluster.next_submission_id += 1
     else:
-        reserved = cluster.reservations.get(request.submission_id)
-        if reserved is None or reserved[0] != owner.name:
-            raise UsageError(f"submission {request.submission_id} was not reserved for "
-                             f"{owner.name} (or hq-server restarted since): submit again")
+        _reserved(server, session, request.submission_id)
         sub_id = request.submission_id
         del cluster.reservations[sub_id]
+        cluster.submission_parts.pop(sub_id, None)
     first = cluster.next_job_id
-    cluster.next_job_id += len(request.jobs)
+    cluster.next_job_id += len(specs)
     sub = Submission(id=sub_id, owner=owner.name, environment=request.environment,
                      umask=request.umask, submitted_at=now,
-                     submit_host=request.submit_host or "unknown", job_count=len(request.jobs))
+                     submit_host=request.submit_host or "unknown", job_count=len(specs))
     new = [Job(id=job_id, submission_id=sub_id, owner=owner.name, owner_id=owner.id,
                spec=spec, submitted_at=now, state=state,
                eligible_at=None if request.hold else now)
-           for job_id, spec in enumerate(request.jobs, first)]
+           for job_id, spec in enumerate(specs, first)]
     await server.journal.submission(sub, owner.id, new)
     cluster.add_submission(sub)
     for job in new:
@@ -294,24 +325,33 @@ def release(server: Server, session: Session, request: Release) -> ChangesReply:
 async def wait(server: Server, session: Session, request: Wait) -> WaitReply:
     timeout = min(request.timeout_s or 1.0, MAX_WAIT_S)
     deadline = server.clock.monotonic() + timeout
+
+    async def look(job_id: int) -> JobWaitState:
+        latest[job_id] = wait_state(await _own_or_recorded(server, session, job_id))
+        return latest[job_id]
+
     latest: dict[int, JobWaitState] = {}
-    ids = list(dict.fromkeys(request.ids))
+    open_ids = [i for i in dict.fromkeys(request.ids) if not (await look(i)).state.finished]
     while True:
-        # finished jobs do not change any more: look again only at the others
-        for job_id in ids:
-            if job_id not in latest or not latest[job_id].state.finished:
-                latest[job_id] = wait_state(await _own_or_recorded(server, session, job_id))
-        finished = all(s.state.finished for s in latest.values())
         remaining = deadline - server.clock.monotonic()
-        if finished or remaining <= 0:
-            return WaitReply(jobs=[latest[i] for i in sorted(latest)], finished=finished)
+        if not open_ids or remaining <= 0:
+            for job_id in open_ids[1:]:   # the answer has every job's latest state
+                await look(job_id)
+            return WaitReply(jobs=[latest[i] for i in sorted(latest)], finished=not open_ids)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.journal.finished.wait(), remaining)
         # jobs often end in bursts: one look after the burst instead of one per job
         await asyncio.sleep(min(WAIT_COALESCE_S, max(0.0, deadline - server.clock.monotonic())))
+        # finished jobs do not change any more; of the others, look up to the first one
+        # still going (the rest are looked at once it is done, or for the answer)
+        done = 0
+        while done < len(open_ids) and (await look(open_ids[done])).state.finished:
+            done += 1
+        open_ids = open_ids[done:]
 
 
 USER_REQUESTS: dict[type, Handler] = {
-    Ping: ping, ReserveSubmission: reserve, Submit: submit, Status: status, Jobs: jobs,
-    Show: show, Cancel: cancel, Hold: hold, Release: release, Wait: wait,
+    Ping: ping, ReserveSubmission: reserve, Submit: submit, SubmitPart: submit_part,
+    Status: status, Jobs: jobs, Show: show, Cancel: cancel, Hold: hold, Release: release,
+    Wait: wait,
 }

@@ -127,6 +127,9 @@ class Cluster:
         self.database_id = ""   # the database's identity: daemons key its jobs by it
         # submission id -> (owner, monotonic expiry): reserved for a submission to come
         self.reservations: dict[int, tuple[str, float]] = {}
+        # submission id -> the jobs of its parts received so far (a streamed submission;
+        # nothing of it is stored until its closing submit)
+        self.submission_parts: dict[int, list[Any]] = {}
         self.next_job_id = 1
         self.next_submission_id = 1
 

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import msgspec
 from hq.auth import job_signature_ok, load_signing_key, sign_job, state_dir, user_name
 from hq.config import Installation, ServerConfig
 from hq.errors import HqError, PermissionDenied, Unavailable, UsageError
-from hq.jobspec import submission_digest
+from hq.jobspec import JobSpec, submission_digest
 from hq.protocol import (
     MAX_FRAME,
     Channel,
@@ -38,6 +39,7 @@ from hq.protocol import (
 )
 from hq.protocol.messages import (
     CLI_SENDS,
+    PART_JOBS,
     SERVER_SENDS_USERD,
     Ack,
     CancelJobs,
@@ -55,6 +57,7 @@ from hq.protocol.messages import (
     Run,
     RunJob,
     Submit,
+    SubmitPart,
     Superseded,
     Sync,
     SyncReply,
@@ -70,6 +73,19 @@ SERVER_WAIT_S = 10.0      # how long a command waits for a restarting hq-server
 IDLE_CHECK_S = 5.0
 REFUSED_RETRY_S = 10.0
 HELLO_TIMEOUT_S = 10.0
+
+
+@dataclass(eq=False)
+class _Stream:
+    """A submission a command streams in parts, as far as it came."""
+
+    submission_id: int
+    database: str
+    environment: dict[str, str]
+    umask: int
+    digest: str
+    parts: int = 0
+    jobs: int = 0
 
 
 class UserServer:
@@ -90,6 +106,7 @@ class UserServer:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.database: str | None = None   # hq-server's database identity, from its welcome
         self.ledger: Ledger | None = None
+        self.streams: dict[Channel, _Stream] = {}   # a command's submission being streamed
         self.ledger_database: str | None = None
         self.started = time.monotonic()
         self.host_contact: dict[str, float] = {}   # host -> last word from its exec-server
@@ -146,6 +163,7 @@ class UserServer:
                 channel.send(error_message(err))
             channel.close()
         finally:
+            self.streams.pop(channel, None)   # a submission left open is never stored
             self.clients -= 1
             self.last_activity = time.monotonic()
 
@@ -153,16 +171,18 @@ class UserServer:
         """Answer one request of a command (directly, or relayed by an exec-server)."""
         request = message.request if isinstance(message, Relay) else message
         try:
-            channel.reply(message, await self._forward(request))
+            channel.reply(message, await self._forward(request, channel))
         except HqError as err:
             channel.reply_error(message, err)
         except (TimeoutError, ConnectionError) as err:
             channel.reply_error(message, Unavailable(f"hq-server did not answer: {err}"))
 
-    async def _forward(self, request: Request) -> Any:
+    async def _forward(self, request: Request, client: Channel | None = None) -> Any:
         """Pass a command's request to hq-server (signing a submission's jobs first)."""
         server = await self._server()
         timeout = float(getattr(request, "timeout_s", 0) or 0) + 60.0
+        if isinstance(request, SubmitPart) or (isinstance(request, Submit) and request.parts):
+            return await self._stream(server, request, client)
         if not isinstance(request, Submit):
             return await server.request(request, timeout=timeout)
         for attempt in (1, 2):
@@ -183,11 +203,56 @@ class UserServer:
     def _signed(self, request: Submit, database: str, submission_id: int) -> Submit:
         """``request`` with each job signed for ``database`` and ``submission_id``."""
         digest = submission_digest(request.environment, request.umask)
-        jobs = [msgspec.structs.replace(spec, signature=sign_job(
+        return msgspec.structs.replace(
+            request, jobs=self._sign_jobs(request.jobs, digest, database, submission_id),
+            submission_id=submission_id)
+
+    def _sign_jobs(self, specs: list[JobSpec], digest: str, database: str,
+                   submission_id: int) -> list[JobSpec]:
+        return [msgspec.structs.replace(spec, signature=sign_job(
                     self.key, spec, self.user, digest, database=database,
                     submission_id=submission_id))
-                for spec in request.jobs]
-        return msgspec.structs.replace(request, jobs=jobs, submission_id=submission_id)
+                for spec in specs]
+
+    async def _stream(self, server: Channel, request: SubmitPart | Submit,
+                      client: Channel | None) -> Any:
+        """A part of a streamed submission (see ``Submit``): the first reserves its id, each
+        is signed and passed on in order; the closing ``Submit`` has hq-server store all."""
+        if client is None:
+            raise UsageError("a streamed submission must come on one connection")
+        stream = self.streams.get(client)
+        if isinstance(request, SubmitPart):
+            if stream is None:
+                if request.environment is None or request.umask is None:
+                    raise UsageError("the first part of a submission must name its "
+                                     "environment and umask")
+                if server.version < 2:
+                    raise UsageError(f"hq-server is too old for a submission of more than "
+                                     f"{PART_JOBS:,} jobs: ask the hq admin to upgrade it")
+                reserved = await server.request(ReserveSubmission(), timeout=60.0)
+                self._ledger_for(reserved.database).first_submission(reserved.submission_id)
+                stream = self.streams[client] = _Stream(
+                    reserved.submission_id, reserved.database, request.environment,
+                    request.umask, submission_digest(request.environment, request.umask))
+            jobs = self._sign_jobs(request.jobs, stream.digest, stream.database,
+                                   stream.submission_id)
+            reply = await server.request(SubmitPart(jobs=jobs,
+                                                    submission_id=stream.submission_id),
+                                         timeout=60.0 + len(jobs) / 1000)
+            stream.parts += 1
+            stream.jobs = reply.received
+            return reply
+        self.streams.pop(client, None)
+        if stream is None or stream.parts != request.parts:
+            raise UsageError(f"a submission closed after {request.parts} part(s), but "
+                             f"{0 if stream is None else stream.parts} came on this "
+                             "connection: submit again")
+        if (request.environment, request.umask) != (stream.environment, stream.umask):
+            raise UsageError("a streamed submission must keep the environment and umask of "
+                             "its first part")
+        signed = self._signed(request, stream.database, stream.submission_id)
+        return await server.request(signed, timeout=60.0 + (stream.jobs + len(signed.jobs))
+                                    / 1000)
 
     def _signed_v1(self, request: Submit) -> Submit:
         """Signed for an hq-server of protocol version 1 (which picks the submission id)."""

@@ -218,3 +218,30 @@ def test_dbadmin_check_finds_a_job_row_edited_behind_hq(running_hq):
 def _event_time(hq, job_id: int) -> str:
     (at,) = hq.db_rows(sa.select(sa.func.max(events.c.at)).where(events.c.job_id == job_id))[0]
     return f"{at:%Y-%m-%d %H:%M:%S}"
+
+
+def test_a_big_jobs_file_is_streamed_and_stored_all_or_nothing(running_hq):
+    hq = running_hq
+    count = 25_001   # two parts of 10,000 and a closing one of 5,001 (messages.PART_JOBS)
+    jobs_file = hq.workdir / "big.tab"
+    jobs_file.write_text("command::echo {idx}\n" * count)
+    result = hq.submit("--hold", "--json", "-f", str(jobs_file), timeout=120)
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    ids = reply["ids"]
+    assert len(ids) == count and ids == list(range(ids[0], ids[0] + count))
+    rows = hq.db_rows(sa.select(jobs.c.submission_id, sa.func.count(), sa.func.min(jobs.c.id))
+                      .where(jobs.c.id.in_([ids[0], ids[-1]]) | (jobs.c.submission_id
+                                                                  == reply["submission_id"]))
+                      .group_by(jobs.c.submission_id))
+    assert [tuple(r) for r in rows] == [(reply["submission_id"], count, ids[0])]
+    # a line hq-server refuses in the last part: nothing of the submission is stored
+    lines = ["command::true\n"] * count
+    lines[-2] = "command::true\texcludeHosts::nosuchhost\n"
+    jobs_file.write_text("".join(lines))
+    before = hq.db_rows(sa.select(sa.func.count()).select_from(jobs))[0][0]
+    refused = hq.submit("--hold", "-f", str(jobs_file), timeout=120)
+    assert refused.returncode != 0
+    assert f"job {count - 1}: " in refused.stderr and "nosuchhost" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert hq.db_rows(sa.select(sa.func.count()).select_from(jobs))[0][0] == before

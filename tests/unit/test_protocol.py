@@ -30,6 +30,8 @@ EXAMPLES: dict[type, dict[str, Any]] = {
     m.ReserveSubmission: {"type": "reserve", "rid": 1},
     m.Submit: {"type": "submit", "rid": 1, "jobs": [SPEC], "environment": {"PATH": "/bin"},
                "umask": 18},
+    m.SubmitPart: {"type": "submit_part", "rid": 1, "jobs": [SPEC],
+                   "environment": {"PATH": "/bin"}, "umask": 18},
     m.Status: {"type": "status", "rid": 1},
     m.Jobs: {"type": "jobs", "rid": 1, "states": ["running", "done"], "limit": 5},
     m.Show: {"type": "show", "rid": 1, "id": 7},
