@@ -164,11 +164,11 @@ def build_specs(command: str | None, jobs_file: str | None, template: JobSpec
     jobs file with ``template`` as its defaults. UsageError for anything wrong."""
     import msgspec
 
-    from hq.cli.jobsfile import parse_jobs_file, read_jobs_file
-
     if command is not None and jobs_file is not None:
         raise UsageError("give either COMMAND or -f FILE, not both")
     if jobs_file is not None:
+        from hq.cli.jobsfile import parse_jobs_file, read_jobs_file
+
         # The options on their own first, so that a bad option is not blamed on line 1.
         msgspec.structs.replace(template, command=":").validate()
         return parse_jobs_file(jobs_file, read_jobs_file(jobs_file), template)
