@@ -3,10 +3,11 @@
 ``Probe.sample`` compares two readings of /proc/stat: the CPU time all processes used in
 between, in cores (1.0 = one core busy for the whole interval). hq's own share of it comes
 from the CPU time of hq's daemons (processes running ``python -m hq.<daemon>``, visible to
-every account in /proc/PID/cmdline and /proc/PID/stat); hq-server subtracts the cores its
-jobs hold. What remains is the host's *other work* (someone typing, a job outside hq), the
-only load hq makes room for. No user's word enters it: the probe runs as hq-server's
-account.
+every account in /proc/PID/cmdline and /proc/PID/stat) and of hq's jobs (the process trees
+below the exec-servers, measured over the same interval, so that a job that ended a moment
+ago still counts as hq's, not as someone else's). What remains is the host's *other work*
+(someone typing, a job outside hq), the only load hq makes room for. No user's word enters
+it: the probe runs as hq-server's account.
 """
 
 from __future__ import annotations
@@ -28,25 +29,50 @@ def _cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _hq_daemon_seconds() -> dict[int, float]:
-    """CPU seconds of each live hq daemon process, by pid."""
+def _hq_seconds() -> tuple[dict[int, float], dict[int, float]]:
+    """CPU seconds of each live hq daemon, and of the jobs under each exec-server, by pid.
+
+    A job's CPU time is its process tree's: the exec-server's reaped children (``cutime``,
+    ``cstime``: every job it has reaped, with what they reaped) plus the live processes below
+    it. Both only grow, so the difference of two readings is what its jobs used in between,
+    however short they were. /proc/PID/stat and cmdline are readable by every account."""
     ticks = os.sysconf("SC_CLK_TCK")
-    found = {}
+    daemons: dict[int, float] = {}
+    execds: dict[int, float] = {}
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}   # own and reaped children's CPU seconds of every process
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
+        pid = int(name)
         try:
-            with open(f"/proc/{name}/cmdline", "rb") as file:
-                cmdline = file.read(4096)
-            if not any(daemon in cmdline for daemon in _HQ_DAEMONS):
-                continue
             with open(f"/proc/{name}/stat", "rb") as file:
                 fields = file.read().rpartition(b")")[2].split()
         except OSError:
             continue
-        # after the command: utime and stime are the 12th and 13th
-        found[int(name)] = (int(fields[11]) + int(fields[12])) / ticks
-    return found
+        # after the command: ppid is the 2nd, utime, stime, cutime, cstime the 12th to 15th
+        parent[pid] = int(fields[1])
+        own = (int(fields[11]) + int(fields[12])) / ticks
+        used[pid] = own + (int(fields[13]) + int(fields[14])) / ticks
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as file:
+                cmdline = file.read(4096)
+        except OSError:
+            continue
+        if any(daemon in cmdline for daemon in _HQ_DAEMONS):
+            daemons[pid] = own
+            if b"hq.execd.main" in cmdline and b"--bridge" not in cmdline:
+                execds[pid] = used[pid] - own
+    jobs = dict.fromkeys(execds, 0.0)
+    for pid in used:
+        ancestor, depth = parent.get(pid, 0), 0
+        while ancestor > 1 and ancestor not in execds and depth < 64:
+            ancestor, depth = parent.get(ancestor, 0), depth + 1
+        if ancestor in execds:
+            jobs[ancestor] += used[pid]
+    for pid, reaped in execds.items():
+        jobs[pid] += reaped
+    return daemons, jobs
 
 
 def _memory_mb() -> tuple[int, int]:
@@ -64,19 +90,24 @@ class Probe:
 
     cpu: float = 0.0
     daemons: dict[int, float] | None = None
+    jobs: dict[int, float] | None = None
     at: float = 0.0
 
     def sample(self) -> HostFacts | None:
         """The host's facts since the previous call (None the first time: no interval)."""
-        now, cpu, daemons = time.monotonic(), _cpu_seconds(), _hq_daemon_seconds()
-        last_at, last_cpu, last_daemons = self.at, self.cpu, self.daemons
-        self.at, self.cpu, self.daemons = now, cpu, daemons
-        if last_daemons is None or now <= last_at:
+        now, cpu, (daemons, jobs) = time.monotonic(), _cpu_seconds(), _hq_seconds()
+        last_at, last_cpu, last_daemons, last_jobs = self.at, self.cpu, self.daemons, self.jobs
+        self.at, self.cpu, self.daemons, self.jobs = now, cpu, daemons, jobs
+        if last_daemons is None or last_jobs is None or now <= last_at:
             return None
         elapsed = now - last_at
-        hq_seconds = sum(max(0.0, used - last_daemons[pid]) for pid, used in daemons.items()
-                         if pid in last_daemons)
         total, available = _memory_mb()
         return HostFacts(cores=os.cpu_count() or 1, cpu_busy=max(0.0, cpu - last_cpu) / elapsed,
-                         hq_daemons=hq_seconds / elapsed, load1=os.getloadavg()[0],
-                         memory_mb=total, free_memory_mb=available)
+                         hq_daemons=_growth(daemons, last_daemons) / elapsed,
+                         hq_jobs=_growth(jobs, last_jobs) / elapsed,
+                         load1=os.getloadavg()[0], memory_mb=total, free_memory_mb=available)
+
+
+def _growth(now: dict[int, float], before: dict[int, float]) -> float:
+    """CPU seconds used between two readings by the processes present in both."""
+    return sum(max(0.0, used - before[pid]) for pid, used in now.items() if pid in before)

@@ -681,12 +681,14 @@ class Heartbeat(Message, tag="heartbeat", kw_only=True):
 
 class HostFacts(Message, tag="host_facts", kw_only=True):
     """What a host is doing, measured by the host monitor (hq-server's own account): the only
-    source of facts about a host that affect everyone. ``cpu_busy`` and ``hq_daemons`` are
-    cores (1.0 = one core busy) over the last report interval."""
+    source of facts about a host that affect everyone. ``cpu_busy``, ``hq_daemons`` and
+    ``hq_jobs`` are cores (1.0 = one core busy) over the last report interval."""
 
     cores: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
     cpu_busy: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
     hq_daemons: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
+    # the process trees of the exec-servers (hq's jobs); None from an older monitor
+    hq_jobs: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
     load1: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
     memory_mb: Count
     free_memory_mb: Count

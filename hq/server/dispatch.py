@@ -258,9 +258,10 @@ class Dispatcher:
             if job is None:
                 continue
             if isinstance(event, JobStarted):
-                self._started(link, job, host, event.pid, event.at, event.attempt)
+                self._started(link, job, host, event.pid, event.at,
+                              self._attempt(link, job, event.attempt))
             else:
-                self._ended(job, host, event, now)
+                self._ended(job, host, event, now, self._attempt(link, job, event.attempt))
                 acks.append((job.id, event.attempt))
         self._ack_after_commit(link, host, acks)
         self.wake()
@@ -278,21 +279,22 @@ class Dispatcher:
         for ended in message.ended:
             job = self._own_job(link, ended.id)
             if job is not None:
-                if ended.attempt == job.attempt:
+                attempt = self._attempt(link, job, ended.attempt)
+                if attempt == job.attempt:
                     seen.add(job.id)
                 acks.append((job.id, ended.attempt))
-                self._ended(job, host, ended, now)
+                self._ended(job, host, ended, now, attempt)
         stop: list[tuple[int, int]] = []
         for entry in message.running:
             job = self._own_job(link, entry.id)
             if job is None:
                 continue
-            if entry.attempt != job.attempt:
+            if self._attempt(link, job, entry.attempt) != job.attempt:
                 stop.append((job.id, entry.attempt))   # a copy of an earlier run: stop it
                 continue
             seen.add(job.id)
             if job.state is JobState.DISPATCHED:
-                self._started(link, job, host, entry.pid, entry.started_at, entry.attempt)
+                self._started(link, job, host, entry.pid, entry.started_at, job.attempt)
             if job.state.finished or (job.cancel_requested and job.state.active):
                 # finished here (cancelled meanwhile) but still running there: stop it
                 stop.append((job.id, entry.attempt))
@@ -378,6 +380,7 @@ class Dispatcher:
         if host is None:
             return
         host.cpu_busy, host.hq_daemons = message.cpu_busy, message.hq_daemons
+        host.hq_jobs = message.hq_jobs
         host.load1, host.free_memory_mb = message.load1, message.free_memory_mb
         host.facts_at = self.clock.monotonic()
         host.last_heartbeat_at = self.clock.now()
@@ -418,8 +421,14 @@ class Dispatcher:
             self.links.send(link.user, CancelJobs(host=host, ids=[job.id],
                                                   attempts=[attempt], reason=CANCELLED))
 
-    def _ended(self, job: Job, host: str, event: JobEnded, now: dt.datetime) -> None:
-        if not job.state.active or job.host != host or event.attempt != job.attempt:
+    @staticmethod
+    def _attempt(link: UserLink, job: Job, attempt: int) -> int:
+        """The attempt a report is about; protocol 1 names none: the current one."""
+        return attempt if link.version >= 2 else job.attempt
+
+    def _ended(self, job: Job, host: str, event: JobEnded, now: dt.datetime,
+               attempt: int) -> None:
+        if not job.state.active or job.host != host or attempt != job.attempt:
             return  # already recorded, requeued meanwhile, or an earlier run's end
         reason = event.reason
         if reason == WITHDRAWN and job.state is JobState.DISPATCHED:

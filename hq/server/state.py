@@ -47,6 +47,7 @@ class Host:
     free_memory_mb: int | None = None
     cpu_busy: float | None = None       # cores busy over the last report interval ...
     hq_daemons: float = 0.0             # ... of which hq's own daemons
+    hq_jobs: float | None = None        # ... and hq's jobs (None: not measured)
     facts_at: float | None = None       # monotonic time of the last report
     last_heartbeat_at: dt.datetime | None = None   # wall time of the last report
     recorded_heartbeat: dt.datetime | None = None  # the last one written to the database
@@ -66,12 +67,17 @@ class Host:
 
     def other_work(self, now_m: float, facts_timeout_s: float) -> float | None:
         """Cores busy with work that is not hq's: what the monitor saw busy, less hq's
-        daemons and the cores hq's jobs hold (at most what was busy); None when the monitor
-        has not reported for ``facts_timeout_s``."""
+        daemons and hq's jobs over the same interval (at most what was busy); None when the
+        monitor has not reported for ``facts_timeout_s``.
+
+        hq's jobs are what the monitor measured of the exec-servers' process trees; from a
+        monitor that does not measure them, the cores hq's jobs hold now stand in (which
+        counts the work of jobs that ended within the interval as someone else's)."""
         if self.cpu_busy is None or self.facts_at is None \
                 or now_m - self.facts_at > facts_timeout_s:
             return None
-        return min(self.cpu_busy, max(0.0, self.cpu_busy - self.hq_daemons - self.used_cores))
+        jobs = self.used_cores if self.hq_jobs is None else self.hq_jobs
+        return min(self.cpu_busy, max(0.0, self.cpu_busy - self.hq_daemons - jobs))
 
     def slot(self, now_m: float, facts_timeout_s: float) -> HostSlot:
         free_memory = None if self.memory_mb is None else self.memory_mb - self.used_memory_mb

@@ -405,7 +405,7 @@ class UserServer:
             if digest is None or not job_signature_ok(
                     self.key, job.spec, self.user, digest, database=self.database or "",
                     submission_id=job.submission_id, accept_v1=accept_v1):
-                refused.append((job.id, "refused: bad signature"))
+                refused.append((job, "refused: bad signature"))
             else:
                 signed.append(job)
         good, waiting = [], []
@@ -437,11 +437,13 @@ class UserServer:
             elif entry is not None and entry.state == "out" and entry.host != host:
                 waiting.append((job, entry.host))
             else:
-                refused.append((job.id, why))
+                refused.append((job, why))
         if refused:
-            log.warning("host %s: refusing jobs %s", host, refused[:20])
+            log.warning("host %s: refusing jobs %s", host,
+                        [(job.id, why) for job, why in refused[:20]])
             self._to_server(JobEvents(host=host, events=[
-                JobEnded(id=job_id, at=time.time(), reason=why) for job_id, why in refused]))
+                JobEnded(id=job.id, at=time.time(), reason=why, attempt=job.attempt)
+                for job, why in refused]))
         if good and link is not None:
             link.send(msgspec.structs.replace(message, jobs=good, owner=self.user))
         if waiting:

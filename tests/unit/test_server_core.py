@@ -423,6 +423,15 @@ async def test_facts_about_a_host_come_from_the_monitor_only(core: Core):
     dispatcher.on_host_facts(HostFacts(host="n1", cores=2, cpu_busy=2.0, hq_daemons=0.2,
                                        load1=2.0, memory_mb=1000, free_memory_mb=500))
     assert host.other_work(core.clock.monotonic(), 30.0) == pytest.approx(0.8)
+    # a monitor that measures hq's jobs: the jobs that just ended were hq's, not other work
+    # (the cores they held are free again by the time the report comes)
+    job = next(iter(core.server.cluster.jobs[i] for i in host.jobs))
+    core.server.journal.job(job, JobState.CANCELLED, reason="test", ended_at=core.clock.now())
+    assert host.used_cores == 0
+    dispatcher.on_host_facts(HostFacts(host="n1", cores=2, cpu_busy=2.0, hq_daemons=0.2,
+                                       hq_jobs=1.7, load1=2.0, memory_mb=1000,
+                                       free_memory_mb=500))
+    assert host.other_work(core.clock.monotonic(), 30.0) == pytest.approx(0.1)
     # and facts that grew old are unknown: free cores decide
     core.clock.advance(31)
     assert host.other_work(core.clock.monotonic(), 30.0) is None
