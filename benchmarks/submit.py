@@ -60,6 +60,7 @@ def one_run(db: Database, count: int, calls: int) -> dict[str, float]:
         rss_before = rss(server)
         submit_s = timed([PY, "-m", "hq.cli.submit", "--hold", "-q", "-f", str(jobs_file)],
                          env, work)
+        time.sleep(2.0)   # (hq-server gives a burst's memory back a moment after)
         rss_after = rss(server)
         status_s = timed([PY, "-m", "hq.cli.client", "status"], env, work)
         jobs_s = timed([PY, "-m", "hq.cli.client", "jobs", "--limit", "20"], env, work)

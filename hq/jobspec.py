@@ -151,8 +151,17 @@ def signed_text(spec: JobSpec, owner: str, digest: str, *, database: str,
             for name, encoded, default in _signed_fields()
             if (value := getattr(spec, name)) != default}
     covered = [SIGNATURE_VERSION, owner, database, submission_id, body, digest]
-    return json.dumps(covered, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+    if any(type(value) is float for value in body.values()):
+        # (no field is a float; but where one was passed, json's spelling of it is the one
+        # signatures were made with: msgspec writes 1e16 where json writes 1e+16)
+        return json.dumps(covered, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+    # the same bytes as json.dumps(sort_keys, compact, ensure_ascii=False) for strings, ints,
+    # bools, None and lists (tests/unit/test_protocol.py checks every code point), 10x faster
+    return _encode_sorted(covered)
+
+
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
 
 
 @functools.cache

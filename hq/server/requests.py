@@ -14,6 +14,8 @@ import fnmatch
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import msgspec
+
 from hq import __version__
 from hq.db.jobs import find_job, list_finished_jobs
 from hq.errors import Busy, NotFound, UsageError
@@ -46,6 +48,7 @@ from hq.protocol.messages import (
     WaitReply,
 )
 from hq.server.core import Server, Session
+from hq.server.memory import release_free_memory
 from hq.server.views import job_info, wait_state
 from hq.states import FINISHED_JOB_STATES, JobState
 
@@ -118,6 +121,24 @@ def reserve(server: Server, session: Session, request: ReserveSubmission) -> Res
     return ReserveReply(submission_id=sub_id, database=cluster.database_id)
 
 
+BIG_SUBMISSION = 10_000
+
+
+def shared_strings(specs: list[JobSpec]) -> list[JobSpec]:
+    """The specs with equal strings as one object: a jobs file repeats its command, directory,
+    shell and output templates in every job, and a decoded frame has a copy of each (about
+    300 bytes a job that hq-server would keep for as long as the job is unfinished)."""
+    if len(specs) < 2:
+        return specs
+    seen: dict[str, str] = {}
+    one = seen.setdefault
+    replace = msgspec.structs.replace
+    return [replace(spec, command=one(spec.command, spec.command), cwd=one(spec.cwd, spec.cwd),
+                    shell=one(spec.shell, spec.shell), stdout=one(spec.stdout, spec.stdout),
+                    stderr=one(spec.stderr, spec.stderr))
+            for spec in specs]
+
+
 def _reserved(server: Server, session: Session, submission_id: int) -> None:
     reserved = server.cluster.reservations.get(submission_id)
     if reserved is None or reserved[0] != session.user.name:
@@ -151,6 +172,7 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
     check_quotas(server, session.user.name, len(specs))
     if not request.parts:
         check_fits(server, specs)
+    specs = shared_strings(specs)
     now = server.clock.now()
     state = JobState.HELD if request.hold else JobState.PENDING
     if request.submission_id is None:   # a user-server of protocol 1: signed without one
@@ -174,6 +196,10 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
     cluster.add_submission(sub)
     for job in new:
         cluster.add_job(job)
+    if len(new) >= BIG_SUBMISSION:
+        # once the decoded frames and their copies are gone (after this answer), their
+        # memory goes back to the system
+        asyncio.get_running_loop().call_later(1.0, release_free_memory)
     server.dispatcher.wake()
     return SubmitReply(ids=[j.id for j in new], submission_id=sub_id)
 

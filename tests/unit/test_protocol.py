@@ -301,3 +301,32 @@ def test_doc_lists_every_message_kind_with_exactly_its_fields():
 
 def test_every_kind_a_peer_may_send_has_an_example_here():
     assert {cls for _u, cls in sent_kinds()} == set(EXAMPLES)
+
+
+def test_the_signed_text_is_spelled_as_json_dumps_spells_it():
+    """Signatures cover hq.jobspec.signed_text; its fast encoder must give the very bytes of
+    json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False), or signatures made
+    by an earlier hq stop verifying."""
+    import json
+
+    from hq.jobspec import JobSpec, signed_text
+
+    def reference(spec: JobSpec) -> bytes:
+        from hq.jobspec import _signed_fields
+        body = {enc: list(v) if isinstance(v, tuple) else v
+                for name, enc, default in _signed_fields()
+                if (v := getattr(spec, name)) != default}
+        return json.dumps([2, "alice", "db1", 7, body, "d" * 64], sort_keys=True,
+                          separators=(",", ":"), ensure_ascii=False).encode()
+
+    every_char = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    specs = [JobSpec(command="true", cwd="/tmp"),
+             JobSpec(command=every_char[:60000], cwd="/tmp/é", name=every_char[60000:60200],
+                     cores=3, memory_mb=2**31 - 1, priority=-5, group="g\x00\x1f\x7f",
+                     info_text='"\\\n\t\u2028\u2029', time_limit_s=3600, stdout="%j.o",
+                     stderr="/dev/null", log_path="l", excluded_hosts=("a", "b"),
+                     requeue=False, array_index=0),
+             JobSpec(command=every_char[60000:], cwd="/")]
+    for spec in specs:
+        assert signed_text(spec, "alice", "d" * 64, database="db1", submission_id=7) == \
+            reference(spec)
