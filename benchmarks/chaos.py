@@ -51,7 +51,7 @@ def restart_mariadb(server) -> None:  # type: ignore[no-untyped-def]
                             stderr=subprocess.DEVNULL, start_new_session=True)
     _wait_until_answering(proc, server.socket, server.admin_user,
                           server.base / "run" / "mariadbd.err")
-    server.pid = proc.pid
+    object.__setattr__(server, "pid", proc.pid)   # (frozen: its owner stops it by this pid)
     RESTARTED.append(proc)
 
 
@@ -103,6 +103,8 @@ def main() -> int:
         say(f"chaos on {args.backend}, {args.jobs} jobs: kills {disturbed['kills']}")
         for key in ("lost", "run_twice", "rows_disagreeing", "not_done", "unknown_end"):
             say(f"  {key:18} {disturbed[key]}")
+        for job_id, state, reason in disturbed["not_done_jobs"]:  # type: ignore[attr-defined]
+            say(f"    job {job_id}: {state}: {reason}")
         say(f"  time: {disturbed['elapsed_s']} s against {undisturbed['elapsed_s']} s "
             f"undisturbed ({report['time_lost_s']} s lost)")
     bad = any(disturbed[k] for k in ("lost", "run_twice", "rows_disagreeing", "not_done"))
