@@ -56,7 +56,7 @@ class Job:
     cpu_time_s: float | None = None
     max_rss_kb: int | None = None
     restart_count: int = 0          # times it was requeued after it had started
-    attempt: int = 0                # one more each time it went back without an end
+    attempt: int = 0                # one more each time it was withdrawn or lost
     # Asked to stop, or to be held, while dispatched; hq-server's memory only.
     cancel_requested: bool = False
     hold_requested: bool = False

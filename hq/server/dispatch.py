@@ -323,10 +323,12 @@ class Dispatcher:
         if job.cancel_requested:
             self.journal.job(job, JobState.CANCELLED, reason=f"cancelled ({why})", ended_at=now)
         elif job.state is JobState.DISPATCHED:
-            # it never started (or its start was never heard of, and a late report about that
-            # attempt is ignored): no restart; the next dispatch is a new attempt
+            # It never started as far as anyone knows: no restart. Its exec-server does not
+            # know it (may_have_run False): the next dispatch may be this very attempt again,
+            # which the user-server's ledger hands over again as harmless. Lost with its host:
+            # a new attempt, so that whatever that host did with this one is told from it.
             self.journal.job(job, JobState.PENDING, reason=f"requeued: dispatch lost ({why})",
-                             host=None)
+                             host=None, attempt=job.attempt + (1 if may_have_run else 0))
         elif job.spec.requeue:
             self.journal.job(job, JobState.PENDING, reason=f"requeued: {why}", host=None,
                              pid=None, started_at=None, restart_count=job.restart_count + 1)
@@ -346,8 +348,9 @@ class Dispatcher:
                 self.journal.job(job, JobState.CANCELLED, reason="cancelled before it started",
                                  ended_at=self.clock.now())
             else:
+                # it never reached the exec-server: the same attempt may go again
                 self.journal.job(job, JobState.PENDING, reason=f"host {host}: {message.reason}",
-                                 host=None)
+                                 host=None, attempt=job.attempt)
         self.wake()
 
     def on_host_state(self, link: UserLink, message: HostStateReport) -> None:

@@ -175,7 +175,8 @@ class Cluster:
         if unknown:
             raise ValueError(f"job {job.id}: not outcome fields: {sorted(unknown)}")
         if old.active and new is JobState.PENDING:
-            # back in the queue without an end: its next dispatch is another attempt, so that
+            # back in the queue without an end: unless the caller says otherwise (a dispatch
+            # that never reached an exec-server), its next dispatch is another attempt, so that
             # whatever is heard later about this one is never taken for the next
             fields.setdefault("attempt", job.attempt + 1)
         # dispatched -> running keeps the host and its cores: nothing to move

@@ -529,7 +529,9 @@ async def test_queued_jobs_unknown_to_a_sync_go_back_without_a_restart(core: Cor
     await core.committed()
     jobs = core.server.cluster.jobs
     assert states(core, queued[1:]) == {i: "pending" for i in queued[1:]}
-    assert all(jobs[i].restart_count == 0 and jobs[i].attempt == 1 for i in queued[1:])
+    # never reached as far as anyone knows: the same attempt may go again (the ledger hands
+    # it over again as harmless)
+    assert all(jobs[i].restart_count == 0 and jobs[i].attempt == 0 for i in queued[1:])
     assert core.server.cluster.hosts["n1"].used_cores == 1    # the running one's core
 
 
