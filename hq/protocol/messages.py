@@ -21,127 +21,79 @@ The shapes are those of protocol version 1 (doc/protocol.md), so a daemon of thi
 talks to one of version 1 that is still running after an upgrade; version 2 only adds kinds
 and optional fields. A reply is flat (``{"type": "reply", "rid": N, ...fields}``); each request
 class names its reply class in ``Reply``.
+
+This module is the catalogue: every kind can be imported from here. The field types and base
+classes live in ``hq.protocol.fields``, the hello and welcome in ``hq.protocol.handshake``,
+the admin's requests in ``hq.protocol.admin_messages``; the rest are defined here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from hq.jobspec import InvalidSpec, JobSpec
+from hq.protocol.admin_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    ADMIN_REQUESTS,
+    AdminInfo,
+    AdminInfoReply,
+    AdminStatus,
+    AdminStatusReply,
+    HostInfo,
+    ListHosts,
+    ListHostsReply,
+    ListUsers,
+    ListUsersReply,
+    Reload,
+    ReloadReply,
+    SetClusterActive,
+    SetClusterActiveReply,
+    SetHostActive,
+    SetHostActiveReply,
+    Shutdown,
+    ShutdownReply,
+    UserInfo,
+    UserServerInfo,
+)
+from hq.protocol.fields import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    MAX_EVENTS,
+    MAX_IDS,
+    MAX_JOBS_PER_SUBMIT,
+    MAX_PAGE,
+    MAX_VIEW,
+    PART_JOBS,
+    Count,
+    Counts,
+    Environment,
+    Epoch,
+    Error,
+    ExitCode,
+    HostName,
+    IdList,
+    JobId,
+    Message,
+    Name,
+    Pid,
+    Reply,
+    ReplyHeader,
+    Request,
+    Seconds,
+    SignalNumber,
+    Text,
+    Umask,
+    UserName,
+    ViewIds,
+    Word,
+)
+from hq.protocol.handshake import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    ExecSettings,
+    Hello,
+    HostAddress,
+    Role,
+    Welcome,
+)
 from hq.states import JobState
-
-# --- field types: what any value may be, whoever sent it ---------------------------------------
-
-MAX_IDS = 100_000             # job ids in one request (commands send more in several)
-MAX_PAGE = 10_000             # jobs in one answer to ``jobs``
-MAX_VIEW = 1_000_000          # jobs in an exec-server's whole view (sync) and its acks
-MAX_EVENTS = 10_000           # job events in one report
-MAX_JOBS_PER_SUBMIT = 1_000_000
-PART_JOBS = 10_000   # jobs per SubmitPart: a streamed submission's frames stay a few MB
-
-JobId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
-Pid = Annotated[int, msgspec.Meta(ge=1, le=2**22)]
-Epoch = Annotated[float, msgspec.Meta(ge=0, le=1e11)]      # UTC seconds since 1970
-Seconds = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
-ExitCode = Annotated[int, msgspec.Meta(ge=0, le=255)]
-SignalNumber = Annotated[int, msgspec.Meta(ge=1, le=128)]
-Name = Annotated[str, msgspec.Meta(max_length=255)]
-HostName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Text = Annotated[str, msgspec.Meta(max_length=4096)]     # a reason, a one-line message
-Word = Annotated[str, msgspec.Meta(max_length=64)]
-IdList = Annotated[list[JobId], msgspec.Meta(max_length=MAX_IDS)]
-ViewIds = Annotated[list[JobId], msgspec.Meta(max_length=MAX_VIEW)]
-Counts = dict[Word, Count]
-Environment = Annotated[dict[Annotated[str, msgspec.Meta(max_length=4096)],
-                             Annotated[str, msgspec.Meta(max_length=1024 * 1024)]],
-                        msgspec.Meta(max_length=10_000)]
-Umask = Annotated[int, msgspec.Meta(ge=0, le=0o777)]
-
-
-class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True,
-              kw_only=True, omit_defaults=True):
-    """Base of every message kind; ``type`` on the wire is the class's tag."""
-
-
-class Request(Message):
-    """A message that gets exactly one answer: a ``Reply`` subclass or an ``Error``."""
-
-    rid: Count | None = None
-    # The class of the answer; None: the caller says (a relayed request's answer is the
-    # answer to the request inside it).
-    reply_type: ClassVar[type[Reply] | None] = None
-
-
-class Reply(Message, tag="reply", kw_only=True):
-    """The answer to a request; subclasses add the fields of one request's answer."""
-
-    rid: Count | None = None
-
-
-class Error(Message, tag="error", kw_only=True):
-    """A refused request (with its ``rid``) or a refused connection; ``code`` maps to
-    ``hq.errors`` (``not_found`` -> exit 3, ...)."""
-
-    code: Word
-    message: Text
-    rid: Count | None = None
-
-
-class ReplyHeader(msgspec.Struct, tag_field="type", tag="reply", forbid_unknown_fields=False,
-                  frozen=True):
-    """Just enough of a reply to find the request it answers; the body is decoded again with
-    that request's ``Reply`` class."""
-
-    rid: Count | None = None
-
-
-# --- handshake -------------------------------------------------------------------------------
-
-Role = Literal["cli", "admin", "userd", "monitor"]
-
-
-class ExecSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
-                   omit_defaults=True):
-    """What a user-server's hello tells its exec-server (the newest controller's values)."""
-
-    idle_timeout_s: Seconds | None = None
-    lease_s: Seconds | None = None
-    heartbeat_interval_s: Seconds | None = None
-    database: Word | None = None     # whose jobs this link speaks for (version 2)
-
-
-class Hello(Message, tag="hello", kw_only=True):
-    """The first frame of every connection, from the side that connected."""
-
-    version: Annotated[int, msgspec.Meta(ge=0, le=1000)]
-    role: Role
-    program: Word = ""
-    settings: ExecSettings | None = None   # to an exec-server only
-
-
-class HostAddress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How a user-server reaches a host's exec-server."""
-
-    name: HostName
-    address: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-    ssh_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 22
-
-
-class Welcome(Message, tag="welcome", kw_only=True):
-    """The answer to a hello (built by ``hq.protocol.channel.welcome`` only)."""
-
-    version: Annotated[int, msgspec.Meta(ge=0, le=1000)]
-    user: UserName | None = None
-    server: Word | None = None          # hq-server: its program and version
-    pid: Pid | None = None              # user-server, exec-server
-    host: HostName | None = None        # exec-server: its hostname
-    adopt: list[HostAddress] | None = None   # hq-server to a user-server: hosts to reconnect
-    database: Word | None = None        # hq-server: its database's identity (version 2)
-
 
 # --- what the commands ask (cli -> user-server -> hq-server) ------------------------------------
 
@@ -378,127 +330,6 @@ class Wait(Request, tag="wait", kw_only=True):
 
 USER_REQUESTS = (Ping, Submit, SubmitPart, Status, Jobs, Show, Cancel, Hold, Release, Wait)
 """What a command may ask its user-server, which forwards it to hq-server."""
-
-
-# --- the admin's requests (hq-admin -> hq-server, role admin) -----------------------------------
-
-class UserServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    user: UserName
-    pid: Pid
-    since: Epoch
-
-
-class AdminInfoReply(Reply, tag="reply", kw_only=True):
-    version: Word
-    pid: Pid
-    started_at: Epoch
-    database: Text
-    socket: Text
-    cluster_active: bool
-    jobs: Counts
-    user_servers: list[UserServerInfo]
-
-
-class AdminInfo(Request, tag="admin_info", kw_only=True):
-    reply_type = AdminInfoReply
-
-
-class AdminStatusReply(Reply, tag="reply", kw_only=True):
-    cluster_active: bool
-    jobs: Counts
-    per_user: dict[UserName, Counts]
-
-
-class AdminStatus(Request, tag="admin_status", kw_only=True):
-    reply_type = AdminStatusReply
-
-
-class HostInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: HostName
-    state: Word
-    reason: Text | None
-    active: bool
-    drained: bool
-    cores: Count
-    free_cores: int
-    max_jobs: Count | None
-    running_jobs: Count
-    memory_mb: Count | None
-    load1: float | None
-    last_heartbeat: Epoch | None
-
-
-class ListHostsReply(Reply, tag="reply", kw_only=True):
-    hosts: list[HostInfo]
-
-
-class ListHosts(Request, tag="lscluster", kw_only=True):
-    reply_type = ListHostsReply
-
-
-class UserInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: UserName
-    roles: list[Word]
-    pending: Count
-    running: Count
-    user_server: bool
-
-
-class ListUsersReply(Reply, tag="reply", kw_only=True):
-    users: list[UserInfo]
-
-
-class ListUsers(Request, tag="lsusers", kw_only=True):
-    reply_type = ListUsersReply
-
-
-class SetHostActiveReply(Reply, tag="reply", kw_only=True):
-    host: HostName
-    active: bool
-    changed: bool
-
-
-class SetHostActive(Request, tag="set_host_active", kw_only=True):
-    """activatehost / deactivatehost."""
-
-    host: HostName
-    active: bool
-    reply_type = SetHostActiveReply
-
-
-class SetClusterActiveReply(Reply, tag="reply", kw_only=True):
-    cluster_active: bool
-    changed: bool
-
-
-class SetClusterActive(Request, tag="set_cluster_active", kw_only=True):
-    """activate / deactivate."""
-
-    active: bool
-    reply_type = SetClusterActiveReply
-
-
-class ReloadReply(Reply, tag="reply", kw_only=True):
-    users: Count
-    hosts_changed: list[HostName]
-
-
-class Reload(Request, tag="reload", kw_only=True):
-    """Read users and hosts again from the database (after ``hq-dbadmin -a``)."""
-
-    reply_type = ReloadReply
-
-
-class ShutdownReply(Reply, tag="reply", kw_only=True):
-    stopping: bool
-
-
-class Shutdown(Request, tag="shutdown", kw_only=True):
-    reply_type = ShutdownReply
-
-
-ADMIN_REQUESTS = (AdminInfo, AdminStatus, ListHosts, ListUsers, SetHostActive,
-                  SetClusterActive, Reload, Shutdown)
 
 
 # --- jobs on their way to a host and back ---------------------------------------------------

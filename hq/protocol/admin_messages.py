@@ -1,0 +1,138 @@
+"""The admin's requests (hq-admin -> hq-server, role admin) and their replies."""
+
+from __future__ import annotations
+
+import msgspec
+
+from hq.protocol.fields import (
+    Count,
+    Counts,
+    Epoch,
+    HostName,
+    Pid,
+    Reply,
+    Request,
+    Text,
+    UserName,
+    Word,
+)
+
+# --- the admin's requests (hq-admin -> hq-server, role admin) -----------------------------------
+
+class UserServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    user: UserName
+    pid: Pid
+    since: Epoch
+
+
+class AdminInfoReply(Reply, tag="reply", kw_only=True):
+    version: Word
+    pid: Pid
+    started_at: Epoch
+    database: Text
+    socket: Text
+    cluster_active: bool
+    jobs: Counts
+    user_servers: list[UserServerInfo]
+
+
+class AdminInfo(Request, tag="admin_info", kw_only=True):
+    reply_type = AdminInfoReply
+
+
+class AdminStatusReply(Reply, tag="reply", kw_only=True):
+    cluster_active: bool
+    jobs: Counts
+    per_user: dict[UserName, Counts]
+
+
+class AdminStatus(Request, tag="admin_status", kw_only=True):
+    reply_type = AdminStatusReply
+
+
+class HostInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: HostName
+    state: Word
+    reason: Text | None
+    active: bool
+    drained: bool
+    cores: Count
+    free_cores: int
+    max_jobs: Count | None
+    running_jobs: Count
+    memory_mb: Count | None
+    load1: float | None
+    last_heartbeat: Epoch | None
+
+
+class ListHostsReply(Reply, tag="reply", kw_only=True):
+    hosts: list[HostInfo]
+
+
+class ListHosts(Request, tag="lscluster", kw_only=True):
+    reply_type = ListHostsReply
+
+
+class UserInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: UserName
+    roles: list[Word]
+    pending: Count
+    running: Count
+    user_server: bool
+
+
+class ListUsersReply(Reply, tag="reply", kw_only=True):
+    users: list[UserInfo]
+
+
+class ListUsers(Request, tag="lsusers", kw_only=True):
+    reply_type = ListUsersReply
+
+
+class SetHostActiveReply(Reply, tag="reply", kw_only=True):
+    host: HostName
+    active: bool
+    changed: bool
+
+
+class SetHostActive(Request, tag="set_host_active", kw_only=True):
+    """activatehost / deactivatehost."""
+
+    host: HostName
+    active: bool
+    reply_type = SetHostActiveReply
+
+
+class SetClusterActiveReply(Reply, tag="reply", kw_only=True):
+    cluster_active: bool
+    changed: bool
+
+
+class SetClusterActive(Request, tag="set_cluster_active", kw_only=True):
+    """activate / deactivate."""
+
+    active: bool
+    reply_type = SetClusterActiveReply
+
+
+class ReloadReply(Reply, tag="reply", kw_only=True):
+    users: Count
+    hosts_changed: list[HostName]
+
+
+class Reload(Request, tag="reload", kw_only=True):
+    """Read users and hosts again from the database (after ``hq-dbadmin -a``)."""
+
+    reply_type = ReloadReply
+
+
+class ShutdownReply(Reply, tag="reply", kw_only=True):
+    stopping: bool
+
+
+class Shutdown(Request, tag="shutdown", kw_only=True):
+    reply_type = ShutdownReply
+
+
+ADMIN_REQUESTS = (AdminInfo, AdminStatus, ListHosts, ListUsers, SetHostActive,
+                  SetClusterActive, Reload, Shutdown)
