@@ -24,10 +24,10 @@ from typing import Any
 
 import msgspec
 
-from hq.auth import job_signature_ok, load_signing_key, sign_job, state_dir, user_name
+from hq.auth import job_signature_ok, load_signing_key, state_dir, user_name
 from hq.config import Installation, ServerConfig
 from hq.errors import HqError, PermissionDenied, Unavailable, UsageError
-from hq.jobspec import JobSpec, submission_digest
+from hq.jobspec import submission_digest
 from hq.protocol import (
     MAX_FRAME,
     Channel,
@@ -66,6 +66,7 @@ from hq.protocol.messages import (
 )
 from hq.userd.execlink import ExecLink, is_user_problem
 from hq.userd.ledger import Ledger
+from hq.userd.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class UserServer:
         self.socket_path = socket_path
         self.user = user_name(os.geteuid())
         self.key = load_signing_key(create=True)
+        self.signer = Signer(self.key, self.user)
         self.server: Channel | None = None
         self.server_up = asyncio.Event()
         self.links: dict[str, ExecLink] = {}
@@ -187,11 +189,11 @@ class UserServer:
             return await server.request(request, timeout=timeout)
         for attempt in (1, 2):
             if server.version < 2:
-                request = self._signed_v1(request)
+                request = self.signer.signed_v1(request)
             else:
                 reserved = await server.request(ReserveSubmission(), timeout=timeout)
                 self._ledger_for(reserved.database).first_submission(reserved.submission_id)
-                request = self._signed(request, reserved.database, reserved.submission_id)
+                request = self.signer.signed(request, reserved.database, reserved.submission_id)
             try:
                 return await server.request(request, timeout=timeout + len(request.jobs) / 1000)
             except UsageError as err:
@@ -199,20 +201,6 @@ class UserServer:
                 if attempt == 2 or "was not reserved" not in err.message:
                     raise
         raise AssertionError("unreachable")
-
-    def _signed(self, request: Submit, database: str, submission_id: int) -> Submit:
-        """``request`` with each job signed for ``database`` and ``submission_id``."""
-        digest = submission_digest(request.environment, request.umask)
-        return msgspec.structs.replace(
-            request, jobs=self._sign_jobs(request.jobs, digest, database, submission_id),
-            submission_id=submission_id)
-
-    def _sign_jobs(self, specs: list[JobSpec], digest: str, database: str,
-                   submission_id: int) -> list[JobSpec]:
-        return [msgspec.structs.replace(spec, signature=sign_job(
-                    self.key, spec, self.user, digest, database=database,
-                    submission_id=submission_id))
-                for spec in specs]
 
     async def _stream(self, server: Channel, request: SubmitPart | Submit,
                       client: Channel | None) -> Any:
@@ -234,7 +222,7 @@ class UserServer:
                 stream = self.streams[client] = _Stream(
                     reserved.submission_id, reserved.database, request.environment,
                     request.umask, submission_digest(request.environment, request.umask))
-            jobs = self._sign_jobs(request.jobs, stream.digest, stream.database,
+            jobs = self.signer.sign_jobs(request.jobs, stream.digest, stream.database,
                                    stream.submission_id)
             reply = await server.request(SubmitPart(jobs=jobs,
                                                     submission_id=stream.submission_id),
@@ -250,22 +238,10 @@ class UserServer:
         if (request.environment, request.umask) != (stream.environment, stream.umask):
             raise UsageError("a streamed submission must keep the environment and umask of "
                              "its first part")
-        signed = self._signed(request, stream.database, stream.submission_id)
+        signed = self.signer.signed(request, stream.database, stream.submission_id)
         return await server.request(signed, timeout=60.0 + (stream.jobs + len(signed.jobs))
                                     / 1000)
 
-    def _signed_v1(self, request: Submit) -> Submit:
-        """Signed for an hq-server of protocol version 1 (which picks the submission id)."""
-        import hashlib
-        import hmac
-
-        from hq.jobspec import signed_text_v1
-
-        digest = submission_digest(request.environment, request.umask)
-        jobs = [msgspec.structs.replace(spec, signature=hmac.new(
-                    self.key, signed_text_v1(spec, self.user, digest), hashlib.sha256).hexdigest())
-                for spec in request.jobs]
-        return msgspec.structs.replace(request, jobs=jobs)
 
     def _ledger_for(self, database: str) -> Ledger:
         if self.ledger is None or self.ledger_database != database:

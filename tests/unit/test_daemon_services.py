@@ -269,7 +269,7 @@ def test_the_user_server_signs_every_job_with_the_users_key(tmp_path, home):
     userd = user_server(tmp_path)
     request = Submit(jobs=[JobSpec(command="true", cwd="/tmp", array_index=i) for i in (1, 2)],
                      environment=ENV, umask=0o022)
-    signed = userd._signed(request, "db1", 7)
+    signed = userd.signer.signed(request, "db1", 7)
     assert signed.submission_id == 7
     digest = submission_digest(ENV, 0o022)
     key = auth.load_signing_key(create=False)
@@ -288,7 +288,7 @@ def test_the_user_server_signs_every_job_with_the_users_key(tmp_path, home):
     assert not ok(signed.jobs[0], submission=8)      # copied into another submission
     assert not ok(signed.jobs[0], database="db2")    # or another database
     # a protocol-1 signature counts only where protocol 1 is still accepted
-    old = userd._signed_v1(request).jobs[0]
+    old = userd.signer.signed_v1(request).jobs[0]
     assert not ok(old)
     assert auth.job_signature_ok(key, old, userd.user, digest, database="db1",
                                  submission_id=7, accept_v1=True)
