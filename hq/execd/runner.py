@@ -51,6 +51,8 @@ REASON_LEASE = "lease expired: no contact with a user-server"
 REASON_UNKNOWN_END = "exit status unknown: it ended while no exec-server watched it"
 REASON_WITHDRAWN = "withdrawn"   # taken back by hq-server before it started (never will)
 LEFTOVER_GRACE_S = 2.0
+LEFTOVER_RECHECKS = 5       # looks again at orphans whose environment could not be read
+LEFTOVER_RECHECK_S = 0.2
 
 JobKey = tuple[str, int, int]
 """(database identity, job id, attempt)"""
@@ -260,16 +262,27 @@ class JobRunner:
         """What ended jobs left running (double forks, daemons): orphans that are now our
         children and carry one of their markers get SIGTERM, and SIGKILL after a grace."""
         markers = {job.marker for job in jobs if job.marker}
-        if not markers:
-            return
+        if markers:
+            self._end_orphans_marked(markers, LEFTOVER_RECHECKS)
+
+    def _end_orphans_marked(self, markers: set[str], rechecks: int) -> None:
         running = {job.pid for job in self.jobs.values()}
-        orphans = [pid for pid in processes.own_children() - running
-                   if processes.marker_of(pid) in markers]
+        orphans, unreadable = [], []
+        for pid in processes.own_children() - running:
+            marker = processes.marker_of(pid)
+            if marker in markers:
+                orphans.append(pid)
+            elif marker is None and processes.environment_unreadable(pid):
+                unreadable.append(pid)
+        # A process caught inside execve shows an empty environment for a moment (seen
+        # under load in CI: `setsid sleep` between its two execs): look again shortly.
+        if unreadable and rechecks > 0 and self._loop is not None:
+            self._loop.call_later(LEFTOVER_RECHECK_S, self._end_orphans_marked, markers,
+                                  rechecks - 1)
         if not orphans:
             return
         tree = [p for p in _processes(orphans) + _descendants(orphans)]
-        log.info("jobs %s: ended, leaving %d process(es) behind: ending them",
-                 ",".join(str(job.key[1]) for job in jobs), len(tree))
+        log.info("%d process(es) left behind by ended jobs: ending them", len(tree))
         _signal_all(tree, signal.SIGTERM)
         if self._loop is not None:
             self._loop.call_later(LEFTOVER_GRACE_S, _signal_all, tree, signal.SIGKILL)
