@@ -26,6 +26,13 @@ class Submission:
     submitted_at: dt.datetime | None = None
     submit_host: str = ""
     job_count: int = 0
+    first_job_id: int | None = None     # the array id
+    cap: int | None = None              # most of its jobs dispatched or running at once
+    notify: str | None = None
+    mail_user: str | None = None
+    mail_type: str | None = None
+    kill_on_invalid_dep: bool = True    # cancel a job whose dependency can never be met
+    active: int = 0                     # of its jobs dispatched or running now (memory only)
     # run times of its jobs that ended (memory only): how deep its jobs may be queued ahead
     runs: int = 0
     run_time_s: float = 0.0
@@ -57,6 +64,9 @@ class Job:
     max_rss_kb: int | None = None
     restart_count: int = 0          # times it was requeued after it had started
     attempt: int = 0                # one more each time it was withdrawn or lost
+    retry_count: int = 0            # times it ran again after a failure (spec.retries)
+    resubmit_of: int | None = None  # the job it runs again (hq-client resubmit)
+    array_id: int | None = None     # an element's array: its submission's first job
     # Asked to stop, or to be held, while dispatched; hq-server's memory only.
     cancel_requested: bool = False
     hold_requested: bool = False
@@ -68,16 +78,18 @@ class Job:
     @property
     def stdout_path(self) -> str:
         """The job's standard output file, resolved (absolute, %j and %a filled in)."""
-        return resolve_path(self.spec.stdout, self.id, self.spec.array_index, self.spec.cwd)
+        return resolve_path(self.spec.stdout, self.id, self.spec.array_index, self.spec.cwd,
+                            self.array_id)
 
     @property
     def stderr_path(self) -> str:
         """The job's standard error file, resolved."""
-        return resolve_path(self.spec.stderr, self.id, self.spec.array_index, self.spec.cwd)
+        return resolve_path(self.spec.stderr, self.id, self.spec.array_index, self.spec.cwd,
+                            self.array_id)
 
 
 # The outcome attributes of Job that a transition may set (hq.db.jobs maps them to columns).
 OUTCOME_FIELDS = frozenset({"state", "reason", "host", "pid", "exit_code", "signal",
                             "eligible_at", "started_at", "ended_at", "cpu_time_s", "max_rss_kb",
-                            "restart_count", "attempt"})
+                            "restart_count", "attempt", "retry_count"})
 _OUTCOME_ORDER = sorted(OUTCOME_FIELDS)

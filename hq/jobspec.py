@@ -33,6 +33,7 @@ MAX_COMMAND_BYTES = 128 * 1024
 MAX_PATH = 4096
 SIGNATURE_VERSION = 2
 INT32_MAX = 2**31 - 1
+MAX_RETRIES = 100
 # excluded_hosts is stored as one comma-separated column of this width
 EXCLUDED_HOSTS_WIDTH = 1024
 
@@ -67,6 +68,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     log_path: PathText | None = None
     excluded_hosts: Annotated[tuple[HostNameText, ...], msgspec.Meta(max_length=256)] = ()
     requeue: bool = True
+    retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 0
     array_index: Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)] | None = None
     signature: Annotated[str, msgspec.Meta(max_length=64)] | None = None   # the column's width
 
@@ -98,6 +100,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                 raise InvalidSpec(f"{option} must be from 1 to {INT32_MAX}, not {value}")
         if not -INT32_MAX <= self.priority <= INT32_MAX:
             raise InvalidSpec(f"-p/--priority must be within ±{INT32_MAX}")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise InvalidSpec(f"--retries must be from 0 to {MAX_RETRIES}, not {self.retries}")
         if self.array_index is not None and self.array_index < 0:
             raise InvalidSpec(f"array_index must not be negative, not {self.array_index}")
         for option, path in (("-o/--stdout", self.stdout), ("-O/--stderr", self.stderr),
@@ -179,8 +183,11 @@ def signed_text_v1(spec: JobSpec, owner: str, digest: str) -> bytes:
     return json.dumps(covered, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def resolve_path(template: str, job_id: int, array_index: int | None, cwd: str) -> str:
-    """An output path with %j/%a filled in, relative paths taken from the job's directory."""
+def resolve_path(template: str, job_id: int, array_index: int | None, cwd: str,
+                 array_id: int | None = None) -> str:
+    """An output path with %j (job id), %a (array index) and %A (array id; the job id for a
+    job of no array, as in Slurm) filled in, relative paths taken from the job's directory."""
     path = (template.replace("%j", str(job_id))
-            .replace("%a", "" if array_index is None else str(array_index)))
+            .replace("%a", "" if array_index is None else str(array_index))
+            .replace("%A", str(job_id if array_id is None else array_id)))
     return os.path.normpath(os.path.join(cwd, path))

@@ -20,8 +20,8 @@ from hq.cli.common import (
     say,
     verbosity_options,
 )
-from hq.cli.jobids import parse_ids
 from hq.cli.jobview import STATE_ORDER, UNFINISHED_STATES
+from hq.cli.selection import Selection, parse_selected, selected_ids
 from hq.errors import UsageError
 from hq.protocol.messages import (
     MAX_IDS,
@@ -76,12 +76,22 @@ def fetch_jobs(client: BlockingClient, request: Jobs, limit: int | None) -> Jobs
     return JobsReply(jobs=found)
 
 
-def parse_one_id(text: str) -> int:
-    """The single job id in ``text``; UsageError for a range or a list."""
-    ids = parse_ids(text)
-    if len(ids) != 1:
-        raise UsageError(f'"{text}" names {len(ids)} jobs; give one job id')
-    return ids[0]
+def parse_one(text: str) -> Selection:
+    """The single job ``text`` names (42 or 42_7); UsageError for a range or a list."""
+    ids, elements = parse_selected((text,))
+    count = len(ids) + sum(2 if i is None else len(i) for i in elements.values())
+    if count != 1:
+        named = "several" if count > len(ids) + len(elements) else str(count)
+        raise UsageError(f'"{text}" names {named} jobs; give one job id (42, or 42_7)')
+    return ids, elements
+
+
+def one_id(client: BlockingClient, selection: Selection) -> int:
+    return selected_ids(client, selection)[0]
+
+
+array_option = click.option("--array", "arrays", multiple=True, type=click.IntRange(min=1),
+                            metavar="ID", help="Every job of array ID (repeatable).")
 
 
 def parse_states(values: tuple[str, ...]) -> list[str] | None:
@@ -132,9 +142,13 @@ def status(as_json: bool) -> None:
 @click.option("--name", metavar="PATTERN", help="Only jobs whose name matches (* and ?).")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N",
               help="At most N jobs: the newest (highest ids), shown in id order.")
+@click.option("--array", type=click.IntRange(min=1), metavar="ID",
+              help="Only the jobs of array ID.")
+@click.option("--expand", is_flag=True,
+              help="One line per job of an array (default: one line per array, with counts).")
 @json_option
 def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str | None,
-         limit: int | None, as_json: bool) -> None:
+         limit: int | None, array: int | None, expand: bool, as_json: bool) -> None:
     """List your jobs: by default those not finished yet.
 
     \b
@@ -142,6 +156,7 @@ def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str |
       hq-client jobs
       hq-client jobs --all --name 'sim-*'
       hq-client jobs --state failed,cancelled --group nightly
+      hq-client jobs --all --array 42 --expand
     """
     wanted = parse_states(states)
     if wanted and show_all:
@@ -149,7 +164,8 @@ def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str |
     if wanted is None and not show_all:
         wanted = UNFINISHED
     with _connect() as client:
-        data = fetch_jobs(client, Jobs(states=wanted, group=group, name=name), limit)
+        data = fetch_jobs(client, Jobs(states=wanted, group=group, name=name, array=array),
+                          limit)
     if as_json:
         print_json(data)
     elif not data.jobs:
@@ -158,7 +174,7 @@ def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str |
     else:
         from hq.cli.jobview import format_job_table
 
-        click.echo(format_job_table(data.jobs))
+        click.echo(format_job_table(data.jobs, expand=expand))
 
 
 @cli.command()
@@ -169,7 +185,9 @@ def show(job_id: str, as_json: bool) -> None:
 
     Example: hq-client show 42
     """
-    data = _request(Show(id=parse_one_id(job_id)))
+    selection = parse_one(job_id)
+    with _connect() as client:
+        data = client.request(Show(id=one_id(client, selection)))
     if as_json:
         print_json(data)
     else:
@@ -189,10 +207,12 @@ def details(ids: tuple[str, ...], as_json: bool) -> int:
       hq-client details
       hq-client details 42-45,50
 
-    IDS: 42, 42-45 or 42,44; several may be given.
+    IDS: 42, 42-45, 42,44; array elements 42_7 or 42_[1-5,9]; a whole array 42_* (or
+    --array 42: an array's id is its first job's); several may be given.
     """
-    wanted = parse_ids(*ids) if ids else None
+    selection = parse_selected(ids) if ids else None
     with _connect() as client:
+        wanted = selected_ids(client, selection) if selection else None
         if wanted:
             found = [job for piece in chunks(wanted)
                      for job in fetch_jobs(client, Jobs(ids=piece), None).jobs]
@@ -216,9 +236,12 @@ def details(ids: tuple[str, ...], as_json: bool) -> int:
     return 0
 
 
-def _change(kind: type[Cancel | Hold | Release], ids: tuple[str, ...], as_json: bool) -> int:
+def _change(kind: type[Cancel | Hold | Release], ids: tuple[str, ...], arrays: tuple[int, ...],
+            as_json: bool) -> int:
+    selection = parse_selected(ids, arrays)
     with _connect() as client:
-        data = ChangesReply(results=[result for piece in chunks(parse_ids(*ids)) for result
+        wanted = selected_ids(client, selection)
+        data = ChangesReply(results=[result for piece in chunks(wanted) for result
                                      in client.request(kind(ids=piece)).results])
     if as_json:
         print_json(data)
@@ -229,50 +252,57 @@ def _change(kind: type[Cancel | Hold | Release], ids: tuple[str, ...], as_json: 
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
+@array_option
 @json_option
-def cancel(ids: tuple[str, ...], as_json: bool) -> int:
+def cancel(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
     """Cancel jobs IDS.
 
     Pending jobs never start; running ones are killed with their whole process tree.
 
     Example: hq-client cancel 42 50-59
 
-    IDS: 42, 42-45 or 42,44; several may be given.
+    IDS: 42, 42-45, 42,44; array elements 42_7 or 42_[1-5,9]; a whole array 42_* (or
+    --array 42: an array's id is its first job's); several may be given.
     """
-    return _change(Cancel, ids, as_json)
+    return _change(Cancel, ids, arrays, as_json)
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
+@array_option
 @json_option
-def hold(ids: tuple[str, ...], as_json: bool) -> int:
+def hold(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
     """Keep pending jobs IDS from starting until they are released.
 
     Example: hq-client hold 42-45
 
-    IDS: 42, 42-45 or 42,44; several may be given.
+    IDS: 42, 42-45, 42,44; array elements 42_7 or 42_[1-5,9]; a whole array 42_* (or
+    --array 42: an array's id is its first job's); several may be given.
     """
-    return _change(Hold, ids, as_json)
+    return _change(Hold, ids, arrays, as_json)
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
+@array_option
 @json_option
-def release(ids: tuple[str, ...], as_json: bool) -> int:
+def release(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
     """Let held jobs IDS be scheduled again.
 
     Example: hq-client release 42-45
 
-    IDS: 42, 42-45 or 42,44; several may be given.
+    IDS: 42, 42-45, 42,44; array elements 42_7 or 42_[1-5,9]; a whole array 42_* (or
+    --array 42: an array's id is its first job's); several may be given.
     """
-    return _change(Release, ids, as_json)
+    return _change(Release, ids, arrays, as_json)
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
+@array_option
 @json_option
-def wait(ids: tuple[str, ...], as_json: bool) -> int:
+def wait(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
     """Wait until jobs IDS have finished.
 
     Exits with the job's exit code (one job), or 0 when all jobs are done, else 1.
@@ -280,13 +310,14 @@ def wait(ids: tuple[str, ...], as_json: bool) -> int:
 
     Example: hq-client wait 42 && echo "job 42 succeeded"
 
-    IDS: 42, 42-45 or 42,44; several may be given.
+    IDS: 42, 42-45, 42,44; array elements 42_7 or 42_[1-5,9]; a whole array 42_* (or
+    --array 42: an array's id is its first job's); several may be given.
     """
     from hq.cli.waiting import wait_and_report
 
-    wanted = parse_ids(*ids)
+    selection = parse_selected(ids, arrays)
     with _connect() as client:
-        code, results = wait_and_report(client, wanted, PROG)
+        code, results = wait_and_report(client, selected_ids(client, selection), PROG)
     if as_json and results is not None:
         print_json({"jobs": results})
     return code
@@ -312,9 +343,19 @@ def log(job_id: str, which: str, follow: bool) -> int:
     """
     from hq.cli.joblog import show_log
 
-    wanted = parse_one_id(job_id)
+    selection = parse_one(job_id)
     with _connect() as client:
-        return show_log(client, wanted, which, follow)
+        return show_log(client, one_id(client, selection), which, follow)
+
+
+def _array_commands() -> None:
+    from hq.cli.client_arrays import progress, resubmit, update
+
+    for command in (update, resubmit, progress):
+        cli.add_command(command)
+
+
+_array_commands()
 
 
 def main() -> None:

@@ -53,3 +53,54 @@ def format_ids(ids: Iterable[int]) -> str:
 
 def _run(first: int, last: int) -> str:
     return str(first) if first == last else f"{first}-{last}"
+
+
+_ELEMENTS = re.compile(r"([0-9]+)_(\*|[0-9]+|\[([^\]]*)\])")
+# commas inside brackets belong to an index list (42_[1,3-5]), not to the list of ids
+_TOP_COMMA = re.compile(r",(?![^\[]*\])")
+
+
+def parse_selection(*words: str) -> tuple[list[int], dict[int, list[int] | None]]:
+    """Job ids and array elements as typed: (the job ids, {array id: its indexes, or None
+    for all of it}).
+
+    >>> parse_selection("42-43,50_[1-3,7]", "60_*", "61_2")
+    ([42, 43], {50: [1, 2, 3, 7], 60: None, 61: [2]})
+    """
+    plain: list[str] = []
+    arrays: dict[int, list[int] | None] = {}
+    for word in words:
+        for item in _TOP_COMMA.split(word):
+            item = item.strip()
+            match = _ELEMENTS.fullmatch(item)
+            if match is None:
+                if "_" in item or "[" in item:
+                    raise UsageError(f'bad array element "{item}": use 42_7, 42_[1-5,9] or '
+                                     "42_* (every element of array 42)")
+                plain.append(item)
+                continue
+            array = int(match[1])
+            if match[2] == "*":
+                arrays[array] = None
+                continue
+            indexes = (parse_indexes(match[3], item) if match[3] is not None
+                       else [int(match[2])])
+            if array not in arrays or arrays[array] is not None:
+                arrays[array] = sorted(set(arrays.get(array) or []) | set(indexes))
+    return (parse_ids(",".join(plain)) if plain else []), arrays
+
+
+def parse_indexes(text: str, item: str) -> list[int]:
+    """``1-5,9`` -> [1, 2, 3, 4, 5, 9] (array indexes start at 0)."""
+    found: set[int] = set()
+    for part in text.split(","):
+        match = _ITEM.fullmatch(part.strip())
+        if not match:
+            raise UsageError(f'bad array element "{item}": the indexes in brackets are '
+                             "numbers and ranges, such as [1-5,9]")
+        first = int(match[1])
+        last = int(match[2]) if match[2] is not None else first
+        if last < first or last - first >= MAX_IDS:
+            raise UsageError(f'bad array element "{item}": a range goes upwards')
+        found.update(range(first, last + 1))
+    return sorted(found)

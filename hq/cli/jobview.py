@@ -24,8 +24,8 @@ def job_result(job: JobInfo) -> str:
         return f"signal {job.signal}"
     if job.exit_code is not None:
         return f"exit {job.exit_code}"
-    if job.state in ("pending", "held") and job.pending_reason:
-        return str(job.pending_reason)
+    if job.state in ("pending", "held") and job.state_reason:
+        return str(job.state_reason)
     return ""
 
 
@@ -36,14 +36,52 @@ def _short(text: str | None, width: int) -> str:
     return line if len(line) <= width else line[:width - 3] + "..."
 
 
-def format_job_table(jobs: Sequence[JobInfo]) -> str:
-    """One line per job: id, state, name, cores, host, submitted, result, command."""
-    rows = [(job.id, job.state, job.name or "", job.cores,
-             job.host or "", format_time(job.submitted_at), job_result(job),
-             _short(job.command, COMMAND_WIDTH))
-            for job in jobs]
-    return format_table(("ID", "STATE", "NAME", "CORES", "HOST", "SUBMITTED", "RESULT",
-                         "COMMAND"), rows, right={0, 3})
+def job_reason(job: JobInfo) -> str:
+    """Why a job waits or ended as it did (its exit code when nothing else is said)."""
+    if job.state_reason and (job.state in ("pending", "held") or job.state in FINISHED_STATES):
+        return str(job.state_reason)
+    return job_result(job)
+
+
+def format_job_table(jobs: Sequence[JobInfo], *, expand: bool = False) -> str:
+    """One line per job: id, state, name, cores, host, submitted, reason, command; an
+    array's jobs folded into one line with counts per state unless ``expand``."""
+    rows: list[tuple[object, ...]] = []
+    arrays: dict[int, list[JobInfo]] = {}
+    for job in jobs:
+        if not expand and job.array_id is not None:
+            arrays.setdefault(job.array_id, []).append(job)
+    folded: set[int] = set()
+    for job in jobs:
+        members = arrays.get(job.array_id) if job.array_id is not None else None
+        if members is not None and len(members) > 1:
+            if job.array_id not in folded:
+                folded.add(job.array_id)  # type: ignore[arg-type]
+                rows.append(_array_row(members))
+            continue
+        ident = f"{job.id}" if job.array_id is None else f"{job.id} ({job.array_id}_" \
+            f"{job.array_index})"
+        rows.append((ident, job.state, job.name or "", job.cores, job.host or "",
+                     format_time(job.submitted_at), job_reason(job),
+                     _short(job.command, COMMAND_WIDTH)))
+    return format_table(("ID", "STATE", "NAME", "CORES", "HOST", "SUBMITTED", "REASON",
+                         "COMMAND"), rows, right={3})
+
+
+def _array_row(members: Sequence[JobInfo]) -> tuple[object, ...]:
+    from collections import Counter
+
+    from hq.cli.jobids import format_ids
+
+    first = members[0]
+    indexes = format_ids(m.array_index for m in members if m.array_index is not None)
+    states = Counter(str(m.state) for m in members)
+    hosts = sorted({m.host for m in members if m.host and m.state in ("dispatched", "running")})
+    reasons = Counter(job_reason(m) for m in members if m.state in ("pending", "held"))
+    reason = reasons.most_common(1)[0][0] if reasons else ""
+    return (f"{first.array_id}_[{indexes}]", counts_text(states), first.name or "",
+            first.cores, ",".join(hosts[:3]) + ("..." if len(hosts) > 3 else ""),
+            format_time(first.submitted_at), reason, _short(first.command, COMMAND_WIDTH))
 
 
 def format_duration(seconds: float | None) -> str:
@@ -67,8 +105,11 @@ def _state_line(job: JobInfo) -> str:
     state = str(job.state)
     if job.host and state in ("dispatched", "running"):
         return f"{state} on {job.host}"
-    if state in ("pending", "held") and job.pending_reason:
-        return f"{state} ({job.pending_reason})"
+    if state in ("pending", "held") and job.state_reason:
+        return f"{state} ({job.state_reason})"
+    if state in FINISHED_STATES and job.state_reason:
+        host = f" on {job.host}" if job.host else ""
+        return f"{state}{host} ({job.state_reason})"
     result = job_result(job)
     if result and state in FINISHED_STATES:
         host = f" on {job.host}" if job.host else ""
@@ -85,7 +126,11 @@ def format_job_details(job: JobInfo) -> str:
     memory = job.memory_mb
     array = ""
     if job.array_index is not None:
-        array = f"submission {job.submission_id}, index {job.array_index}"
+        array = (f"{job.array_id}_{job.array_index} (array {job.array_id}, index "
+                 f"{job.array_index})" if job.array_id else f"index {job.array_index}")
+    waits = ", ".join(f"{d.kind}:{d.id} ({d.state})" for d in job.dependencies)
+    runs = "; ".join(f"{a.attempt}: {a.state}" + (f" ({a.reason})" if a.reason else "")
+                     for a in job.attempts)
     cpu = job.cpu_time_s
     fields: list[tuple[str, object]] = [
         ("state", _state_line(job)),
@@ -103,6 +148,10 @@ def format_job_details(job: JobInfo) -> str:
         ("group", job.group),
         ("info", job.info_text),
         ("array", array or None),
+        ("dependencies", waits or None),
+        ("retries", f"{job.retry_count} of {job.retries}" if job.retries else None),
+        ("attempts", runs or None),
+        ("resubmit of", job.resubmit_of),
         ("time limit", format_duration(job.time_limit_s)),
         ("excluded hosts", ", ".join(job.excluded_hosts or ()) or None),
         ("requeue", "yes" if job.requeue else "no"),

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from hq.cli.common import CONTEXT_SETTINGS, print_json, run_program, verbosity_options
+from hq.cli.common import CONTEXT_SETTINGS, print_json, run_program, say, verbosity_options
 from hq.errors import UsageError
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ PROG = "hq-submit"
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("command", required=False)
+@click.argument("command", nargs=-1)
 @click.option("-c", "--slots", type=int, default=1, show_default=True, metavar="N",
               help="Cores the job needs.")
 @click.option("-p", "--priority", type=int, default=0, show_default=True, metavar="N",
@@ -34,9 +34,9 @@ PROG = "hq-submit"
 @click.option("-i", "--info-text", metavar="TEXT", help="A note shown with the job.")
 @click.option("-o", "--stdout", metavar="FILE",
               help="Standard output file (default hq-%j.out in the job's directory; "
-                   "%j = job id, %a = array index).")
+                   "%j = job id, %a = array index, %A = array id).")
 @click.option("-O", "--stderr", metavar="FILE",
-              help="Standard error file (default hq-%j.err; %j and %a as for -o).")
+              help="Standard error file (default hq-%j.err; %j, %a and %A as for -o).")
 @click.option("-l", "--logfile", metavar="FILE",
               help="File for hq's own notes about the job (start, end, host, usage).")
 @click.option("-E", "--excludeHosts", "--exclude-hosts", "exclude_hosts", multiple=True,
@@ -44,8 +44,31 @@ PROG = "hq-submit"
 @click.option("-S", "--shell", metavar="PATH",
               help="Absolute path of the shell that runs COMMAND (default /bin/sh).")
 @click.option("-f", "--jobsFile", "--jobs-file", "jobs_file", metavar="FILE",
-              help="Submit one job per line of FILE ('-': standard input); see "
-                   "doc/commands.md for the format.")
+              help="Submit one job per line of FILE ('-': standard input), as an array whose "
+                   "indexes are the line numbers; see doc/commands.md for the format.")
+@click.option("-a", "--array", metavar="SPEC",
+              help="Run COMMAND once per index: 1-500, 1-500:2 (step), 1,3,7-9; %CAP at the "
+                   "end runs at most CAP at once (1-500%20). The job gets HQ_ARRAY_INDEX, "
+                   "HQ_ARRAY_ID (and Slurm's SLURM_ARRAY_TASK_ID, SLURM_ARRAY_JOB_ID).")
+@click.option("--array-cap", type=click.IntRange(1, 1_000_000), metavar="N",
+              help="At most N of the array's (or the jobs file's) jobs running at once; "
+                   "'hq-client update ID --cap N' changes it later.")
+@click.option("-d", "--dependency", multiple=True, metavar="LIST",
+              help="Start only after other jobs ended: afterok:ID[:ID...] (succeeded), "
+                   "afternotok:ID (failed or cancelled), afterany:ID (ended), aftercorr:ARRAY "
+                   "(element i after element i); comma list, repeatable. An ID is a job, an "
+                   "array (its id: all of it) or an element (42_7).")
+@click.option("--after", multiple=True, metavar="ID", help="Shorthand for -d afterok:ID.")
+@click.option("--kill-on-invalid-dep", type=click.Choice(["yes", "no"]), default="yes",
+              show_default=True,
+              help="When a dependency can never be met (afterok on a job that failed): "
+                   "cancel the job (yes) or keep it pending with the reason (no).")
+@click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
+              metavar="N", help="Run a job that failed (non-zero exit or a signal, not a "
+                                "cancel or its time limit) again, up to N times.")
+@click.option("--script", "force_script", is_flag=True,
+              help="COMMAND's first word is a batch script (found as a script anyway when it "
+                   "holds a / or ends in .sh, starts with #! and is not on PATH).")
 @click.option("-m", "--estimated-memory", metavar="SIZE",
               help="Memory the job is expected to use (e.g. 512M, 2G; a number is MiB).")
 @click.option("-t", "--estimated-time", metavar="DURATION",
@@ -67,26 +90,31 @@ PROG = "hq-submit"
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"ids": [...], "submission_id": N} on stdout, for scripts.')
 @verbosity_options
-def cli(command: str | None, slots: int, priority: int, group: str | None,
-        info_text: str | None, stdout: str | None, stderr: str | None, logfile: str | None,
-        exclude_hosts: tuple[str, ...], shell: str | None, jobs_file: str | None,
-        estimated_memory: str | None, estimated_time: str | None, name: str | None,
-        cwd: str | None, time_limit: str | None, memory: str | None, no_requeue: bool,
-        hold: bool, wait: bool, parsable: bool, as_json: bool) -> int:
-    """Run COMMAND (one string, run by the shell) as a job on the cluster.
+@click.pass_context
+def cli(ctx: click.Context, command: tuple[str, ...], **options: Any) -> int:
+    """Run COMMAND (one string, run by the shell) as a job on the cluster, or a batch
+    script with its arguments (its #HQ and #SBATCH lines are options).
 
     \b
     Examples:
       hq-submit "sleep 42"
       hq-submit -c 4 --memory 8G -t 2h -o run.out "./simulate --steps 1000"
       hq-submit --wait "make test"          # exits with make's exit code
+      hq-submit --array 1-500%20 'sim --case $HQ_ARRAY_INDEX'
+      hq-submit --after 42 ./merge.sh       # a script, copied now; runs when 42 succeeded
       hq-submit -f jobs.txt                 # one job per line: command::...<TAB>slots::2
       id=$(hq-submit --parsable "hostname")
+
+    Options go before a script's arguments; put -- before arguments that start with -.
     """
     from hq.cli.units import option_value, parse_duration, parse_memory
     from hq.jobspec import DEFAULT_SHELL, DEFAULT_STDERR, DEFAULT_STDOUT, JobSpec
 
-    if parsable and as_json:
+    command_text = None
+    if command:
+        command_text = command_from_words(ctx, command, options)
+    o = options
+    if o["parsable"] and o["as_json"]:
         raise UsageError("--parsable and --json cannot be combined")
 
     def duration(text: str | None, option: str) -> int | None:
@@ -96,16 +124,112 @@ def cli(command: str | None, slots: int, priority: int, group: str | None,
         return None if text is None else option_value(parse_memory, text, option)
 
     template = JobSpec(
-        command="", cwd=job_directory(cwd), shell=shell or DEFAULT_SHELL, name=name,
-        cores=slots, memory_mb=size(memory, "--memory"), priority=priority, group=group,
-        info_text=info_text, time_limit_s=duration(time_limit, "--time-limit"),
-        estimated_time_s=duration(estimated_time, "-t/--estimated-time"),
-        estimated_memory_mb=size(estimated_memory, "-m/--estimated-memory"),
-        stdout=stdout or DEFAULT_STDOUT, stderr=stderr or DEFAULT_STDERR, log_path=logfile,
-        excluded_hosts=host_list(exclude_hosts), requeue=not no_requeue)
-    specs = build_specs(command, jobs_file, template)
-    request = submit_request(specs, hold=hold)
+        command="", cwd=job_directory(o["cwd"]), shell=o["shell"] or DEFAULT_SHELL,
+        name=o["name"], cores=o["slots"], memory_mb=size(o["memory"], "--memory"),
+        priority=o["priority"], group=o["group"], info_text=o["info_text"],
+        time_limit_s=duration(o["time_limit"], "--time-limit"),
+        estimated_time_s=duration(o["estimated_time"], "-t/--estimated-time"),
+        estimated_memory_mb=size(o["estimated_memory"], "-m/--estimated-memory"),
+        stdout=o["stdout"] or DEFAULT_STDOUT, stderr=o["stderr"] or DEFAULT_STDERR,
+        log_path=o["logfile"], excluded_hosts=host_list(o["exclude_hosts"]),
+        requeue=not o["no_requeue"], retries=o["retries"])
+    specs = build_specs(command_text, o["jobs_file"], template)
+    cap = o["array_cap"]
+    if o["array"] is not None:
+        specs, cap = array_specs(specs, o["array"], cap, o["jobs_file"])
+    elif cap is not None and len(specs) == 1 and specs[0].array_index is None:
+        raise UsageError("--array-cap is for an array (--array) or a jobs file (-f)")
+    request = submit_request(specs, hold=o["hold"])
+    if cap is not None or o["dependency"] or o["after"] or o["kill_on_invalid_dep"] == "no":
+        import msgspec
 
+        from hq.cli.workflow_options import parse_dependency
+
+        request = msgspec.structs.replace(
+            request, array_cap=cap, dependencies=parse_dependency(o["dependency"], o["after"]),
+            kill_on_invalid_dep=o["kill_on_invalid_dep"] == "yes")
+    return submit_and_report(request, wait=o["wait"], parsable=o["parsable"],
+                             as_json=o["as_json"])
+
+
+def command_from_words(ctx: click.Context, words: tuple[str, ...],
+                       options: dict[str, Any]) -> str:
+    """The command text of COMMAND's words: a batch script's copy (its directives applied
+    to ``options`` that the command line did not set), or the words themselves."""
+    from hq.cli.batchscript import looks_like_script
+
+    if not looks_like_script(words[0], forced=options["force_script"]):
+        if len(words) == 1:
+            return words[0]
+        if any(c.isspace() for c in words[0]):
+            raise UsageError(f'COMMAND is one quoted string, or a program or script with its '
+                             f'arguments: got an extra argument "{words[1]}"')
+        import shlex
+
+        return shlex.join(words)   # hq-submit sleep 42: the words as a command
+    from hq.cli.batchscript import MAX_SCRIPT_BYTES, read_directives, script_command, script_name
+
+    path = words[0]
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_SCRIPT_BYTES + 1)
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the script: {err.strerror}") from None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: the script is not UTF-8 text") from None
+    directives = read_directives(path, text)
+    for warning in directives.warnings:
+        say(f"{PROG}: warning: {warning}")
+    apply_directives(ctx, path, directives.options, options)
+    if options["name"] is None:
+        options["name"] = script_name(path)
+    say(f"{PROG}: {path} is copied into the job now: editing it later does not change it")
+    return script_command(path, text, list(words[1:]))
+
+
+def apply_directives(ctx: click.Context, path: str, directives: dict[str, str],
+                     options: dict[str, Any]) -> None:
+    """Set ``options`` from a script's directives, where the command line set nothing (the
+    command line wins, as with sbatch)."""
+    params = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
+    for name, raw in directives.items():
+        param = params.get(name)
+        if param is None or name in ("jobs_file", "force_script"):
+            raise UsageError(f"{path}: #HQ --{name.replace('_', '-')}: no such hq-submit "
+                             "option in a script")
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            continue
+        try:
+            value = True if param.is_flag else param.type_cast_value(
+                ctx, (raw,) if param.multiple else raw)
+        except click.BadParameter as err:
+            raise UsageError(f"{path}: --{name.replace('_', '-')} {raw}: "
+                             f"{err.format_message()}") from None
+        options[name] = value
+
+
+def array_specs(specs: list[JobSpec], text: str, cap: int | None, jobs_file: str | None
+                ) -> tuple[list[JobSpec], int | None]:
+    """``--array``: one spec per index of COMMAND's; the cap of %CAP or --array-cap."""
+    import msgspec
+
+    from hq.cli.workflow_options import parse_array
+
+    if jobs_file is not None:
+        raise UsageError("--array and -f cannot be combined: a jobs file is an array "
+                         "already (its line numbers are the indexes; --array-cap limits it)")
+    indexes, spec_cap = parse_array(text)
+    if spec_cap is not None and cap is not None and spec_cap != cap:
+        raise UsageError(f"--array {text} and --array-cap {cap} name two caps: give one")
+    spec = specs[0]
+    replace = msgspec.structs.replace
+    return [replace(spec, array_index=i) for i in indexes], cap or spec_cap
+
+
+def submit_and_report(request: Submit, *, wait: bool, parsable: bool, as_json: bool) -> int:
+    """Send ``request`` to the user-server, print the ids, wait if asked."""
     from hq.cli.userd_link import connect_user_server
     from hq.config import Installation
 
@@ -232,6 +356,8 @@ def submitted_text(ids: list[int]) -> str:
     """``Submitted job 42`` or ``Submitted 100 jobs 42-141``."""
     if len(ids) == 1:
         return f"Submitted job {ids[0]}"
+    if ids == list(range(ids[0], ids[0] + len(ids))):
+        return f"Submitted {len(ids)} jobs {ids[0]}-{ids[-1]} (array {ids[0]})"
     from hq.cli.jobids import format_ids
 
     return f"Submitted {len(ids)} jobs {format_ids(ids)}"

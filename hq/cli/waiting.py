@@ -89,8 +89,11 @@ def exit_status(results: Sequence[JobResult]) -> int:
 
 
 def outcome(job: JobResult) -> str:
-    """How one job ended: ``done``, ``failed (exit code 3)``, ``failed (signal 9)``, ..."""
+    """How one job ended: ``done``, ``failed (exit code 3)``, ``failed (signal 9)``,
+    ``cancelled (dependency never satisfied: job 41 failed)``..."""
     state = str(job.state)
+    if job.reason:
+        return f"{state} ({job.reason})"
     if job.signal:
         return f"{state} (signal {job.signal})"
     if job.exit_code not in (None, 0):
@@ -101,7 +104,7 @@ def outcome(job: JobResult) -> str:
 def summary(results: Sequence[JobResult]) -> str:
     """One line about finished jobs: ``job 42 done`` or ``10 jobs finished: 9 done, 1 failed``."""
     if len(results) == 1:
-        return f"job {results[0].id} {outcome(results[0])}"
+        return f"job {results[0].id}: {outcome(results[0])}"
     counts = _count(results)
     parts = [f"{counts[state]} {state}" for state in ("done", "failed", "cancelled")
              if counts.get(state)]

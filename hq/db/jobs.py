@@ -4,7 +4,7 @@ Every rename between a job's Python attributes and its columns is here and nowhe
 (buildbot's ``_model_from_row`` style): ``spec.group`` <-> ``group_name``, ``spec.stdout`` /
 ``spec.stderr`` <-> ``stdout_path`` / ``stderr_path`` (templates, as submitted),
 ``spec.excluded_hosts`` (a tuple) <-> ``excluded_hosts`` (comma-separated), ``reason`` <->
-``pending_reason``, ``signal`` <-> ``signal_number``, ``host`` (a name) <-> ``host_id``.
+``state_reason``, ``signal`` <-> ``signal_number``, ``host`` (a name) <-> ``host_id``.
 
 hq-server keeps live jobs in memory and writes through here; every function takes the
 caller's connection, so one transaction can carry a whole batch of changes.
@@ -19,13 +19,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from hq.db.engine import execute_many
-from hq.db.model import hosts, jobs, submissions, users
+from hq.db.model import hosts, job_attempts, jobs, submissions, users
 from hq.job import OUTCOME_FIELDS, Job, Submission
 from hq.jobspec import JobSpec
 from hq.states import FINISHED_JOB_STATES, JobState
 
 # Job attribute -> column, where they differ (outcome attributes; the spec's are below).
-_OUTCOME_COLUMNS = {"reason": "pending_reason", "signal": "signal_number", "host": "host_id"}
+_OUTCOME_COLUMNS = {"reason": "state_reason", "signal": "signal_number", "host": "host_id"}
 
 
 def job_row(job: Job) -> dict[str, Any]:
@@ -40,9 +40,11 @@ def job_row(job: Job) -> dict[str, Any]:
         "estimated_memory_mb": spec.estimated_memory_mb, "stdout_path": spec.stdout,
         "stderr_path": spec.stderr, "log_path": spec.log_path,
         "excluded_hosts": ",".join(spec.excluded_hosts), "requeue": spec.requeue,
-        "signature": spec.signature, "state": job.state, "pending_reason": job.reason,
+        "retries": spec.retries, "signature": spec.signature, "state": job.state,
+        "state_reason": job.reason, "resubmit_of": job.resubmit_of,
         "submitted_at": job.submitted_at, "eligible_at": job.eligible_at,
         "restart_count": job.restart_count, "attempt": job.attempt,
+        "retry_count": job.retry_count,
     }
 
 
@@ -56,15 +58,18 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         estimated_memory_mb=row["estimated_memory_mb"], stdout=row["stdout_path"],
         stderr=row["stderr_path"], log_path=row["log_path"],
         excluded_hosts=tuple(h for h in row["excluded_hosts"].split(",") if h),
-        requeue=row["requeue"], array_index=row["array_index"], signature=row["signature"])
+        requeue=row["requeue"], retries=row["retries"], array_index=row["array_index"],
+        signature=row["signature"])
     return Job(id=row["id"], submission_id=row["submission_id"], owner=row["owner"],
                owner_id=row["owner_id"], spec=spec, submitted_at=row["submitted_at"],
-               state=row["state"], reason=row["pending_reason"], host=row["host"],
+               state=row["state"], reason=row["state_reason"], host=row["host"],
                pid=row["pid"], exit_code=row["exit_code"], signal=row["signal_number"],
                eligible_at=row["eligible_at"], started_at=row["started_at"],
                ended_at=row["ended_at"], cpu_time_s=row["cpu_time_s"],
                max_rss_kb=row["max_rss_kb"], restart_count=row["restart_count"],
-               attempt=row["attempt"])
+               attempt=row["attempt"], retry_count=row["retry_count"],
+               resubmit_of=row["resubmit_of"],
+               array_id=None if row["array_index"] is None else row.get("first_job_id"))
 
 
 def insert_submission(conn: sa.Connection, submission: Submission, owner_id: int,
@@ -74,12 +79,47 @@ def insert_submission(conn: sa.Connection, submission: Submission, owner_id: int
     conn.execute(sa.insert(submissions), [{
         "id": submission.id, "owner_id": owner_id, "submitted_at": submission.submitted_at,
         "submit_host": submission.submit_host, "environment": submission.environment,
-        "umask": submission.umask, "job_count": submission.job_count}])
+        "umask": submission.umask, "job_count": submission.job_count,
+        "first_job_id": submission.first_job_id, "array_cap": submission.cap,
+        "notify": submission.notify, "mail_user": submission.mail_user,
+        "mail_type": submission.mail_type,
+        "kill_on_invalid_dep": submission.kill_on_invalid_dep}])
     rows = [job_row(job) for job in new_jobs]
     if rows:
         columns = tuple(rows[0])
         execute_many(conn, ("insert jobs", columns), lambda: sa.insert(jobs).values(
             {c: sa.bindparam(c, type_=jobs.c[c].type) for c in columns}), rows)
+
+
+def insert_attempts(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """job_attempts rows (hq.server.retries), in the caller's transaction."""
+    if rows:
+        execute_many(conn, ("insert attempts", tuple(rows[0])),
+                     lambda: sa.insert(job_attempts), rows)
+
+
+def list_attempts(conn: sa.Connection, job_id: int) -> list[dict[str, Any]]:
+    """A job's runs, in order."""
+    query = (sa.select(job_attempts).where(job_attempts.c.job_id == job_id)
+             .order_by(job_attempts.c.attempt))
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def submission_environments(conn: sa.Connection, ids: Collection[int]
+                            ) -> dict[int, tuple[dict[str, str], int]]:
+    """The environment and umask of each of these submissions."""
+    wanted = sorted(ids)
+    found: dict[int, tuple[dict[str, str], int]] = {}
+    for start in range(0, len(wanted), 1000):
+        query = (sa.select(submissions.c.id, submissions.c.environment, submissions.c.umask)
+                 .where(submissions.c.id.in_(wanted[start:start + 1000])))
+        found.update({row.id: (row.environment, row.umask) for row in conn.execute(query)})
+    return found
+
+
+def set_array_cap(conn: sa.Connection, submission_id: int, cap: int | None) -> None:
+    conn.execute(sa.update(submissions).where(submissions.c.id == submission_id)
+                 .values(array_cap=cap))
 
 
 def update_jobs(conn: sa.Connection, changes: Iterable[tuple[int, Mapping[str, Any]]],
@@ -112,8 +152,10 @@ def update_jobs(conn: sa.Connection, changes: Iterable[tuple[int, Mapping[str, A
 
 
 def _job_query() -> sa.Select[Any]:
-    return (sa.select(jobs, users.c.name.label("owner"), hosts.c.name.label("host"))
+    return (sa.select(jobs, users.c.name.label("owner"), hosts.c.name.label("host"),
+                      submissions.c.first_job_id)
             .join(users, users.c.id == jobs.c.owner_id)
+            .join(submissions, submissions.c.id == jobs.c.submission_id)
             .outerjoin(hosts, hosts.c.id == jobs.c.host_id))
 
 
@@ -128,7 +170,11 @@ def load_unfinished(conn: sa.Connection) -> tuple[list[Submission], list[Job]]:
         chunk = wanted[start:start + 1000]
         subs.extend(Submission(id=r.id, owner=r.owner, environment=r.environment,
                                umask=r.umask, submitted_at=r.submitted_at,
-                               submit_host=r.submit_host, job_count=r.job_count)
+                               submit_host=r.submit_host, job_count=r.job_count,
+                               first_job_id=r.first_job_id, cap=r.array_cap,
+                               notify=r.notify, mail_user=r.mail_user,
+                               mail_type=r.mail_type,
+                               kill_on_invalid_dep=r.kill_on_invalid_dep)
                     for r in conn.execute(
                         sa.select(submissions, users.c.name.label("owner"))
                         .join(users, users.c.id == submissions.c.owner_id)
@@ -144,7 +190,8 @@ def find_job(conn: sa.Connection, job_id: int) -> Job | None:
 def list_finished_jobs(conn: sa.Connection, owner_id: int, *, limit: int,
                        ids: Sequence[int] | None = None, before: int | None = None,
                        states: Collection[JobState] | None = None,
-                       group: str | None = None) -> list[Job]:
+                       group: str | None = None, submission_id: int | None = None
+                       ) -> list[Job]:
     """An owner's finished jobs (in ``states``, of ``group``, with ids below ``before``),
     newest first, at most ``limit``: served by the (owner, state) index."""
     finished = [s for s in FINISHED_JOB_STATES if states is None or s in states]
@@ -156,6 +203,8 @@ def list_finished_jobs(conn: sa.Connection, owner_id: int, *, limit: int,
         query = query.where(jobs.c.id < before)
     if group is not None:
         query = query.where(jobs.c.group_name == group)
+    if submission_id is not None:
+        query = query.where(jobs.c.submission_id == submission_id)
     if ids is None:
         return [job_from_row(r) for r in conn.execute(query).mappings()]
     found: list[Job] = []

@@ -102,6 +102,17 @@ submissions = sa.Table(
               comment="JSON object of the submit environment, shared by its jobs"),
     sa.Column("umask", sa.Integer, nullable=False, comment="as a number, e.g. 18 for 022"),
     sa.Column("job_count", sa.Integer, nullable=False),
+    sa.Column("first_job_id", BigId, nullable=True,
+              comment="its first job's id: the array id (Slurm's ArrayJobId)"),
+    sa.Column("array_cap", sa.Integer, nullable=True,
+              comment="most of its jobs dispatched or running at once (%CAP); NULL: no cap"),
+    sa.Column("kill_on_invalid_dep", sa.Boolean, nullable=False, default=True,
+              server_default="1",
+              comment="cancel a job whose dependency can never be met (else it waits)"),
+    sa.Column("notify", sa.Text, nullable=True,
+              comment="command run as the owner on the head node when all its jobs ended"),
+    sa.Column("mail_user", sa.String(255), nullable=True),
+    sa.Column("mail_type", sa.String(64), nullable=True, comment="e.g. END,FAIL"),
     **MARIADB_TABLE_ARGS,
 )
 
@@ -134,13 +145,17 @@ jobs = sa.Table(
               comment="comma-separated host names the job must not run on"),
     sa.Column("requeue", sa.Boolean, nullable=False, default=True,
               comment="requeue when its host is lost; false: fail instead"),
+    sa.Column("retries", sa.Integer, nullable=False, default=0, server_default="0",
+              comment="runs again after a failure (non-zero exit), up to this many times"),
     sa.Column("signature", sa.String(64), nullable=True,
               comment="HMAC of the spec by the owner's user-server"),
+    sa.Column("resubmit_of", BigId, nullable=True,
+              comment="the job this one runs again (hq-client resubmit); no foreign key"),
     # --- the outcome, written by hq-server
     sa.Column("state", word_enum(JobState, "job_state"), nullable=False,
               default=JobState.PENDING),
-    sa.Column("pending_reason", sa.String(255), nullable=True,
-              comment="why a pending job waits, or why a job failed to start"),
+    sa.Column("state_reason", sa.String(255), nullable=True,
+              comment="why a pending job waits, or why it ended as it did"),
     sa.Column("host_id", sa.Integer, sa.ForeignKey("hosts.id"), nullable=True,
               comment="where it runs or ran last"),
     sa.Column("pid", sa.Integer, nullable=True, comment="process group leader on that host"),
@@ -158,6 +173,8 @@ jobs = sa.Table(
               comment="times requeued after losing its host"),
     sa.Column("attempt", sa.Integer, nullable=False, default=0, server_default="0",
               comment="times dispatched: each dispatch is a new attempt"),
+    sa.Column("retry_count", sa.Integer, nullable=False, default=0, server_default="0",
+              comment="times it ran again after a failure (--retries)"),
     sa.Index(None, "owner_id", "state"),
     sa.Index(None, "state", "priority", "id"),
     sa.Index(None, "submitted_at"),
@@ -173,6 +190,24 @@ job_dependencies = sa.Table(
               primary_key=True),
     sa.Column("kind", word_enum(DependencyKind, "dependency_kind"), nullable=False),
     sa.Index(None, "depends_on_id"),
+    **MARIADB_TABLE_ARGS,
+)
+
+# One row per run of a job that may run again after a failure (--retries): each attempt's
+# own outcome, which the jobs row (the last attempt) would overwrite.
+job_attempts = sa.Table(
+    "job_attempts", metadata,
+    sa.Column("job_id", BigId, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("host_name", sa.String(64), nullable=True),
+    sa.Column("state", word_enum(JobState, "attempt_state"), nullable=False),
+    sa.Column("reason", sa.String(255), nullable=True),
+    sa.Column("exit_code", sa.SmallInteger, nullable=True),
+    sa.Column("signal_number", sa.SmallInteger, nullable=True),
+    sa.Column("started_at", UtcDateTime, nullable=True),
+    sa.Column("ended_at", UtcDateTime, nullable=True),
+    sa.Column("cpu_time_s", sa.Float, nullable=True),
+    sa.Column("max_rss_kb", sa.BigInteger, nullable=True),
     **MARIADB_TABLE_ARGS,
 )
 

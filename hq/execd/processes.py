@@ -67,18 +67,6 @@ def marker_of(pid: int) -> str | None:
     return None
 
 
-def environment_unreadable(pid: int) -> bool:
-    """Whether ``pid`` is alive but shows no environment (a moment inside execve, or a
-    process of another account): its marker, if any, cannot be known now."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as file:
-            return not file.read(1)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-
-
 def marked_processes(installation: str) -> dict[int, str]:
     """Every live process of this account carrying a marker of ``installation``."""
     uid, found = os.geteuid(), {}

@@ -51,8 +51,8 @@ REASON_LEASE = "lease expired: no contact with a user-server"
 REASON_UNKNOWN_END = "exit status unknown: it ended while no exec-server watched it"
 REASON_WITHDRAWN = "withdrawn"   # taken back by hq-server before it started (never will)
 LEFTOVER_GRACE_S = 2.0
-LEFTOVER_RECHECKS = 5       # looks again at orphans whose environment could not be read
-LEFTOVER_RECHECK_S = 0.2
+LEFTOVER_RECHECKS = 4       # looks again for what ended jobs left, this many times ...
+LEFTOVER_RECHECK_S = 0.25   # ... this far apart
 
 JobKey = tuple[str, int, int]
 """(database identity, job id, attempt)"""
@@ -128,6 +128,9 @@ class JobRunner:
         self.jobs: dict[JobKey, RunningJob] = {}
         self._by_pid: dict[int, RunningJob] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # markers of ended jobs to look for again, with the looks left (_end_leftovers)
+        self._leftover_looks: dict[str, int] = {}
+        self._leftover_timer: asyncio.TimerHandle | None = None
         # One /dev/null for every job's stdin instead of an open and close per start.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
@@ -143,6 +146,9 @@ class JobRunner:
         """Stop reaping (at shutdown); running jobs are left alone, they belong to the user."""
         if self._loop is not None:
             self._loop.remove_signal_handler(signal.SIGCHLD)
+            if self._leftover_timer is not None:
+                self._leftover_timer.cancel()
+                self._leftover_timer = None
             for job in self.jobs.values():
                 if job.limit_timer is not None:
                     job.limit_timer.cancel()
@@ -260,25 +266,38 @@ class JobRunner:
 
     def _end_leftovers(self, jobs: list[RunningJob]) -> None:
         """What ended jobs left running (double forks, daemons): orphans that are now our
-        children and carry one of their markers get SIGTERM, and SIGKILL after a grace."""
-        markers = {job.marker for job in jobs if job.marker}
-        if markers:
-            self._end_orphans_marked(markers, LEFTOVER_RECHECKS)
+        children and carry one of their markers get SIGTERM, and SIGKILL after a grace.
 
-    def _end_orphans_marked(self, markers: set[str], rechecks: int) -> None:
+        Looked for now and again a few times shortly after: /proc's list of children may
+        omit one while another child exits, and a process inside execve shows no
+        environment for a moment (both seen under load). The later looks are shared by all
+        jobs that ended meanwhile, so they cost a few reads per interval, not per job."""
+        markers = {job.marker for job in jobs if job.marker}
+        if not markers:
+            return
+        self._end_orphans_marked(markers)
+        if self._loop is None:
+            return
+        for marker in markers:
+            self._leftover_looks[marker] = LEFTOVER_RECHECKS
+        if self._leftover_timer is None:
+            self._leftover_timer = self._loop.call_later(LEFTOVER_RECHECK_S, self._look_again)
+
+    def _look_again(self) -> None:
+        self._leftover_timer = None
+        looks = self._leftover_looks
+        self._end_orphans_marked(set(looks))
+        for marker in list(looks):
+            looks[marker] -= 1
+            if looks[marker] <= 0:
+                del looks[marker]
+        if looks and self._loop is not None:
+            self._leftover_timer = self._loop.call_later(LEFTOVER_RECHECK_S, self._look_again)
+
+    def _end_orphans_marked(self, markers: set[str]) -> None:
         running = {job.pid for job in self.jobs.values()}
-        orphans, unreadable = [], []
-        for pid in processes.own_children() - running:
-            marker = processes.marker_of(pid)
-            if marker in markers:
-                orphans.append(pid)
-            elif marker is None and processes.environment_unreadable(pid):
-                unreadable.append(pid)
-        # A process caught inside execve shows an empty environment for a moment (seen
-        # under load in CI: `setsid sleep` between its two execs): look again shortly.
-        if unreadable and rechecks > 0 and self._loop is not None:
-            self._loop.call_later(LEFTOVER_RECHECK_S, self._end_orphans_marked, markers,
-                                  rechecks - 1)
+        orphans = [pid for pid in processes.own_children() - running
+                   if processes.marker_of(pid) in markers]
         if not orphans:
             return
         tree = [p for p in _processes(orphans) + _descendants(orphans)]

@@ -99,6 +99,8 @@ RELAY_TIMEOUT_S = 120.0  # a command inside a job waiting on hq-server (e.g. hq-
 ACKED_MEMORY_S = 3600.0  # an acknowledged id is remembered this long ...
 ACKED_MEMORY_MAX = 100_000  # ... and at most this many, so memory stays bounded
 LEASE_KILL_GRACE_S = 1.0  # the server waits lease + grace (5 s): be well within it
+# the array variables a job gets; never inherited from a submitting job
+ARRAY_VARIABLES = ("HQ_ARRAY_INDEX", "HQ_ARRAY_ID", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_JOB_ID")
 RUN_CHUNK = 64          # jobs started between two turns of the loop (reaping, heartbeats)
 
 
@@ -464,16 +466,24 @@ class ExecServer:
         # how every process of the job is found, whatever it does with sessions and groups
         env[processes.MARKER] = processes.marker_value(self.installation, *key)
         # Not inherited from a submitting job: only an array job has an index.
-        env.pop("HQ_ARRAY_INDEX", None)
+        for name in ARRAY_VARIABLES:
+            env.pop(name, None)
         if spec.array_index is not None:
-            env["HQ_ARRAY_INDEX"] = str(spec.array_index)
+            array_id = str(item.array_id or job_id)
+            # and Slurm's names, for scripts written for Slurm; never SLURM_JOB_ID or
+            # SLURM_NTASKS, which switch MPI launchers and frameworks into Slurm mode
+            env.update(HQ_ARRAY_INDEX=str(spec.array_index), HQ_ARRAY_ID=array_id,
+                       SLURM_ARRAY_TASK_ID=str(spec.array_index), SLURM_ARRAY_JOB_ID=array_id)
         launch = Launch(
             key=key, command=spec.command, shell=spec.shell, cwd=spec.cwd, env=env,
             umask=submission.umask, time_limit_s=spec.time_limit_s,
-            stdout=jobspec.resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd),
-            stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd))
+            stdout=jobspec.resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd,
+                                       item.array_id),
+            stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd,
+                                       item.array_id))
         log_path = None if not spec.log_path else (
-            jobspec.resolve_path(spec.log_path, job_id, spec.array_index, spec.cwd),
+            jobspec.resolve_path(spec.log_path, job_id, spec.array_index, spec.cwd,
+                                       item.array_id),
             submission.umask)
         return Waiting(key, spec.cores, launch, log_path)
 

@@ -126,6 +126,20 @@ class SubmitReply(Reply, tag="reply", kw_only=True):
     submission_id: JobId
 
 
+MAX_DEPENDENCIES = 1000   # --dependency items of one submission (an array counts as one)
+MAX_ARRAY_CAP = 1_000_000
+
+
+class DependencyRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One job (or array) a submission names in ``--dependency`` (version 2): ``id`` is a
+    job, or an array's id for the whole array; ``index`` names one element of that array
+    (``42_7``). ``aftercorr``: element i of the new array after element i of ``id``."""
+
+    kind: Literal["afterok", "afterany", "afternotok", "aftercorr"]
+    id: JobId
+    index: Count | None = None
+
+
 class Submit(Request, tag="submit", kw_only=True):
     """New jobs. Decoding it runs ``JobSpec.validate`` on every job (user-server, hq-server).
 
@@ -140,11 +154,22 @@ class Submit(Request, tag="submit", kw_only=True):
     hold: bool = False
     submission_id: JobId | None = None   # reserved and signed by the user-server (version 2)
     parts: Annotated[int, msgspec.Meta(ge=0, le=MAX_JOBS_PER_SUBMIT)] = 0
+    # workflows (version 2): how many of these jobs may run at once, what they wait for,
+    # and, for a resubmission, which job each new one runs again
+    array_cap: Annotated[int, msgspec.Meta(ge=1, le=MAX_ARRAY_CAP)] | None = None
+    dependencies: Annotated[list[DependencyRef], msgspec.Meta(max_length=MAX_DEPENDENCIES)
+                            ] = msgspec.field(default_factory=list)
+    kill_on_invalid_dep: bool = True
+    resubmit_of: Annotated[list[JobId], msgspec.Meta(max_length=MAX_JOBS_PER_SUBMIT)
+                           ] | None = None
     reply_type = SubmitReply
 
     def __post_init__(self) -> None:
         check_environment(self.environment)
         validate_jobs(self.jobs)
+        if self.resubmit_of is not None and self.parts == 0 \
+                and len(self.resubmit_of) != len(self.jobs):
+            raise InvalidSpec("resubmit_of must name one old job per new job")
 
 
 class PartReply(Reply, tag="reply", kw_only=True):
@@ -216,6 +241,27 @@ class Status(Request, tag="status", kw_only=True):
     reply_type = StatusReply
 
 
+class DependencyInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One job another one waits for, and how that one is doing."""
+
+    id: JobId
+    kind: Word
+    state: JobState
+
+
+class AttemptInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One earlier run of a job that may run again after a failure (--retries)."""
+
+    attempt: Count
+    state: JobState
+    reason: Text | None = None
+    host: HostName | None = None
+    exit_code: ExitCode | None = None
+    signal: SignalNumber | None = None
+    started_at: Epoch | None = None
+    ended_at: Epoch | None = None
+
+
 class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything about one job that its owner may see (built by ``hq.server.views``)."""
 
@@ -223,7 +269,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     name: Name | None
     owner: UserName
     state: JobState
-    pending_reason: Text | None
+    state_reason: Text | None
     host: HostName | None
     cores: Count
     memory_mb: Count | None
@@ -250,6 +296,13 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     cpu_time_s: Annotated[float, msgspec.Meta(ge=0)] | None
     max_rss_kb: Count | None
     restart_count: Count
+    # workflows (version 2)
+    array_id: JobId | None = None
+    retries: Count = 0
+    retry_count: Count = 0
+    resubmit_of: JobId | None = None
+    dependencies: list[DependencyInfo] = msgspec.field(default_factory=list)
+    attempts: list[AttemptInfo] = msgspec.field(default_factory=list)
 
 
 class JobsReply(Reply, tag="reply", kw_only=True):
@@ -267,6 +320,7 @@ class Jobs(Request, tag="jobs", kw_only=True):
     ids: IdList | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] | None = None
     before: JobId | None = None
+    array: JobId | None = None        # only the jobs of the array with this id (version 2)
     reply_type = JobsReply
 
 
@@ -313,6 +367,7 @@ class JobWaitState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state: JobState
     exit_code: ExitCode | None = None
     signal: SignalNumber | None = None
+    reason: Text | None = None     # why it ended as it did (version 2)
 
 
 class WaitReply(Reply, tag="reply", kw_only=True):
@@ -328,7 +383,44 @@ class Wait(Request, tag="wait", kw_only=True):
     reply_type = WaitReply
 
 
-USER_REQUESTS = (Ping, Submit, SubmitPart, Status, Jobs, Show, Cancel, Hold, Release, Wait)
+class UpdateArrayReply(Reply, tag="reply", kw_only=True):
+    array_id: JobId
+    cap: Count | None
+
+
+class UpdateArray(Request, tag="update_array", kw_only=True):
+    """Change an array of mine: how many of its jobs may run at once (0: no cap)."""
+
+    array: JobId
+    cap: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_CAP)]
+    reply_type = UpdateArrayReply
+
+
+class JobSpecsReply(Reply, tag="reply", kw_only=True):
+    jobs: list[RunJob]                       # the specs as stored, signatures included
+    submissions: dict[str, SubmissionEnv]    # by submission id
+    database: Word
+
+
+class JobSpecs(Request, tag="job_specs", kw_only=True):
+    """The stored specs of jobs of mine (for a resubmission; the user-server checks their
+    signatures before it signs them again)."""
+
+    ids: Annotated[list[JobId], msgspec.Meta(max_length=PART_JOBS)]
+    reply_type = JobSpecsReply
+
+
+class Resubmit(Request, tag="resubmit", kw_only=True):
+    """Submit these jobs of mine again, one submission (command -> user-server only, which
+    fetches their specs, checks them and sends a ``Submit`` with ``resubmit_of``)."""
+
+    ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=PART_JOBS)]
+    hold: bool = False
+    reply_type = SubmitReply
+
+
+USER_REQUESTS = (Ping, Submit, SubmitPart, Status, Jobs, Show, Cancel, Hold, Release, Wait,
+                 UpdateArray, JobSpecs, Resubmit)
 """What a command may ask its user-server, which forwards it to hq-server."""
 
 
@@ -344,6 +436,8 @@ class RunJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # which dispatch of the job this is (one more each time hq-server hands it out): a report
     # about an earlier one, or a second order for it, is told from this one (version 2)
     attempt: Attempt = 0
+    # the array it is an element of (its first job's id): HQ_ARRAY_ID and %A in its paths
+    array_id: JobId | None = None
 
 
 class SubmissionEnv(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -545,7 +639,8 @@ class Lease(Message, tag="lease", kw_only=True):
     """User-server -> exec-server: renews the lease (only while hq-server hears from it)."""
 
 
-UserRequest = Ping | Submit | SubmitPart | Status | Jobs | Show | Cancel | Hold | Release | Wait
+UserRequest = (Ping | Submit | SubmitPart | Status | Jobs | Show | Cancel | Hold | Release | Wait
+               | UpdateArray | JobSpecs | Resubmit)
 
 
 class Relay(Request, tag="relay", kw_only=True):

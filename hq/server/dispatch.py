@@ -40,6 +40,7 @@ from hq.protocol.messages import (
 from hq.server.clock import Clock
 from hq.server.journal import Journal
 from hq.server.links import Links, UserLink
+from hq.server.retries import attempt_row, retry_reason
 from hq.server.scheduler import Placement, Policy, place_jobs
 from hq.server.state import Cluster, Host
 from hq.states import HostState, JobState
@@ -158,7 +159,7 @@ class Dispatcher:
         if not cluster.queue_pairs or not cluster.pending_queues:
             return
         by_name = {h.name: h for h in usable if h.max_jobs is None}
-        waiting = {owner for owner, _prio in cluster.pending_queues if owner in self.links}
+        waiting = {key[0] for key in cluster.pending_queues if key[0] in self.links}
         allotted = cluster.allotted_to()
         share = sum(h.cores for h in by_name.values()) / max(1, len(waiting | set(allotted)))
         limit = self.policy.max_running_per_user
@@ -215,7 +216,8 @@ class Dispatcher:
         owner = jobs[0].owner
         queues = (owner, host_name) in self.cluster.queue_pairs
         return Run(host=self.cluster.hosts[host_name].address_info(),
-                   jobs=[RunJob(j.id, j.submission_id, j.spec, j.attempt) for j in jobs],
+                   jobs=[RunJob(j.id, j.submission_id, j.spec, j.attempt, j.array_id)
+                         for j in jobs],
                    submissions=submissions,
                    cores=self.cluster.allotment(owner, host_name) if queues else None)
 
@@ -449,11 +451,20 @@ class Dispatcher:
         if sub is not None and event.started_at is not None and event.at is not None:
             sub.runs += 1   # how long its jobs take: how deep the next ones may be queued
             sub.run_time_s += max(0.0, event.at - event.started_at)
-        self.journal.job(
-            job, new, reason=reason, exit_code=event.exit_code, signal=event.signal,
-            pid=event.pid or job.pid, started_at=job.started_at or from_epoch(event.started_at),
-            ended_at=from_epoch(event.at) or now, cpu_time_s=event.cpu_time_s,
-            max_rss_kb=event.max_rss_kb)
+        outcome = dict(exit_code=event.exit_code, signal=event.signal,
+                       started_at=job.started_at or from_epoch(event.started_at),
+                       ended_at=from_epoch(event.at) or now, cpu_time_s=event.cpu_time_s,
+                       max_rss_kb=event.max_rss_kb)
+        again = retry_reason(job, event.exit_code, event.signal, event.reason) \
+            if new is JobState.FAILED else None
+        if job.spec.retries:
+            self.journal.attempt(attempt_row(job, new, reason, **outcome))
+        if again is not None:
+            self.journal.job(job, JobState.PENDING, reason=again, host=None, pid=None,
+                             started_at=None, retry_count=job.retry_count + 1,
+                             eligible_at=now)
+            return
+        self.journal.job(job, new, reason=reason, pid=event.pid or job.pid, **outcome)
 
     def _withdrawn(self, job: Job) -> None:
         """The exec-server gave a queued job back: it never started there."""

@@ -28,15 +28,17 @@ from hq.db.daemons import (
     record_user_server_gone,
     record_user_server_seen,
 )
+from hq.db.dependencies import insert_dependencies, rewire_dependencies
 from hq.db.events import Event, record_events
 from hq.db.hosts import update_host
-from hq.db.jobs import insert_submission, update_jobs
+from hq.db.jobs import insert_attempts, insert_submission, set_array_cap, update_jobs
 from hq.db.settings import CLUSTER_ACTIVE, set_setting
 from hq.job import Job, Submission
 from hq.server.clock import Clock
+from hq.server.dependencies import never_text
 from hq.server.state import Change, Cluster, Host
 from hq.server.store import Store
-from hq.states import EventKind, HostState, JobState
+from hq.states import DependencyKind, EventKind, HostState, JobState
 
 log = logging.getLogger("hq.server.jobs")
 host_log = logging.getLogger("hq.server.hosts")
@@ -60,6 +62,7 @@ class Journal:
         self._changes: list[Change] = []
         self._events: list[Event] = []
         self._host_rows: list[tuple[str, dict[str, Any]]] = []
+        self._attempt_rows: list[dict[str, Any]] = []
         self._piece: asyncio.Future[Any] | None = None
         # pulsed whenever jobs finish (the wait requests look again)
         self.finished = asyncio.Event()
@@ -67,8 +70,42 @@ class Journal:
     # --- state changes ------------------------------------------------------------------------
 
     def job(self, job: Job, new: JobState, *, reason: str | None = None, **fields: Any) -> None:
-        """Move ``job`` to ``new`` with ``fields`` set; recorded with the next batch."""
+        """Move ``job`` to ``new`` with ``fields`` set; recorded with the next batch. The jobs
+        its end dooms (a dependency that can never be met now) are cancelled with it, or
+        keep waiting with the reason where their submission said so."""
+        self.doomed(self._job(job, new, reason=reason, **fields))
+
+    def doomed(self, doomed: list[tuple[Job, int, JobState]]) -> None:
+        """(job, the job it waited for, how that one ended): a dependency that can never be
+        met. The job is cancelled, or keeps waiting with the reason where its submission
+        said so (--kill-on-invalid-dep=no); a cancel dooms its own dependants in turn."""
+        while doomed:   # a chain of dependants, one after the other (no recursion)
+            dependant, cause, state = doomed.pop()
+            if dependant.state not in (JobState.PENDING, JobState.HELD):
+                continue
+            why = never_text(cause, state)
+            sub = self.cluster.submissions.get(dependant.submission_id)
+            if sub is not None and not sub.kill_on_invalid_dep:
+                self._record(self.cluster.set_reason(dependant, why), why)
+                continue
+            doomed += self._job(dependant, JobState.CANCELLED, reason=why,
+                                ended_at=self.clock.now())
+
+    def reason(self, job: Job, reason: str | None) -> None:
+        """A new reason for a job that stays in its state."""
+        self._record(self.cluster.set_reason(job, reason), reason)
+
+    def _job(self, job: Job, new: JobState, *, reason: str | None = None,
+             **fields: Any) -> list[tuple[Job, int, JobState]]:
         change = self.cluster.transition(job, new, reason=reason, **fields)
+        self._record(change, reason)
+        if new.finished:
+            self.finished.set()
+            self.finished = asyncio.Event()
+        return [(dependant, job.id, new) for dependant in change.doomed]
+
+    def _record(self, change: Change, reason: str | None) -> None:
+        job, new = change.job, change.new
         where = f" on {job.host}" if job.host and new.active else ""
         why = f": {reason}" if reason else ""
         line = f"job {job.id}: {change.old} -> {new}{where}"
@@ -82,9 +119,11 @@ class Journal:
                                   host_name=job.host, user_name=job.owner,
                                   old_state=str(change.old), new_state=str(new),
                                   message=line + why))
-        if new.finished:
-            self.finished.set()
-            self.finished = asyncio.Event()
+        self._schedule()
+
+    def attempt(self, row: dict[str, Any]) -> None:
+        """The record of one run of a job that may run again (hq.server.retries)."""
+        self._attempt_rows.append(row)
         self._schedule()
 
     def host_state(self, host: Host, new: HostState, reason: str | None) -> bool:
@@ -133,7 +172,8 @@ class Journal:
     def _flush(self) -> None:
         piece, self._piece = self._piece, None
         changes, events, host_rows = self._changes, self._events, self._host_rows
-        self._changes, self._events, self._host_rows = [], [], []
+        attempts = self._attempt_rows
+        self._changes, self._events, self._host_rows, self._attempt_rows = [], [], [], []
         assert piece is not None
         # Each changed job's whole outcome as memory has it now, not the changes one by one:
         # a job that started and ended in this piece is one row, and every row has the same
@@ -144,6 +184,7 @@ class Journal:
         def work(conn: sa.Connection) -> None:
             if rows:
                 update_jobs(conn, rows, host_ids)
+            insert_attempts(conn, attempts)
             for name, values in host_rows:
                 update_host(conn, name, values)
             record_events(conn, events)
@@ -155,8 +196,12 @@ class Journal:
 
     # --- other records ------------------------------------------------------------------------
 
-    async def submission(self, sub: Submission, owner_id: int, jobs: Sequence[Job]) -> None:
-        """Record a new submission and its jobs; refused at once when the database is down."""
+    async def submission(self, sub: Submission, owner_id: int, jobs: Sequence[Job],
+                         dependencies: Sequence[tuple[int, int, DependencyKind]] = (),
+                         rewired: Sequence[tuple[int, int, int]] = ()) -> None:
+        """Record a new submission, its jobs, what they wait for (job, on, kind) and the
+        jobs that now wait for them instead (job, old, new), in one transaction; refused at
+        once when the database is down."""
         span = f"{jobs[0].id}" if len(jobs) == 1 else f"{jobs[0].id}-{jobs[-1].id}"
         event = Event(at=sub.submitted_at or self.clock.now(), kind=EventKind.JOB,
                       job_id=jobs[0].id, user_name=sub.owner, new_state=str(jobs[0].state),
@@ -165,10 +210,25 @@ class Journal:
 
         def work(conn: sa.Connection) -> None:
             insert_submission(conn, sub, owner_id, jobs)
+            insert_dependencies(conn, dependencies)
+            rewire_dependencies(conn, rewired)
             record_events(conn, [event])
 
         await self.store.write(work, what=f"submission {sub.id} of {sub.owner}",
                                refuse_when_down=True)
+
+    def array_cap(self, sub: Submission) -> None:
+        """An array's new cap (hq-client update --cap)."""
+        event = Event(at=self.clock.now(), kind=EventKind.JOB, job_id=sub.first_job_id,
+                      user_name=sub.owner,
+                      message=f"array {sub.first_job_id}: cap {sub.cap or 'none'}")
+
+        def work(conn: sa.Connection) -> None:
+            set_array_cap(conn, sub.id, sub.cap)
+            record_events(conn, [event])
+
+        self.store.write(work, what=f"the cap of array {sub.first_job_id}"
+                         ).add_done_callback(_failed)
 
     async def cluster_active(self, active: bool, by: str) -> None:
         """The cluster switch; recorded before it takes effect, so it survives a restart."""

@@ -6,10 +6,13 @@ from collections import Counter
 
 import sqlalchemy as sa
 
+from hq.db.dependencies import load_dependencies
 from hq.db.hosts import HostRecord, list_hosts
 from hq.db.jobs import job_counts, load_unfinished, max_ids
 from hq.db.settings import CLUSTER_ACTIVE, DATABASE_ID, get_setting
 from hq.db.users import UserRecord, list_users
+from hq.server.dependencies import verdict
+from hq.server.journal import Journal
 from hq.server.state import Cluster, Host
 
 
@@ -53,6 +56,15 @@ def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
     subs, found = load_unfinished(conn)
     for sub in subs:
         cluster.add_submission(sub)
+    for job_id, on, kind, state in load_dependencies(conn):
+        met = verdict(kind, state)
+        if met is None:
+            cluster.deps.add(job_id, on, kind)
+        elif met is False:
+            # doomed while hq-server was down (or kept waiting by --kill-on-invalid-dep=no):
+            # waits until settle_dependencies decides, after the start
+            cluster.deps.add(job_id, on, kind)
+            cluster.doomed_at_start.append((job_id, on, state))
     for job in found:
         cluster.add_job(job)
     cluster.counts = Counter(job_counts(conn))
@@ -60,3 +72,11 @@ def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
     cluster.active = (get_setting(conn, CLUSTER_ACTIVE) or "yes") == "yes"
     cluster.database_id = get_setting(conn, DATABASE_ID) or ""
     return cluster, users
+
+
+def settle_dependencies(cluster: Cluster, journal: Journal) -> None:
+    """The jobs whose dependency ended in a way that can never meet it: cancelled now (or
+    given the reason, where their submission keeps them waiting)."""
+    doomed, cluster.doomed_at_start = cluster.doomed_at_start, []
+    journal.doomed([(cluster.jobs[job_id], on, state) for job_id, on, state in doomed
+                    if job_id in cluster.jobs and cluster.jobs[job_id].reason is None])

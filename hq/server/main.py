@@ -43,7 +43,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     from hq.server.clock import SystemClock
     from hq.server.core import Server, keep_monitor
     from hq.server.listener import Listener
-    from hq.server.loading import load_state
+    from hq.server.loading import load_state, settle_dependencies
     from hq.server.store import Store
 
     config = load_server(inst)
@@ -67,6 +67,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
                     store=store, users=users, clock=SystemClock())
     instance_id = await server.journal.server_started(socket.gethostname(), os.getpid(),
                                                       __version__)
+    settle_dependencies(cluster, server.journal)
     listener = Listener(server)
     await listener.start(config.socket_path)
     head_file = write_head_file(config.socket_path.parent, config.ssh_address)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import fnmatch
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -17,18 +18,22 @@ from typing import Any
 import msgspec
 
 from hq import __version__
-from hq.db.jobs import find_job, list_finished_jobs
+from hq.db.dependencies import dependencies_of
+from hq.db.jobs import find_job, list_attempts, list_finished_jobs
 from hq.errors import Busy, NotFound, UsageError
 from hq.job import Job, Submission
 from hq.jobspec import JobSpec
 from hq.protocol.messages import (
     MAX_PAGE,
+    AttemptInfo,
     Cancel,
     ChangeResult,
     ChangesReply,
     ClusterSummary,
+    DependencyInfo,
     Hold,
     Jobs,
+    JobSpecs,
     JobsReply,
     JobWaitState,
     PartReply,
@@ -44,12 +49,21 @@ from hq.protocol.messages import (
     Submit,
     SubmitPart,
     SubmitReply,
+    UpdateArray,
     Wait,
     WaitReply,
 )
 from hq.server.core import Server, Session
 from hq.server.memory import release_free_memory
 from hq.server.views import job_info, wait_state
+from hq.server.workflows import (
+    job_specs,
+    never_met,
+    resolve_dependencies,
+    resubmitted,
+    unmet,
+    update_array,
+)
 from hq.states import FINISHED_JOB_STATES, JobState
 
 MAX_WAIT_S = 60.0
@@ -172,6 +186,8 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
     check_quotas(server, session.user.name, len(specs))
     if not request.parts:
         check_fits(server, specs)
+    links = await resolve_dependencies(server, session, request, specs)
+    replaced = await resubmitted(server, session, request, len(specs))
     specs = shared_strings(specs)
     now = server.clock.now()
     state = JobState.HELD if request.hold else JobState.PENDING
@@ -187,15 +203,35 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
     cluster.next_job_id += len(specs)
     sub = Submission(id=sub_id, owner=owner.name, environment=request.environment,
                      umask=request.umask, submitted_at=now,
-                     submit_host=request.submit_host or "unknown", job_count=len(specs))
+                     submit_host=request.submit_host or "unknown", job_count=len(specs),
+                     first_job_id=first, cap=request.array_cap,
+                     kill_on_invalid_dep=request.kill_on_invalid_dep)
     new = [Job(id=job_id, submission_id=sub_id, owner=owner.name, owner_id=owner.id,
                spec=spec, submitted_at=now, state=state,
-               eligible_at=None if request.hold else now)
+               eligible_at=None if request.hold else now,
+               resubmit_of=None if replaced is None else replaced[job_id - first],
+               array_id=None if spec.array_index is None else first)
            for job_id, spec in enumerate(specs, first)]
-    await server.journal.submission(sub, owner.id, new)
+    rows = [(job.id, link.on, link.kind) for job, job_links in zip(new, links, strict=True)
+            for link in job_links]
+    rewired = ([] if replaced is None else
+               [(dependant, old, job.id) for job, old in zip(new, replaced, strict=True)
+                for dependant in cluster.deps.dependants.get(old, ())])
+    await server.journal.submission(sub, owner.id, new, rows, rewired)
     cluster.add_submission(sub)
+    for job, job_links in zip(new, links, strict=True):
+        for link in unmet(job_links):
+            cluster.deps.add(job.id, link.on, link.kind)
     for job in new:
         cluster.add_job(job)
+    for job, old in zip(new, replaced or (), strict=False):
+        for dependant in cluster.deps.rewire(old, job.id):
+            waiting = cluster.jobs.get(dependant)
+            if waiting is not None and waiting.reason is not None:
+                server.journal.reason(waiting, None)   # no longer doomed: waits for this one
+    server.journal.doomed([(job, link.on, link.state)
+                           for job, job_links in zip(new, links, strict=True)
+                           for link in never_met(job_links)[:1]])
     if len(new) >= BIG_SUBMISSION:
         # once the decoded frames and their copies are gone (after this answer), their
         # memory goes back to the system
@@ -218,7 +254,28 @@ async def _own_or_recorded(server: Server, session: Session, job_id: int) -> Job
 
 
 async def show(server: Server, session: Session, request: Show) -> ShowReply:
-    return ShowReply(job=job_info(server, await _own_or_recorded(server, session, request.id)))
+    job = await _own_or_recorded(server, session, request.id)
+    dependencies, attempts = await server.store.read(
+        lambda conn: (dependencies_of(conn, job.id),
+                      list_attempts(conn, job.id) if job.spec.retries else []),
+        what=f"job {job.id}")
+    cluster = server.cluster
+
+    def now(job_id: int, recorded: JobState) -> JobState:
+        held = cluster.jobs.get(job_id)   # memory may be ahead of the database
+        return recorded if held is None else held.state
+
+    return ShowReply(job=job_info(
+        server, job, [DependencyInfo(on, str(kind), now(on, state))
+                      for on, kind, state in dependencies],
+        [AttemptInfo(attempt=a["attempt"], state=a["state"], reason=a["reason"],
+                     host=a["host_name"], exit_code=a["exit_code"], signal=a["signal_number"],
+                     started_at=_epoch(a["started_at"]), ended_at=_epoch(a["ended_at"]))
+         for a in attempts]))
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
 
 
 async def jobs(server: Server, session: Session, request: Jobs) -> JobsReply:
@@ -229,9 +286,16 @@ async def jobs(server: Server, session: Session, request: Jobs) -> JobsReply:
     limit = request.limit or MAX_PAGE
     before = request.before or 2**62
     me, cluster = session.user.name, server.cluster
+    array = None
+    if request.array is not None:
+        head = await _own_or_recorded(server, session, request.array)
+        if head.array_id != head.id:
+            raise NotFound(f"no such array: {request.array}")
+        array = head.submission_id
 
     def matches(job: Job) -> bool:
         return ((wanted is None or job.state in wanted)
+                and (array is None or job.submission_id == array)
                 and (request.group is None or job.spec.group == request.group)
                 and (request.name is None
                      or fnmatch.fnmatchcase(job.spec.name or "", request.name)))
@@ -257,7 +321,8 @@ async def jobs(server: Server, session: Session, request: Jobs) -> JobsReply:
         recorded = await server.store.read(
             lambda conn: list_finished_jobs(conn, session.user.id, limit=limit + 1,
                                             ids=request.ids, before=before,
-                                            states=wanted, group=request.group),
+                                            states=wanted, group=request.group,
+                                            submission_id=array),
             what="list finished jobs")
         for job in recorded:
             if matches(job):
@@ -379,5 +444,5 @@ async def wait(server: Server, session: Session, request: Wait) -> WaitReply:
 USER_REQUESTS: dict[type, Handler] = {
     Ping: ping, ReserveSubmission: reserve, Submit: submit, SubmitPart: submit_part,
     Status: status, Jobs: jobs, Show: show, Cancel: cancel, Hold: hold, Release: release,
-    Wait: wait,
+    Wait: wait, UpdateArray: update_array, JobSpecs: job_specs,
 }

@@ -18,6 +18,7 @@ from typing import Any
 
 from hq.job import OUTCOME_FIELDS, Job, Submission
 from hq.protocol.messages import HostAddress
+from hq.server.dependencies import Dependencies
 from hq.server.scheduler import HostSlot, PendingJob
 from hq.states import HostState, JobState, check_host_transition, check_job_transition
 
@@ -93,12 +94,18 @@ class Host:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What one job transition changed: the job, its old and new state, the attributes set."""
+    """What one job transition changed: the job, its old and new state, the attributes set,
+    and the jobs its end doomed (a dependency of theirs can never be met now)."""
 
     job: Job
     old: JobState
     new: JobState
     values: dict[str, Any]   # Job attribute -> new value (hq.db.jobs maps them to columns)
+    doomed: tuple[Job, ...] = ()
+
+
+# A pending queue: (owner, priority, the submission id of an array with a cap, else 0).
+QueueKey = tuple[str, int, int]
 
 
 class Cluster:
@@ -107,8 +114,12 @@ class Cluster:
     def __init__(self) -> None:
         self.jobs: dict[int, Job] = {}
         # pending jobs by (owner, priority), each in id order: a round looks only at the
-        # head of each queue, so its cost does not grow with the number of pending jobs
-        self.pending_queues: dict[tuple[str, int], dict[int, Job]] = {}
+        # head of each queue, so its cost does not grow with the number of pending jobs. An
+        # array with a cap has queues of its own, whose heads are as many as its cap leaves.
+        self.pending_queues: dict[QueueKey, dict[int, Job]] = {}
+        self.deps = Dependencies()
+        # (job, the job it waited for, how that ended) found doomed when loading
+        self.doomed_at_start: list[tuple[int, int, JobState]] = []
         self._pending_views: dict[int, PendingJob] = {}
         self.recent_finished: OrderedDict[int, Job] = OrderedDict()
         self.hosts: dict[str, Host] = {}
@@ -156,6 +167,9 @@ class Cluster:
             return
         self.unfinished_by_submission[job.submission_id] += 1
         self.unfinished_by_owner.setdefault(job.owner, {})[job.id] = job
+        sub = self.submissions.get(job.submission_id)
+        if sub is not None and job.state.active:
+            sub.active += 1
         if job.state is JobState.PENDING:
             self._queue(job)
         elif job.state.active and job.host in self.hosts:
@@ -187,6 +201,10 @@ class Cluster:
             self._unqueue(job)
         self.counts[(job.owner, old)] -= 1
         self.counts[(job.owner, new)] += 1
+        if old.active != new.active:
+            sub = self.submissions.get(job.submission_id)
+            if sub is not None:
+                sub.active += 1 if new.active else -1
         job.state = new
         for name, value in fields.items():
             setattr(job, name, value)
@@ -194,9 +212,11 @@ class Cluster:
         if new is JobState.PENDING or (new.finished and reason is not None):
             job.reason = reason
             values["reason"] = reason
+        doomed: tuple[Job, ...] = ()
         if new is JobState.PENDING:
             self._queue(job)
         elif new.finished:
+            doomed = self._dependencies_after(job)
             mine = self.unfinished_by_owner.get(job.owner)
             if mine is not None:
                 mine.pop(job.id, None)
@@ -209,7 +229,44 @@ class Cluster:
             self._remember_finished(job)
         if moves and new.active and job.host is not None:
             self._occupy(job)
-        return Change(job, old, new, values)
+        return Change(job, old, new, values, doomed)
+
+    def set_reason(self, job: Job, reason: str | None) -> Change:
+        """A new reason for a job that stays in its state (a pending job whose dependency
+        can never be met, kept pending as its submission asked)."""
+        job.reason = reason
+        return Change(job, job.state, job.state, {"reason": reason})
+
+    def _dependencies_after(self, job: Job) -> tuple[Job, ...]:
+        """``job`` ended: the jobs waiting only for it join their queues; returns the ones
+        it dooms."""
+        freed, doomed = self.deps.ended(job)
+        self.deps.forget(job.id)
+        for job_id in freed:
+            waiting = self.deps.waiting.pop(job_id, None)
+            if waiting is not None:
+                self._queue(waiting)
+        return tuple(self.jobs[j] for j in doomed if j in self.jobs)
+
+    def set_cap(self, sub: Submission, cap: int | None) -> None:
+        """Change how many of an array's jobs may be dispatched or running at once: its
+        pending jobs move to the queues that key says (a cost once, per change)."""
+        moving = [job for key, queue in self.pending_queues.items() if key[0] == sub.owner
+                  for job in queue.values() if job.submission_id == sub.id]
+        for job in moving:
+            self._unqueue(job)
+        sub.cap = cap
+        for job in moving:
+            self._queue(job)
+
+    def room(self, key: QueueKey, limit: int) -> int:
+        """How many heads of the queue ``key`` a round may take, at most ``limit``."""
+        if not key[2]:
+            return limit
+        sub = self.submissions.get(key[2])
+        if sub is None or not sub.cap:
+            return limit
+        return max(0, min(limit, sub.cap - sub.active))
 
     def set_host_state(self, host: Host, new: HostState, reason: str | None,
                        now_m: float) -> bool:
@@ -224,8 +281,16 @@ class Cluster:
         host.state, host.state_reason = new, reason
         return True
 
+    def _queue_key(self, job: Job) -> QueueKey:
+        sub = self.submissions.get(job.submission_id)
+        capped = sub is not None and sub.cap is not None and sub.cap > 0
+        return (job.owner, job.spec.priority, job.submission_id if capped else 0)
+
     def _queue(self, job: Job) -> None:
-        key = (job.owner, job.spec.priority)
+        if self.deps.blocks(job.id):
+            self.deps.waiting[job.id] = job
+            return
+        key = self._queue_key(job)
         queue = self.pending_queues.setdefault(key, {})
         in_order = not queue or job.id > next(reversed(queue))
         queue[job.id] = job
@@ -233,7 +298,9 @@ class Cluster:
             self.pending_queues[key] = dict(sorted(queue.items()))
 
     def _unqueue(self, job: Job) -> None:
-        key = (job.owner, job.spec.priority)
+        if self.deps.waiting.pop(job.id, None) is not None:
+            return
+        key = self._queue_key(job)
         queue = self.pending_queues.get(key)
         if queue is not None:
             queue.pop(job.id, None)
@@ -320,18 +387,18 @@ class Cluster:
 
     def pending_of(self, owner: str, limit: int) -> list[Job]:
         """``owner``'s first pending jobs, highest priority first, then in id order."""
-        queues = sorted(((prio, queue) for (who, prio), queue in self.pending_queues.items()
-                         if who == owner), key=lambda item: -item[0])
-        return [job for _prio, queue in queues
-                for job in itertools.islice(queue.values(), limit)][:limit]
+        picked = [job for key, queue in self.pending_queues.items() if key[0] == owner
+                  for job in itertools.islice(queue.values(), self.room(key, limit))]
+        picked.sort(key=lambda job: (-job.spec.priority, job.id))
+        return picked[:limit]
 
     def pending_heads(self, per_queue: int, owners: Container[str]) -> list[Job]:
         """The first ``per_queue`` pending jobs of each (owner, priority) queue, in id order.
 
         A round can place at most as many jobs as there are free cores, so the heads are
         enough; the few extra let small jobs pass a big one that fits nowhere (backfill)."""
-        heads = [job for (owner, _prio), queue in self.pending_queues.items() if owner in owners
-                 for job in itertools.islice(queue.values(), per_queue)]
+        heads = [job for key, queue in self.pending_queues.items() if key[0] in owners
+                 for job in itertools.islice(queue.values(), self.room(key, per_queue))]
         heads.sort(key=lambda job: job.id)
         return heads
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from hq.job import Job
-from hq.protocol.messages import JobInfo, JobWaitState
+from hq.protocol.messages import AttemptInfo, DependencyInfo, JobInfo, JobWaitState
 from hq.server.core import Server
 from hq.server.scheduler import pending_reason
 from hq.states import JobState
@@ -15,14 +16,16 @@ def _epoch(value: dt.datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-def job_info(server: Server, job: Job) -> JobInfo:
-    """Everything about ``job`` that its owner may see; the one place that builds it."""
+def job_info(server: Server, job: Job, dependencies: Sequence[DependencyInfo] = (),
+             attempts: Sequence[AttemptInfo] = ()) -> JobInfo:
+    """Everything about ``job`` that its owner may see; the one place that builds it.
+    What it waits for and its earlier runs are read for ``show`` only."""
     spec = job.spec
     reason = job.reason
     if job.state is JobState.PENDING and reason is None:
         reason = why_pending(server, job)
     return JobInfo(
-        id=job.id, name=spec.name, owner=job.owner, state=job.state, pending_reason=reason,
+        id=job.id, name=spec.name, owner=job.owner, state=job.state, state_reason=reason,
         host=job.host, cores=spec.cores, memory_mb=spec.memory_mb, priority=spec.priority,
         group=spec.group, info_text=spec.info_text, submission_id=job.submission_id,
         array_index=spec.array_index, command=spec.command, shell=spec.shell, cwd=spec.cwd,
@@ -31,15 +34,26 @@ def job_info(server: Server, job: Job) -> JobInfo:
         requeue=spec.requeue, pid=job.pid, exit_code=job.exit_code, signal=job.signal,
         submitted_at=_epoch(job.submitted_at), started_at=_epoch(job.started_at),
         ended_at=_epoch(job.ended_at), cpu_time_s=job.cpu_time_s, max_rss_kb=job.max_rss_kb,
-        restart_count=job.restart_count)
+        restart_count=job.restart_count, array_id=job.array_id, retries=spec.retries,
+        retry_count=job.retry_count, resubmit_of=job.resubmit_of,
+        dependencies=list(dependencies), attempts=list(attempts))
 
 
 def wait_state(job: Job) -> JobWaitState:
-    return JobWaitState(id=job.id, state=job.state, exit_code=job.exit_code, signal=job.signal)
+    return JobWaitState(id=job.id, state=job.state, exit_code=job.exit_code, signal=job.signal,
+                        reason=job.reason if job.state.finished else None)
 
 
 def why_pending(server: Server, job: Job) -> str:
     cluster = server.cluster
+    waits = cluster.deps.waits_for(job.id)
+    if waits:
+        first = min(waits)
+        more = f" and {len(waits) - 1} more" if len(waits) > 1 else ""
+        return f"waiting for job {first} ({waits[first]}){more}"
+    sub = cluster.submissions.get(job.submission_id)
+    if sub is not None and sub.cap and sub.active >= sub.cap:
+        return f"array {sub.first_job_id} has its cap of {sub.cap} running"
     if not cluster.active:
         return "the cluster is deactivated (hq-admin activate)"
     if job.owner not in server.links:

@@ -9,7 +9,8 @@ job over again only when that release provably came to nothing: the exec-server 
 without running (refused, cannot start, killed by its lease) or that it never had it, or the
 host it went to has been out of contact for longer than the lease (its exec-server has killed
 it by then); and at most ``MAX_RELEASES`` times. A job that ran to an end is never released
-again.
+again, unless it failed and its signed spec asks for more runs (``--retries``): a run that
+exited non-zero or was killed by a signal may be handed over once more per retry it allows.
 
 The file is append-only (one line per change, gathered per turn of the event loop), read back
 at start, and rewritten with only the live entries when it has grown; beyond ``MAX_ENTRIES``
@@ -38,7 +39,7 @@ COMPACT_LINES = 200_000
 Key = tuple[int, int]
 """(submission id, array index; -1 for a job without one)"""
 
-OUT, FREE, DONE = "out", "free", "done"
+OUT, FREE, DONE, FAILED = "out", "free", "done", "failed"
 
 
 @dataclass(slots=True)
@@ -49,6 +50,7 @@ class Entry:
     at: float           # when it was last handed over (monotonic of the writer's start) ...
     job_id: int
     attempt: int = 0    # hq-server's attempt number of that release
+    failures: int = 0   # runs that ended in a failure (exit code or signal)
 
 
 class _Release(msgspec.Struct, tag="release", array_like=True):
@@ -108,8 +110,10 @@ class Ledger:
         return (entry is not None and entry.state == OUT and entry.host == host
                 and entry.attempt == attempt)
 
-    def may_release(self, key: Key, host_silent_for: float, lease_s: float) -> str | None:
-        """None when ``key`` may be handed over now, else why not (one line)."""
+    def may_release(self, key: Key, host_silent_for: float, lease_s: float,
+                    retries: int = 0) -> str | None:
+        """None when ``key`` may be handed over now, else why not (one line); ``retries``:
+        the runs after a failure its signed spec allows."""
         entry = self.entries.get(key)
         if entry is None:
             return None
@@ -117,6 +121,9 @@ class Ledger:
             return f"refused: handed over {entry.releases} times already"
         if entry.state == DONE:
             return "refused: it has run already (a replay?)"
+        if entry.state == FAILED and entry.failures > retries:
+            return (f"refused: it failed {entry.failures} time(s) and may run again "
+                    f"{retries} time(s) (a replay?)")
         if entry.state == OUT and host_silent_for <= lease_s:
             return (f"refused: it was handed to host {entry.host} and is not known to have "
                     "ended there")
@@ -133,11 +140,12 @@ class Ledger:
         if len(self.entries) > MAX_ENTRIES:
             self._forget_oldest()
 
-    def ended(self, job_id: int, ran: bool) -> None:
-        """The exec-server reported the job's end: it ran (never again), or not."""
+    def ended(self, job_id: int, ran: bool, failed: bool = False) -> None:
+        """The exec-server reported the job's end: it ran (never again, unless it ``failed``
+        and may be retried), or not."""
         key = self.by_job.pop(job_id, None)
         if key is not None:
-            self._settle(key, DONE if ran else FREE)
+            self._settle(key, (FAILED if failed else DONE) if ran else FREE)
 
     def came_to_nothing(self, job_id: int) -> None:
         """Never delivered, or not known to the exec-server it went to."""
@@ -159,6 +167,7 @@ class Ledger:
         entry = self.entries.get(key)
         if entry is not None and entry.state != state:
             entry.state = state
+            entry.failures += state == FAILED
             self._add(_Settle(key[0], key[1], state))
 
     # --- the file ------------------------------------------------------------------------------
@@ -181,6 +190,7 @@ class Ledger:
             elif isinstance(item, _Settle):
                 entry = self.entries.get((item.submission, item.index))
                 if entry is not None:
+                    entry.failures += item.state == FAILED and entry.state != FAILED
                     entry.state = item.state
             elif self.v1_cutoff is None:
                 self.v1_cutoff = item.submission

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,12 @@ from hq.protocol.messages import (
     HostStateReport,
     JobEnded,
     JobEvents,
+    JobSpecs,
     Ping,
     Relay,
     Request,
     ReserveSubmission,
+    Resubmit,
     Run,
     RunJob,
     Submit,
@@ -185,6 +188,10 @@ class UserServer:
         timeout = float(getattr(request, "timeout_s", 0) or 0) + 60.0
         if isinstance(request, SubmitPart) or (isinstance(request, Submit) and request.parts):
             return await self._stream(server, request, client)
+        if isinstance(request, Resubmit):
+            stored = await server.request(JobSpecs(ids=request.ids), timeout=timeout)
+            request = self.signer.resubmission(stored, hold=request.hold,
+                                               submit_host=socket.gethostname()[:255])
         if not isinstance(request, Submit):
             return await server.request(request, timeout=timeout)
         for attempt in (1, 2):
@@ -406,7 +413,8 @@ class UserServer:
             if ledger.repeats(key, host, job.attempt):
                 good.append(job)
                 continue
-            why = ledger.may_release(key, self._silent_for(where), self.config.lease_s)
+            why = ledger.may_release(key, self._silent_for(where), self.config.lease_s,
+                                     job.spec.retries)
             if why is None:
                 ledger.released(key, host, job.id, now, job.attempt)
                 good.append(job)
@@ -491,7 +499,7 @@ class UserServer:
         self.host_contact[link.host] = time.monotonic()
         if self.ledger is not None:
             for event in state.ended:
-                self.ledger.ended(event.id, ran=_ran(event))
+                self.ledger.ended(event.id, ran=_ran(event), failed=_failed(event))
             known = ({r.id for r in state.running} | {e.id for e in state.ended}
                      | {q.id for q in state.queued or ()} | set(delivering))
             for job_id in self.ledger.out_on(link.host):
@@ -521,7 +529,7 @@ class UserServer:
         if isinstance(message, JobEvents) and self.ledger is not None:
             for event in message.events:
                 if isinstance(event, JobEnded):
-                    self.ledger.ended(event.id, ran=_ran(event))
+                    self.ledger.ended(event.id, ran=_ran(event), failed=_failed(event))
         self._to_server(msgspec.structs.replace(message, host=link.host))
 
     def _on_relay(self, link: ExecLink, message: Relay) -> None:
@@ -596,6 +604,11 @@ class UserServer:
 def _ran(event: JobEnded) -> bool:
     """Whether an ended job had run (never hand it over again) or came to nothing."""
     return event.pid is not None and not (event.reason or "").startswith("lease expired")
+
+
+def _failed(event: JobEnded) -> bool:
+    """Whether a job that ran failed in a way ``--retries`` may run it again for."""
+    return not event.reason and (bool(event.exit_code) or event.signal is not None)
 
 
 FROM_SERVER = {Run: UserServer._on_run, CancelJobs: UserServer._on_order,

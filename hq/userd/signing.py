@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from hq.auth import sign_job
+from hq.auth import job_signature_ok, sign_job
+from hq.errors import PermissionDenied, UsageError
 from hq.jobspec import JobSpec, submission_digest
-from hq.protocol.messages import Submit
+from hq.protocol.messages import JobSpecsReply, Submit
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,28 @@ class Signer:
                     submission_id=submission_id))
                 for spec in specs]
 
+
+    def resubmission(self, stored: JobSpecsReply, *, hold: bool, submit_host: str) -> Submit:
+        """A new submission of jobs as ``stored`` has them (``hq-client resubmit``), after
+        checking that each stored spec is one this user signed: a spec changed in the
+        database is refused, never signed again. The new jobs get their old environment."""
+        subs = {job.submission_id for job in stored.jobs}
+        if len(subs) != 1:
+            raise UsageError("resubmit the jobs of one submission (one array) at a time")
+        (sub_id,) = subs
+        env = stored.submissions.get(str(sub_id))
+        if env is None:
+            raise UsageError(f"submission {sub_id}: its environment is not recorded")
+        digest = submission_digest(env.environment, env.umask)
+        for job in stored.jobs:
+            if not job_signature_ok(self.key, job.spec, self.user, digest,
+                                    database=stored.database, submission_id=sub_id):
+                raise PermissionDenied(f"job {job.id}: the stored spec does not carry your "
+                                       "signature (changed in the database?): not resubmitted")
+        return Submit(jobs=[msgspec.structs.replace(job.spec, signature=None)
+                            for job in stored.jobs],
+                      environment=env.environment, umask=env.umask, submit_host=submit_host,
+                      hold=hold, resubmit_of=[job.id for job in stored.jobs])
 
     def signed_v1(self, request: Submit) -> Submit:
         """Signed for an hq-server of protocol version 1 (which picks the submission id)."""

@@ -94,7 +94,7 @@ def test_a_later_change_of_a_column_wins_over_an_earlier_one(engine):
                            (job, {"state": JobState.DISPATCHED, "reason": None}),
                            (job, started(job))], HOSTS)
     with engine.connect() as conn:
-        row = conn.execute(sa.select(jobs.c.state, jobs.c.pending_reason, jobs.c.pid)).one()
+        row = conn.execute(sa.select(jobs.c.state, jobs.c.state_reason, jobs.c.pid)).one()
     assert tuple(row) == (JobState.RUNNING, None, 1000 + job)
 
 

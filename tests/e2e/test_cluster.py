@@ -138,7 +138,7 @@ def test_an_edited_job_in_the_database_is_refused(cluster_hq):
     assert hq.client(alice, "release", str(job_id)).returncode == 0
     hq.wait_jobs([job_id], {"done", "failed", "cancelled"})
     info = hq.show(alice, job_id)
-    assert info["state"] == "failed" and "signature" in info["pending_reason"]
+    assert info["state"] == "failed" and "signature" in info["state_reason"]
     # a job submitted afterwards has run on the same exec-servers: the refused one never did
     (later,) = hq.submit_ids(alice, "true", cwd=work)
     hq.wait_jobs([later], {"done"})
@@ -220,7 +220,7 @@ def test_a_lost_host_has_its_jobs_requeued_and_finished_elsewhere(cluster_hq, fa
     reason = hq.hosts_view()["hqnode1"]["reason"]
     assert reason
     hq.wait_jobs([once], {"failed"}, timeout=30)   # --no-requeue: failed, not run again
-    assert "lost" in hq.show(alice, once)["pending_reason"]
+    assert "lost" in hq.show(alice, once)["state_reason"]
     _check_runs(_job_log(work), set(victims), "hqnode1", lost_at)
     hq.hosts.boot(1)
 
@@ -259,12 +259,12 @@ def test_an_unknown_host_key_keeps_the_job_pending_with_the_reason(cluster_hq):
 
         def reason_shown() -> bool:
             info = hq.show(bob, stuck)
-            return info["state"] == "pending" and "known_hosts" in (info["pending_reason"] or "")
+            return info["state"] == "pending" and "known_hosts" in (info["state_reason"] or "")
         try:
             eventually(reason_shown, timeout=20, what="the host key reason")
         except AssertionError:
             raise AssertionError(hq.show(bob, stuck)) from None
-        assert re.search(r"hqnode3", hq.show(bob, stuck)["pending_reason"])
+        assert re.search(r"hqnode3", hq.show(bob, stuck)["state_reason"])
         # the host is fine for everybody else
         (other,) = hq.submit_ids(hq.users.alice, "-E", "hqnode1,hqnode2", "hostname",
                                  cwd=hq.workdir(hq.users.alice))

@@ -93,7 +93,7 @@ def test_a_job_that_ends_while_its_exec_server_is_dead_is_not_run_again(running_
     wait_gone(execd.pid)
     info = hq.wait_for(job_id, {"done", "failed", "pending"}, timeout=60)
     assert info["state"] == "failed", info
-    assert info["pending_reason"].startswith("exit status unknown"), info
+    assert info["state_reason"].startswith("exit status unknown"), info
     assert info["restart_count"] == 0
     time.sleep(1.0)
     assert runs.read_text() == "ran\n", "the job ran again"

@@ -69,7 +69,7 @@ def test_output_files_where_asked(running_hq):
     missing = hq.submit_id("-o", "nowhere/%j.txt", "true")
     failed = hq.wait_for(missing, {"done", "failed"})
     assert failed["state"] == "failed"
-    assert "cannot start" in failed["pending_reason"] and "nowhere" in failed["pending_reason"]
+    assert "cannot start" in failed["state_reason"] and "nowhere" in failed["state_reason"]
 
 
 def test_cancel_kills_the_whole_process_tree(running_hq):
@@ -101,7 +101,7 @@ def test_cancel_a_pending_job_takes_it_out_of_the_queue(running_hq):
     assert hq.admin("deactivate").returncode == 0
     job_id = hq.submit_id("echo should-not-run > never.txt")
     info = hq.show(job_id)
-    assert info["state"] == "pending" and "deactivated" in info["pending_reason"]
+    assert info["state"] == "pending" and "deactivated" in info["state_reason"]
     assert hq.client("cancel", str(job_id)).returncode == 0
     assert hq.show(job_id)["state"] == "cancelled"
     assert hq.admin("activate").returncode == 0

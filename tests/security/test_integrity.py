@@ -27,7 +27,7 @@ def _copy_row(hq, job_id: int, new_id: int, **changes: object) -> None:  # type:
         with engine.begin() as conn:
             row = dict(conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().one())
             row.update(id=new_id, state="pending", pid=None, exit_code=None, host_id=None,
-                       started_at=None, ended_at=None, pending_reason=None, **changes)
+                       started_at=None, ended_at=None, state_reason=None, **changes)
             conn.execute(sa.insert(jobs).values(**row))
     finally:
         engine.dispose()
@@ -60,8 +60,8 @@ def test_a_finished_job_copied_in_the_database_does_not_run_again(running_hq):
     hq.client("status")   # the user-server comes back, and the copies are dispatched
     replayed = hq.wait_for(first + 100, {"done", "failed"})
     moved = hq.wait_for(first + 101, {"done", "failed"})
-    assert replayed["state"] == "failed" and "it has run already" in replayed["pending_reason"]
-    assert moved["state"] == "failed" and "bad signature" in moved["pending_reason"]
+    assert replayed["state"] == "failed" and "it has run already" in replayed["state_reason"]
+    assert moved["state"] == "failed" and "bad signature" in moved["state_reason"]
     assert runs.read_text() == "ran\n"     # once, and only once
 
 

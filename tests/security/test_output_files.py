@@ -43,7 +43,7 @@ def test_an_output_file_another_user_made_first_is_not_written(cluster_hq, share
     hq.wait_jobs([job_id], {"done", "failed"})
     info = hq.show(hq.users.alice, job_id)
     assert info["state"] == "failed"
-    assert "belongs to uid" in info["pending_reason"] and "not written" in info["pending_reason"]
+    assert "belongs to uid" in info["state_reason"] and "not written" in info["state_reason"]
     assert trap.read_text() == ""              # nothing of the job reached bob's file
     assert trap.stat().st_uid == hq.users.bob.uid
 
@@ -60,8 +60,8 @@ def test_a_symlinked_directory_planted_by_another_user_is_not_followed(cluster_h
         hq.wait_jobs([job_id], {"done", "failed"})
         info = hq.show(hq.users.alice, job_id)
         assert info["state"] == "failed"
-        assert "symbolic link 'outdir'" in info["pending_reason"]
-        assert "not followed" in info["pending_reason"]
+        assert "symbolic link 'outdir'" in info["state_reason"]
+        assert "not followed" in info["state_reason"]
         assert list(elsewhere.iterdir()) == []
     finally:
         shutil.rmtree(elsewhere, ignore_errors=True)

@@ -77,7 +77,19 @@ SUBMIT_ERRORS = [
     (["--parsable", "--json", "sleep 1"], "--parsable and --json cannot be combined"),
     (["-f", "{BAD}"], '{BAD}:2: slots: not a positive integer: "many"'),
     (["-f", "{MISSING}"], "{MISSING}: no such file"),
-    (["sleep 1", "sleep 2"], "Got unexpected extra argument (sleep 2)"),
+    (["sleep 1", "sleep 2"], 'COMMAND is one quoted string, or a program or script with its '
+                             'arguments: got an extra argument "sleep 2"'),
+    (["--array", "5-1", "true"], "--array 5-1: a range goes upwards"),
+    (["--array", "1-9%0", "true"], "--array 1-9%0: the cap after % must be a number"),
+    (["--array", "1-x", "true"], "--array 1-x: '1-x' is not an index or a range"),
+    (["--array", "1-3", "-f", "{JOBS}"], "--array and -f cannot be combined"),
+    (["--array-cap", "2", "true"], "--array-cap is for an array (--array) or a jobs file"),
+    (["--array", "1-3%2", "--array-cap", "3", "true"], "--array 1-3%2 and --array-cap 3"),
+    (["-d", "afterwards:3", "true"], "--dependency 'afterwards:3': use afterok:ID"),
+    (["-d", "afterok:x", "true"], "--dependency 'afterok:x': 'x' is not a job id"),
+    (["-d", "aftercorr:4_1", "true"], "--dependency 'aftercorr:4_1': aftercorr names a whole"),
+    (["--retries", "101", "true"], "Invalid value for '--retries'"),
+    (["--script", "true"], "--script: true: no such file"),
 ]
 
 
@@ -102,7 +114,9 @@ def test_hq_submit_refuses_bad_input_before_connecting(args, message, no_install
 @pytest.mark.parametrize(("args", "message"), [
     (["show", "abc"], 'bad job id "abc"'),
     (["show", "1-3"], '"1-3" names 3 jobs; give one job id'),
-    (["cancel"], "Missing argument 'IDS...'"),
+    (["cancel"], "no jobs named: give job ids"),
+    (["cancel", "42_[x]"], 'bad array element "42_[x]"'),
+    (["show", "42_*"], '"42_*" names several jobs; give one job id'),
     (["wait", "5-2"], 'bad job id range "5-2"'),
     (["jobs", "--state", "running,sleeping"], '--state: unknown state "sleeping"'),
     (["jobs", "--all", "--state", "done"], "--all and --state cannot be combined"),
@@ -254,7 +268,7 @@ def test_job_directory_keeps_the_symlinked_name(tmp_path, monkeypatch):
 def test_small_submit_helpers():
     assert submit.host_list(("a,b", " c ,a", "")) == ("a", "b", "c")
     assert submit.submitted_text([42]) == "Submitted job 42"
-    assert submit.submitted_text(list(range(42, 142))) == "Submitted 100 jobs 42-141"
+    assert submit.submitted_text(list(range(42, 142))) == "Submitted 100 jobs 42-141 (array 42)"
     assert client.parse_states(("running", "DONE,failed", "running")) == [
         "running", "done", "failed"]
     assert client.parse_states(()) is None
@@ -298,7 +312,7 @@ def test_wait_progress_and_summary_lines():
     assert progress_text(waited([{"id": 42, "state": "pending"}]), 1) == "job 42: pending"
     assert summary(jobs[:4]) == "4 jobs finished: 3 done, 1 failed"
     assert summary(waited([{"id": 42, "state": "failed", "exit_code": None, "signal": 9}])) == (
-        "job 42 failed (signal 9)")
+        "job 42: failed (signal 9)")
 
 
 def test_format_table_aligns_columns():
@@ -306,7 +320,7 @@ def test_format_table_aligns_columns():
         " ID  NAME\n  1  a\n100  -")
 
 
-JOB = {"id": 42, "name": "sim", "owner": "alice", "state": "failed", "pending_reason": None,
+JOB = {"id": 42, "name": "sim", "owner": "alice", "state": "failed", "state_reason": None,
        "host": "node07", "cores": 2, "memory_mb": 2048, "priority": 0, "group": None,
        "info_text": None, "submission_id": 7, "array_index": 3, "command": "./sim  --x\n1",
        "shell": "/bin/sh", "cwd": "/home/alice", "stdout": "/home/alice/hq-42.out",
@@ -319,9 +333,9 @@ JOB = {"id": 42, "name": "sim", "owner": "alice", "state": "failed", "pending_re
 def test_job_table_and_details():
     table = format_job_table([msgspec.convert(JOB, JobInfo), msgspec.convert(
         {**JOB, "id": 43, "state": "pending", "host": None, "signal": None,
-         "pending_reason": "no free host"}, JobInfo)])
+         "state_reason": "no free host"}, JobInfo)])
     header, first, second = table.splitlines()
-    assert header.split() == ["ID", "STATE", "NAME", "CORES", "HOST", "SUBMITTED", "RESULT",
+    assert header.split() == ["ID", "STATE", "NAME", "CORES", "HOST", "SUBMITTED", "REASON",
                               "COMMAND"]
     assert "signal 9" in first and "./sim --x 1" in first
     assert "no free host" in second
@@ -329,7 +343,33 @@ def test_job_table_and_details():
     assert details.startswith("job 42\n")
     assert "state:" in details and "failed on node07: signal 9" in details
     assert "peak memory:    2.0 MiB" in details and "cpu time:       1.50 s" in details
-    assert "time limit:     2h 00m 00s" in details and "array:          submission 7" in details
+    assert "time limit:     2h 00m 00s" in details and "array:          index 3" in details
+    waiting = format_job_details(msgspec.convert({
+        **JOB, "state": "cancelled", "signal": None, "array_id": 40, "retries": 2,
+        "retry_count": 1, "state_reason": "dependency never satisfied: job 41 failed",
+        "dependencies": [{"id": 41, "kind": "afterok", "state": "failed"}],
+        "attempts": [{"attempt": 0, "state": "failed", "reason": "exit code 3"}]}, JobInfo))
+    assert "state:          cancelled on node07 (dependency never satisfied: job 41 failed)" \
+        in waiting
+    assert "array:          40_3 (array 40, index 3)" in waiting
+    assert "dependencies:   afterok:41 (failed)" in waiting
+    assert "retries:        1 of 2" in waiting and "attempts:       0: failed (exit code 3)" \
+        in waiting
+
+
+def test_job_table_folds_an_array_into_one_line_unless_expanded():
+    members = [msgspec.convert({**JOB, "id": 40 + i, "array_id": 40, "array_index": i,
+                                "state": state, "signal": None,
+                                "state_reason": "waiting for its turn" if state == "pending"
+                                else None}, JobInfo)
+               for i, state in enumerate(["running", "pending", "pending", "done"])]
+    alone = msgspec.convert({**JOB, "id": 50, "array_index": None}, JobInfo)
+    folded = format_job_table([*members, alone]).splitlines()
+    assert len(folded) == 3
+    assert folded[1].split()[:6] == ["40_[0-3]", "2", "pending,", "1", "running,", "1"]
+    assert "waiting for its turn" in folded[1] and folded[2].startswith("50 ")
+    expanded = format_job_table([*members, alone], expand=True).splitlines()
+    assert len(expanded) == 6 and expanded[2].startswith("41 (40_1)")
 
 
 def test_status_shows_others_only_as_counts():

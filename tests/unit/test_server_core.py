@@ -65,7 +65,7 @@ async def test_no_round_for_a_user_without_user_server_or_a_deactivated_cluster(
     core.server.cluster.active = False
     assert core.server.dispatcher.round() == 0
     reply = await requests.show(core.server, core.session("alice"), Show(id=ids[0]))
-    assert reply.job.pending_reason == "the cluster is deactivated (hq-admin activate)"
+    assert reply.job.state_reason == "the cluster is deactivated (hq-admin activate)"
 
 
 @core_test(hosts={"n1": 1, "n2": 1})
