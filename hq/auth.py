@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import pwd
 import secrets
@@ -135,6 +136,15 @@ def sign_job(key: bytes, spec: JobSpec, owner: str, digest: str, *, database: st
              submission_id: int) -> str:
     """The signature of ``spec`` (``hq.jobspec.signed_text``), as the user-server makes it."""
     text = signed_text(spec, owner, digest, database=database, submission_id=submission_id)
+    return hmac.new(key, text, hashlib.sha256).hexdigest()
+
+
+def sign_notification(key: bytes, owner: str, *, database: str, submission_id: int,
+                      notify: str | None, mail_user: str | None, mail_type: str | None) -> str:
+    """The signature of what a submission asks to run or mail when it has ended: hq-server
+    stores it and hands it back, the user-server runs nothing it did not sign."""
+    text = json.dumps([1, owner, database, submission_id, notify, mail_user, mail_type],
+                      separators=(",", ":"), ensure_ascii=False).encode()
     return hmac.new(key, text, hashlib.sha256).hexdigest()
 
 

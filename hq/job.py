@@ -31,6 +31,7 @@ class Submission:
     notify: str | None = None
     mail_user: str | None = None
     mail_type: str | None = None
+    notify_signature: str | None = None
     kill_on_invalid_dep: bool = True    # cancel a job whose dependency can never be met
     active: int = 0                     # of its jobs dispatched or running now (memory only)
     # run times of its jobs that ended (memory only): how deep its jobs may be queued ahead

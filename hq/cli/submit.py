@@ -66,6 +66,15 @@ PROG = "hq-submit"
 @click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
               metavar="N", help="Run a job that failed (non-zero exit or a signal, not a "
                                 "cancel or its time limit) again, up to N times.")
+@click.option("--notify", metavar="CMD",
+              help="When the job (or every job of the array) has ended, run CMD as you on "
+                   "the head node, with HQ_ARRAY_ID, HQ_STATE, HQ_DONE, HQ_FAILED, "
+                   "HQ_CANCELLED in its environment.")
+@click.option("--mail-user", metavar="ADDR",
+              help="Mail ADDR (through the local sendmail) when the job or array has ended.")
+@click.option("--mail-type", metavar="TYPES", default="END", show_default=True,
+              help="With --mail-user: END or ALL (every end), FAIL (only when not all "
+                   "were done), NONE; comma list.")
 @click.option("--script", "force_script", is_flag=True,
               help="COMMAND's first word is a batch script (found as a script anyway when it "
                    "holds a / or ends in .sh, starts with #! and is not on PATH).")
@@ -140,16 +149,39 @@ def cli(ctx: click.Context, command: tuple[str, ...], **options: Any) -> int:
     elif cap is not None and len(specs) == 1 and specs[0].array_index is None:
         raise UsageError("--array-cap is for an array (--array) or a jobs file (-f)")
     request = submit_request(specs, hold=o["hold"])
-    if cap is not None or o["dependency"] or o["after"] or o["kill_on_invalid_dep"] == "no":
+    if cap is not None or o["dependency"] or o["after"] or o["kill_on_invalid_dep"] == "no" \
+            or o["notify"] or o["mail_user"]:
         import msgspec
 
         from hq.cli.workflow_options import parse_dependency
 
         request = msgspec.structs.replace(
             request, array_cap=cap, dependencies=parse_dependency(o["dependency"], o["after"]),
-            kill_on_invalid_dep=o["kill_on_invalid_dep"] == "yes")
+            kill_on_invalid_dep=o["kill_on_invalid_dep"] == "yes",
+            **notification(o["notify"], o["mail_user"], o["mail_type"]))
     return submit_and_report(request, wait=o["wait"], parsable=o["parsable"],
                              as_json=o["as_json"])
+
+
+def notification(notify: str | None, mail_user: str | None, mail_type: str
+                 ) -> dict[str, str | None]:
+    """--notify, --mail-user, --mail-type as the Submit request carries them."""
+    if notify is not None and not notify.strip():
+        raise UsageError("--notify: the command is empty")
+    if mail_user is None:
+        return {"notify": notify}
+    from hq.mail import MAIL_TYPES, sendmail_path
+
+    types = [t.strip().upper() for t in mail_type.split(",") if t.strip()]
+    if not types or not set(types) <= MAIL_TYPES:
+        raise UsageError(f"--mail-type {mail_type}: use END, FAIL, ALL or NONE (comma list)")
+    if "@" not in mail_user or any(c.isspace() for c in mail_user):
+        raise UsageError(f"--mail-user {mail_user}: not a mail address")
+    if "NONE" not in types and sendmail_path() is None:
+        raise UsageError("--mail-user: this host has no sendmail (looked on PATH and in "
+                         "/usr/sbin, /usr/lib), so no mail could be sent: use --notify "
+                         "'CMD' instead, or ask the admin for a local MTA")
+    return {"notify": notify, "mail_user": mail_user, "mail_type": ",".join(types)}
 
 
 def command_from_words(ctx: click.Context, words: tuple[str, ...],

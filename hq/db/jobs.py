@@ -82,7 +82,7 @@ def insert_submission(conn: sa.Connection, submission: Submission, owner_id: int
         "umask": submission.umask, "job_count": submission.job_count,
         "first_job_id": submission.first_job_id, "array_cap": submission.cap,
         "notify": submission.notify, "mail_user": submission.mail_user,
-        "mail_type": submission.mail_type,
+        "mail_type": submission.mail_type, "notify_signature": submission.notify_signature,
         "kill_on_invalid_dep": submission.kill_on_invalid_dep}])
     rows = [job_row(job) for job in new_jobs]
     if rows:
@@ -114,6 +114,38 @@ def submission_environments(conn: sa.Connection, ids: Collection[int]
         query = (sa.select(submissions.c.id, submissions.c.environment, submissions.c.umask)
                  .where(submissions.c.id.in_(wanted[start:start + 1000])))
         found.update({row.id: (row.environment, row.umask) for row in conn.execute(query)})
+    return found
+
+
+def submission_counts(conn: sa.Connection, submission_id: int) -> dict[str, int]:
+    """How many jobs of a submission are in each state."""
+    query = (sa.select(jobs.c.state, sa.func.count()).where(jobs.c.submission_id == submission_id)
+             .group_by(jobs.c.state))
+    return {str(state): n for state, n in conn.execute(query)}
+
+
+def mark_notified(conn: sa.Connection, submission_id: int, at: Any) -> None:
+    conn.execute(sa.update(submissions).where(submissions.c.id == submission_id)
+                 .values(notified_at=at))
+
+
+def unnotified_submissions(conn: sa.Connection) -> list[tuple[Submission, dict[str, int]]]:
+    """Submissions that asked to be told when they end, have ended, and were not told."""
+    unfinished = [s for s in JobState if s not in FINISHED_JOB_STATES]
+    open_jobs = sa.select(jobs.c.id).where(jobs.c.submission_id == submissions.c.id,
+                                           jobs.c.state.in_(unfinished))
+    query = (sa.select(submissions, users.c.name.label("owner"))
+             .join(users, users.c.id == submissions.c.owner_id)
+             .where(submissions.c.notified_at.is_(None),
+                    sa.or_(submissions.c.notify.is_not(None),
+                           submissions.c.mail_user.is_not(None)),
+                    ~sa.exists(open_jobs)))
+    found = []
+    for r in conn.execute(query):
+        sub = Submission(id=r.id, owner=r.owner, environment={}, umask=r.umask,
+                         first_job_id=r.first_job_id, notify=r.notify, mail_user=r.mail_user,
+                         mail_type=r.mail_type, notify_signature=r.notify_signature)
+        found.append((sub, submission_counts(conn, r.id)))
     return found
 
 
@@ -174,6 +206,7 @@ def load_unfinished(conn: sa.Connection) -> tuple[list[Submission], list[Job]]:
                                first_job_id=r.first_job_id, cap=r.array_cap,
                                notify=r.notify, mail_user=r.mail_user,
                                mail_type=r.mail_type,
+                               notify_signature=r.notify_signature,
                                kill_on_invalid_dep=r.kill_on_invalid_dep)
                     for r in conn.execute(
                         sa.select(submissions, users.c.name.label("owner"))

@@ -113,6 +113,10 @@ submissions = sa.Table(
               comment="command run as the owner on the head node when all its jobs ended"),
     sa.Column("mail_user", sa.String(255), nullable=True),
     sa.Column("mail_type", sa.String(64), nullable=True, comment="e.g. END,FAIL"),
+    sa.Column("notify_signature", sa.String(64), nullable=True,
+              comment="the user-server's HMAC of notify, mail_user and mail_type"),
+    sa.Column("notified_at", UtcDateTime, nullable=True,
+              comment="when the owner's user-server was told that all its jobs ended"),
     **MARIADB_TABLE_ARGS,
 )
 

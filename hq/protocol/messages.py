@@ -162,6 +162,12 @@ class Submit(Request, tag="submit", kw_only=True):
     kill_on_invalid_dep: bool = True
     resubmit_of: Annotated[list[JobId], msgspec.Meta(max_length=MAX_JOBS_PER_SUBMIT)
                            ] | None = None
+    # when all its jobs have ended: a command to run as the user on the head node, a mail
+    # (signed by the user-server, which runs only what it signed)
+    notify: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    mail_user: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    mail_type: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    notify_signature: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     reply_type = SubmitReply
 
     def __post_init__(self) -> None:
@@ -489,6 +495,20 @@ class Ack(Message, tag="ack", kw_only=True):
     host: HostName | None = None
 
 
+class SubmissionEnded(Message, tag="submission_ended", kw_only=True):
+    """hq-server -> user-server: every job of a submission that asked to be told has ended
+    (``--notify``, ``--mail-user``); the user-server checks the signature and acts."""
+
+    submission_id: JobId
+    array_id: JobId
+    counts: Counts                     # state -> jobs
+    notify: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    mail_user: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    mail_type: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    signature: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    database: Word = ""
+
+
 class Superseded(Message, tag="superseded", kw_only=True):
     """hq-server -> user-server: a newer user-server of the same user took over (a command
     found no socket and started one); this one exits, so the two never take turns."""
@@ -656,7 +676,7 @@ ADMIN_SENDS = (AdminInfo | AdminStatus | ListHosts | ListUsers | SetHostActive
                | SetClusterActive | Reload | Shutdown)
 USERD_SENDS_SERVER = (UserRequest | ReserveSubmission | JobEvents | Sync | HostStateReport
                       | Undeliverable | Heartbeat)
-SERVER_SENDS_USERD = Run | CancelJobs | Withdraw | Ack | Superseded
+SERVER_SENDS_USERD = Run | CancelJobs | Withdraw | Ack | Superseded | SubmissionEnded
 USERD_SENDS_EXECD = Run | CancelJobs | Withdraw | Ack | SyncRequest | Lease
 EXECD_SENDS_USERD = JobEvents | Heartbeat | Relay
 MONITOR_SENDS = HostFacts | HostReach

@@ -25,6 +25,7 @@ from hq.server.dispatch import Dispatcher
 from hq.server.health import Health
 from hq.server.journal import Journal
 from hq.server.links import Links
+from hq.server.notifications import Notifier
 from hq.server.scheduler import Policy
 from hq.server.state import Cluster
 from hq.server.store import Store
@@ -50,6 +51,7 @@ class Server:
     links: Links = field(init=False)
     dispatcher: Dispatcher = field(init=False)
     health: Health = field(init=False)
+    notifier: Notifier = field(init=False)
     started_at: dt.datetime = field(init=False)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     monitor: Channel | None = None   # the host monitor's link, while it is connected
@@ -65,6 +67,8 @@ class Server:
                                      self.clock)
         self.health = Health(self.cluster, self.journal, self.links, self.dispatcher,
                              self.config, self.clock)
+        self.notifier = Notifier(self.journal, self.store, self.links, self.clock,
+                                 self.cluster.database_id)
 
 
 def monitor_hosts(server: Server) -> MonitorHosts:

@@ -60,6 +60,15 @@ MAX_QUEUE_PER_CORE = 128
 MAX_QUEUED_PER_ROUND = 20_000   # a round's cost stays bounded; the next round goes on
 CANCELLED = "cancelled"
 WITHDRAWN = "withdrawn"   # hq.execd.runner.REASON_WITHDRAWN: a queued job given back unstarted
+TIME_LIMIT = "time limit"   # hq.execd.runner.REASON_TIME_LIMIT
+
+
+def duration_text(seconds: int) -> str:
+    """``2h``, ``1h30m``, ``90s``: a time limit as people write it."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return "".join(parts) or "0s"
 
 
 def queue_depth(submission: Submission | None) -> int:
@@ -447,6 +456,8 @@ class Dispatcher:
             new = JobState.FAILED
             reason = reason or (f"killed by signal {event.signal}" if event.signal is not None
                                 else f"exit code {event.exit_code}")
+            if reason == TIME_LIMIT and job.spec.time_limit_s:
+                reason = f"time limit {duration_text(job.spec.time_limit_s)} reached"
         sub = self.cluster.submissions.get(job.submission_id)
         if sub is not None and event.started_at is not None and event.at is not None:
             sub.runs += 1   # how long its jobs take: how deep the next ones may be queued

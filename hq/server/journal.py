@@ -66,6 +66,8 @@ class Journal:
         self._piece: asyncio.Future[Any] | None = None
         # pulsed whenever jobs finish (the wait requests look again)
         self.finished = asyncio.Event()
+        # told when the last job of a submission ended (hq.server.notifications)
+        self.submission_ended: Callable[[Submission], None] | None = None
 
     # --- state changes ------------------------------------------------------------------------
 
@@ -102,6 +104,8 @@ class Journal:
         if new.finished:
             self.finished.set()
             self.finished = asyncio.Event()
+        if change.ended is not None and self.submission_ended is not None:
+            self.submission_ended(change.ended)
         return [(dependant, job.id, new) for dependant in change.doomed]
 
     def _record(self, change: Change, reason: str | None) -> None:

@@ -192,6 +192,7 @@ class Listener:
             current.channel.send(Superseded(by_pid=link.pid))
         old = self.server.links.register(link)
         self.server.journal.user_server(link.user_id, link.pid, gone=False)
+        self.server.notifier.connected(link.user)
         if old is not None:
             log.info("user-server of %s: pid %d replaces pid %d", link.user, link.pid, old.pid)
         else:

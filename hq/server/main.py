@@ -68,6 +68,8 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     instance_id = await server.journal.server_started(socket.gethostname(), os.getpid(),
                                                       __version__)
     settle_dependencies(cluster, server.journal)
+    with engine.connect() as conn:
+        server.notifier.load(conn)
     listener = Listener(server)
     await listener.start(config.socket_path)
     head_file = write_head_file(config.socket_path.parent, config.ssh_address)

@@ -186,6 +186,9 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
     check_quotas(server, session.user.name, len(specs))
     if not request.parts:
         check_fits(server, specs)
+    if (request.notify or request.mail_user) and not request.notify_signature:
+        raise UsageError("--notify and --mail-user need a user-server that signs them: "
+                         "restart yours (hq-client status starts a new one)")
     links = await resolve_dependencies(server, session, request, specs)
     replaced = await resubmitted(server, session, request, len(specs))
     specs = shared_strings(specs)
@@ -205,7 +208,9 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
                      umask=request.umask, submitted_at=now,
                      submit_host=request.submit_host or "unknown", job_count=len(specs),
                      first_job_id=first, cap=request.array_cap,
-                     kill_on_invalid_dep=request.kill_on_invalid_dep)
+                     kill_on_invalid_dep=request.kill_on_invalid_dep, notify=request.notify,
+                     mail_user=request.mail_user, mail_type=request.mail_type,
+                     notify_signature=request.notify_signature)
     new = [Job(id=job_id, submission_id=sub_id, owner=owner.name, owner_id=owner.id,
                spec=spec, submitted_at=now, state=state,
                eligible_at=None if request.hold else now,

@@ -102,6 +102,7 @@ class Change:
     new: JobState
     values: dict[str, Any]   # Job attribute -> new value (hq.db.jobs maps them to columns)
     doomed: tuple[Job, ...] = ()
+    ended: Submission | None = None   # the submission whose last job this was
 
 
 # A pending queue: (owner, priority, the submission id of an array with a cap, else 0).
@@ -213,6 +214,7 @@ class Cluster:
             job.reason = reason
             values["reason"] = reason
         doomed: tuple[Job, ...] = ()
+        ended = None
         if new is JobState.PENDING:
             self._queue(job)
         elif new.finished:
@@ -225,11 +227,11 @@ class Cluster:
             self.unfinished_by_submission[job.submission_id] -= 1
             if self.unfinished_by_submission[job.submission_id] <= 0:
                 del self.unfinished_by_submission[job.submission_id]
-                self.submissions.pop(job.submission_id, None)
+                ended = self.submissions.pop(job.submission_id, None)
             self._remember_finished(job)
         if moves and new.active and job.host is not None:
             self._occupy(job)
-        return Change(job, old, new, values, doomed)
+        return Change(job, old, new, values, doomed, ended)
 
     def set_reason(self, job: Job, reason: str | None) -> Change:
         """A new reason for a job that stays in its state (a pending job whose dependency

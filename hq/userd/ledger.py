@@ -134,7 +134,8 @@ class Ledger:
         releases = 1 if entry is None else entry.releases + 1
         if entry is not None:
             self.by_job.pop(entry.job_id, None)
-        self.entries[key] = Entry(OUT, releases, host, now, job_id, attempt)
+        self.entries[key] = Entry(OUT, releases, host, now, job_id, attempt,
+                                  0 if entry is None else entry.failures)
         self.by_job[job_id] = key
         self._add(_Release(key[0], key[1], host, job_id, attempt))
         if len(self.entries) > MAX_ENTRIES:
@@ -186,7 +187,8 @@ class Ledger:
                 key = (item.submission, item.index)
                 old = self.entries.get(key)
                 self.entries[key] = Entry(OUT, 1 if old is None else old.releases + 1, item.host,
-                                          self._start, item.job_id, item.attempt)
+                                          self._start, item.job_id, item.attempt,
+                                          0 if old is None else old.failures)
             elif isinstance(item, _Settle):
                 entry = self.entries.get((item.submission, item.index))
                 if entry is not None:
@@ -217,9 +219,13 @@ class Ledger:
     def _rewrite(self) -> None:
         lines = [] if self.v1_cutoff is None else [_encoder.encode(_Cutoff(self.v1_cutoff))]
         for (submission, index), entry in self.entries.items():
-            for _ in range(entry.releases):
+            # the failed runs before the last release, so that loading counts them again
+            earlier_failures = entry.failures - (entry.state == FAILED)
+            for n in range(entry.releases):
                 lines.append(_encoder.encode(_Release(submission, index, entry.host,
                                                       entry.job_id, entry.attempt)))
+                if n < earlier_failures and n < entry.releases - 1:
+                    lines.append(_encoder.encode(_Settle(submission, index, FAILED)))
             if entry.state != OUT:
                 lines.append(_encoder.encode(_Settle(submission, index, entry.state)))
         tmp = self.path.with_suffix(".tmp")

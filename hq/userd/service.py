@@ -59,6 +59,7 @@ from hq.protocol.messages import (
     Resubmit,
     Run,
     RunJob,
+    SubmissionEnded,
     Submit,
     SubmitPart,
     Superseded,
@@ -69,6 +70,7 @@ from hq.protocol.messages import (
 )
 from hq.userd.execlink import ExecLink, is_user_problem
 from hq.userd.ledger import Ledger
+from hq.userd.notify import act_on
 from hq.userd.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -327,6 +329,13 @@ class UserServer:
             return
         self.hosts[message.host.name] = message.host
         self._run(message.host.name, message)
+
+    def _on_submission_ended(self, message: SubmissionEnded) -> None:
+        if not self.signer.notification_ok(message):
+            log.warning("submission %s: hq-server asks to notify something this user-server "
+                        "did not sign: ignored", message.submission_id)
+            return
+        self.spawn(act_on(message, self.user, os.path.expanduser("~")))
 
     def _on_superseded(self, message: Superseded) -> None:
         log.warning("user-server: pid %d, a newer user-server of %s, took over: exiting",
@@ -613,7 +622,8 @@ def _failed(event: JobEnded) -> bool:
 
 FROM_SERVER = {Run: UserServer._on_run, CancelJobs: UserServer._on_order,
                Withdraw: UserServer._on_order, Ack: UserServer._on_order,
-               Superseded: UserServer._on_superseded}
+               Superseded: UserServer._on_superseded,
+               SubmissionEnded: UserServer._on_submission_ended}
 """What hq-server sends a user-server -> its handler."""
 
 FROM_EXEC = {JobEvents: UserServer._on_report, Heartbeat: UserServer._on_report,

@@ -3,14 +3,15 @@ exec-server checks before it starts anything, made with the user's own key."""
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 import msgspec
 
-from hq.auth import job_signature_ok, sign_job
+from hq.auth import job_signature_ok, sign_job, sign_notification
 from hq.errors import PermissionDenied, UsageError
 from hq.jobspec import JobSpec, submission_digest
-from hq.protocol.messages import JobSpecsReply, Submit
+from hq.protocol.messages import JobSpecsReply, SubmissionEnded, Submit
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,24 @@ class Signer:
     def signed(self, request: Submit, database: str, submission_id: int) -> Submit:
         """``request`` with each job signed for ``database`` and ``submission_id``."""
         digest = submission_digest(request.environment, request.umask)
+        notify_signature = None
+        if request.notify or request.mail_user:
+            notify_signature = sign_notification(
+                self.key, self.user, database=database, submission_id=submission_id,
+                notify=request.notify, mail_user=request.mail_user,
+                mail_type=request.mail_type)
         return msgspec.structs.replace(
             request, jobs=self.sign_jobs(request.jobs, digest, database, submission_id),
-            submission_id=submission_id)
+            submission_id=submission_id, notify_signature=notify_signature)
+
+    def notification_ok(self, ended: SubmissionEnded) -> bool:
+        """Whether hq-server hands back what this user signed for that submission."""
+        if not ended.signature:
+            return False
+        expected = sign_notification(
+            self.key, self.user, database=ended.database, submission_id=ended.submission_id,
+            notify=ended.notify, mail_user=ended.mail_user, mail_type=ended.mail_type)
+        return hmac.compare_digest(expected, ended.signature)
 
     def sign_jobs(self, specs: list[JobSpec], digest: str, database: str,
                    submission_id: int) -> list[JobSpec]:
@@ -60,7 +76,6 @@ class Signer:
     def signed_v1(self, request: Submit) -> Submit:
         """Signed for an hq-server of protocol version 1 (which picks the submission id)."""
         import hashlib
-        import hmac
 
         from hq.jobspec import signed_text_v1
 

@@ -61,6 +61,21 @@ def test_another_user_gets_no_such_job_for_everything(cluster_hq):
         # the very answer a job id that does not exist gets
         assert re.search(r"no such job|not found", result.stdout + result.stderr), args
         assert "secret" not in result.stdout + result.stderr
+    (array,) = hq.submit_ids(alice, "--hold", "--array", "1-2", "true", cwd=work)[:1]
+    for args in (["update", str(array), "--cap", "1"], ["resubmit", str(array)],
+                 ["show", f"{array}_1"], ["cancel", "--array", str(array)],
+                 ["jobs", "--array", str(array)], ["progress", str(array)]):
+        result = hq.client(bob, *args)
+        assert result.returncode == 3, (args, result.stdout, result.stderr)
+        assert re.search(r"no such|no unfinished array", result.stderr), (args, result.stderr)
+    jobs_before = hq.db_rows(sa.select(sa.func.count()).select_from(jobs))[0][0]
+    for dependency in (f"afterok:{job_id}", f"afterany:{array}", f"aftercorr:{array}",
+                       f"afternotok:{array}_2"):
+        result = hq.submit(bob, "--array", "1-2", "-d", dependency, "true",
+                           cwd=hq.workdir(bob))
+        assert result.returncode == 3, (dependency, result.stderr)
+        assert "no such job" in result.stderr or "no array element" in result.stderr
+    assert hq.db_rows(sa.select(sa.func.count()).select_from(jobs))[0][0] == jobs_before
     listing = hq.client(bob, "jobs", "--all", "--json")
     assert job_id not in [j["id"] for j in json.loads(listing.stdout)["jobs"]]
     status = json.loads(hq.client(bob, "status", "--json").stdout)

@@ -7,7 +7,9 @@ import itertools
 import json
 import os
 import signal
+import time
 
+import pytest
 import sqlalchemy as sa
 from fixtures.running_hq import eventually, wait_gone
 
@@ -218,4 +220,39 @@ def test_dependencies_and_caps_survive_kill_9_of_hq_server(running_hq):
     assert hq.show(later)["started_at"] >= hq.show(first)["ended_at"]
     _wait_all(hq, capped)
     spans = [(hq.show(i)["started_at"], hq.show(i)["ended_at"]) for i in capped]
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+
+
+def test_notify_runs_once_per_array_with_the_counts(running_hq):
+    hq = running_hq
+    told = hq.home / "told.txt"
+    ids = _ids(hq.submit("--json", "--array", "1-5",
+                         "--notify", f'echo "$HQ_ARRAY_ID $HQ_STATE $HQ_DONE $HQ_FAILED" >> {told}',
+                         'test "$HQ_ARRAY_INDEX" != 4'))
+    _wait_all(hq, ids)
+    eventually(told.exists, what="the --notify command")
+    time.sleep(1.0)   # a second run would have come by now
+    assert told.read_text() == f"{ids[0]} failed 4 1\n"
+
+
+def test_mail_without_a_local_sendmail_is_refused_at_submit(running_hq):
+    from hq.mail import sendmail_path
+
+    if sendmail_path() is not None:
+        pytest.skip("this machine has a sendmail: the refusal cannot show here")
+    result = running_hq.submit("--mail-user", "me@example.org", "true")
+    assert result.returncode == 2
+    assert "this host has no sendmail" in result.stderr and "--notify" in result.stderr
+
+
+def test_wait_says_why_a_job_ended(running_hq):
+    result = running_hq.submit("--time-limit", "1", "--wait", "sleep 30")
+    assert result.returncode != 0
+    assert result.stderr.strip().endswith(": failed (time limit 1s reached)"), result.stderr
+    jobs_file = running_hq.workdir / "jobs.txt"
+    jobs_file.write_text("command::sleep 0.3\n" * 4)
+    ids = _ids(running_hq.submit("--json", "-f", str(jobs_file), "--array-cap", "1"))
+    _wait_all(running_hq, ids)
+    spans = sorted((running_hq.show(i)["started_at"], running_hq.show(i)["ended_at"])
+                   for i in ids)
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans

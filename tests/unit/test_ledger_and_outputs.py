@@ -33,6 +33,31 @@ def test_a_job_that_ran_is_never_handed_over_again(tmp_path: Path):
     assert ledger.may_release((5, 2), 0.0, LEASE) is None
 
 
+def test_a_failed_run_goes_again_only_as_often_as_its_signed_retries_allow(tmp_path: Path):
+    ledger = ledger_in(tmp_path)
+    ledger.released((6, 2), "n1", job_id=50, now=1.0, attempt=0)
+    ledger.ended(50, ran=True, failed=True)
+    assert "failed 1 time(s)" in ledger.may_release((6, 2), 0.0, LEASE, retries=0)
+    assert ledger.may_release((6, 2), 0.0, LEASE, retries=2) is None
+    ledger.released((6, 2), "n1", job_id=50, now=2.0, attempt=1)
+    ledger.ended(50, ran=True, failed=True)
+    ledger.close()
+    again = ledger_in(tmp_path)   # the count survives a restart of the user-server
+    assert again.may_release((6, 2), 0.0, LEASE, retries=2) is None
+    again.released((6, 2), "n1", job_id=50, now=3.0, attempt=2)
+    again.ended(50, ran=True, failed=True)
+    assert "failed 3 time(s)" in again.may_release((6, 2), 0.0, LEASE, retries=2)
+    again.close()
+    compacted = ledger_in(tmp_path)   # rewritten at open: the failures are still counted
+    assert "failed 3 time(s)" in compacted.may_release((6, 2), 0.0, LEASE, retries=2)
+    assert compacted.may_release((6, 2), 0.0, LEASE, retries=3) is None
+    again = compacted
+    again.released((6, 3), "n1", job_id=51, now=3.0)
+    again.ended(51, ran=True)   # a success is final whatever the retries
+    assert "has run already" in again.may_release((6, 3), 0.0, LEASE, retries=5)
+    again.close()
+
+
 def test_the_same_attempt_to_the_same_host_is_a_harmless_repeat_not_a_release(tmp_path: Path):
     ledger = ledger_in(tmp_path)
     ledger.released((5, -1), "n1", job_id=42, now=1.0, attempt=0)

@@ -57,6 +57,8 @@ EXAMPLES: dict[type, dict[str, Any]] = {
     m.Withdraw: {"type": "withdraw", "host": "n1", "ids": [7], "attempts": [2]},
     m.Ack: {"type": "ack", "host": "n1", "ids": [7]},
     m.Superseded: {"type": "superseded", "by_pid": 4242},
+    m.SubmissionEnded: {"type": "submission_ended", "submission_id": 7, "array_id": 41,
+                        "counts": {"done": 2}, "notify": "true", "signature": "ab" * 32},
     m.JobEvents: {"type": "job_events", "host": "n1",
                   "events": [{"id": 7, "event": "started", "pid": 42, "at": 1.0}, ENDED]},
     m.Sync: {"type": "sync", "host": "n1", "running": [{"id": 8, "pid": 43, "started_at": 1.0}],

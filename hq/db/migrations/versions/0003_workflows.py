@@ -69,6 +69,12 @@ def upgrade() -> None:
     op.add_column("submissions", sa.Column("mail_user", sa.String(255), nullable=True))
     op.add_column("submissions", sa.Column("mail_type", sa.String(64), nullable=True,
                                            comment="e.g. END,FAIL"))
+    op.add_column("submissions", sa.Column(
+        "notify_signature", sa.String(64), nullable=True,
+        comment="the user-server's HMAC of notify, mail_user and mail_type"))
+    op.add_column("submissions", sa.Column(
+        "notified_at", UtcDateTime(), nullable=True,
+        comment="when the owner's user-server was told that all its jobs ended"))
     op.create_table(
         "job_attempts",
         sa.Column("job_id", BigId, nullable=False),
@@ -93,8 +99,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS report_jobs")
     op.drop_table("job_attempts")
-    for column in ("mail_type", "mail_user", "notify", "kill_on_invalid_dep", "array_cap",
-                   "first_job_id"):
+    for column in ("notified_at", "notify_signature", "mail_type", "mail_user", "notify",
+                   "kill_on_invalid_dep", "array_cap", "first_job_id"):
         op.drop_column("submissions", column)
     for column in ("retry_count", "resubmit_of", "retries"):
         op.drop_column("jobs", column)

@@ -1,0 +1,191 @@
+"""hq-server's core with arrays and dependencies, stepped by hand: caps bound what a round
+takes, jobs waiting on others stay out of the queues, and an end that can never meet a
+dependency cancels the chain behind it (tests/fixtures/server_core.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fixtures.server_core import Core, core_test, settle, states
+
+from hq.db.model import job_dependencies
+from hq.errors import NotFound
+from hq.jobspec import JobSpec
+from hq.protocol.messages import (
+    DependencyRef,
+    JobEnded,
+    JobEvents,
+    JobStarted,
+    Run,
+    Show,
+    Submit,
+    UpdateArray,
+)
+from hq.server import requests
+from hq.server.workflows import update_array
+from hq.states import JobState
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def submit(core: Core, user: str, commands: list[str], *, indexes: bool = False,
+                 **request: Any) -> list[int]:
+    jobs = [JobSpec(command=c, cwd="/tmp", signature="signed-by-test",
+                    array_index=i if indexes else None) for i, c in enumerate(commands, 1)]
+    reply = await requests.submit(core.server, core.session(user), Submit(
+        jobs=jobs, environment={"PATH": "/bin"}, umask=0o022, **request))
+    return reply.ids
+
+
+def end(core: Core, user: str, job_id: int, exit_code: int = 0) -> None:
+    link = core.peers[user].link
+    host = core.server.cluster.jobs[job_id].host
+    at = core.clock.now().timestamp()
+    core.server.dispatcher.on_job_events(link, JobEvents(host=host, events=[
+        JobStarted(id=job_id, pid=4321, at=at),
+        JobEnded(id=job_id, at=at, pid=4321, exit_code=exit_code)]))
+
+
+def state(core: Core, job_id: int) -> JobState:
+    return core.server.cluster.jobs[job_id].state
+
+
+@core_test(hosts={"n1": 8})
+async def test_a_cap_bounds_what_each_round_takes_of_an_array(core: Core):
+    await core.user_server("alice")
+    ids = await submit(core, "alice", ["true"] * 6, indexes=True, array_cap=2)
+    assert core.server.dispatcher.round() == 2
+    run = await core.peers["alice"].next(Run)
+    assert [j.id for j in run.jobs] == ids[:2] and run.jobs[0].array_id == ids[0]
+    assert core.server.dispatcher.round() == 0      # six free cores, but the cap is reached
+    info = (await requests.show(core.server, core.session("alice"), Show(id=ids[2]))).job
+    assert info.state_reason == f"array {ids[0]} has its cap of 2 running"
+    end(core, "alice", ids[0])
+    assert core.server.dispatcher.round() == 1
+    assert state(core, ids[2]) is JobState.DISPATCHED
+    await update_array_async(core, "alice", ids[0], 0)   # no cap: all the rest at once
+    assert core.server.dispatcher.round() == 3
+    await core.committed()
+    assert set(states(core, ids).values()) == {"dispatched", "done"}
+
+
+async def update_array_async(core: Core, user: str, array: int, cap: int) -> None:
+    update_array(core.server, core.session(user), UpdateArray(array=array, cap=cap))
+    await core.committed()
+
+
+@core_test()
+async def test_only_the_owner_may_change_an_array(core: Core):
+    ids = await submit(core, "alice", ["true"] * 3, indexes=True, array_cap=1)
+    with pytest.raises(NotFound):
+        update_array(core.server, core.session("bob"), UpdateArray(array=ids[0], cap=5))
+    with pytest.raises(NotFound):   # a job of an array, not its id
+        update_array(core.server, core.session("alice"), UpdateArray(array=ids[1], cap=5))
+
+
+@core_test(hosts={"n1": 4})
+async def test_jobs_waiting_on_others_are_out_of_the_queues(core: Core):
+    await core.user_server("alice")
+    (first,) = await submit(core, "alice", ["true"], hold=True)
+    waiting = await submit(core, "alice", ["true"] * 5000,
+                           dependencies=[DependencyRef("afterok", first)])
+    cluster = core.server.cluster
+    # nothing of them is in a queue: no round looks at them, however many there are
+    assert not cluster.pending_queues
+    assert core.server.dispatcher.round() == 0
+    info = (await requests.show(core.server, core.session("alice"), Show(id=waiting[7]))).job
+    assert info.state_reason == f"waiting for job {first} (afterok)"
+    assert [(d.id, d.kind, d.state) for d in info.dependencies] == [(first, "afterok", "held")]
+    requests.release(core.server, core.session("alice"), requests.Release(ids=[first]))
+    assert core.server.dispatcher.round() == 1
+    end(core, "alice", first)
+    await core.committed()
+    assert sum(len(q) for q in cluster.pending_queues.values()) == 5000
+    rows = core.rows(sa.select(sa.func.count()).select_from(job_dependencies))
+    assert rows[0][0] == 5000
+
+
+@core_test()
+async def test_a_failure_cancels_the_chain_behind_it_without_recursion(core: Core):
+    await core.user_server("alice")
+    (a,) = await submit(core, "alice", ["exit 1"])
+    chain = [a]
+    for _ in range(1500):   # deeper than Python's recursion limit
+        chain += await submit(core, "alice", ["true"],
+                              dependencies=[DependencyRef("afterok", chain[-1])])
+    (rescue,) = await submit(core, "alice", ["true"],
+                             dependencies=[DependencyRef("afternotok", chain[1])])
+    core.server.dispatcher.round()
+    end(core, "alice", a, exit_code=1)
+    await core.committed()
+    jobs = core.server.cluster.jobs
+    assert jobs[chain[1]].reason == f"dependency never satisfied: job {a} failed"
+    assert jobs[chain[-1]].reason == \
+        f"dependency never satisfied: job {chain[-2]} cancelled"
+    assert {state(core, j) for j in chain[1:]} == {JobState.CANCELLED}
+    assert state(core, rescue) is JobState.PENDING and not core.server.cluster.deps.blocks(rescue)
+
+
+@core_test()
+async def test_kill_on_invalid_dep_no_keeps_the_job_pending_with_the_reason(core: Core):
+    await core.user_server("alice")
+    (a,) = await submit(core, "alice", ["exit 1"])
+    (b,) = await submit(core, "alice", ["true"], kill_on_invalid_dep=False,
+                        dependencies=[DependencyRef("afterok", a)])
+    core.server.dispatcher.round()
+    end(core, "alice", a, exit_code=1)
+    await core.committed()
+    assert state(core, b) is JobState.PENDING
+    assert core.server.cluster.jobs[b].reason == f"dependency never satisfied: job {a} failed"
+    assert core.server.dispatcher.round() == 0
+
+
+@core_test()
+async def test_a_dependency_on_another_users_job_is_not_found_and_stores_nothing(core: Core):
+    (bobs,) = await submit(core, "bob", ["true"])
+    before = set(core.server.cluster.jobs)
+    with pytest.raises(NotFound, match=f"no such job: {bobs}"):
+        await submit(core, "alice", ["true"], dependencies=[DependencyRef("afterany", bobs)])
+    assert set(core.server.cluster.jobs) == before
+    assert core.rows(sa.select(sa.func.count()).select_from(job_dependencies))[0][0] == 0
+
+
+@core_test()
+async def test_the_owner_is_told_once_when_the_last_job_of_an_array_ended(core: Core):
+    from hq.protocol.messages import SubmissionEnded
+
+    peer = await core.user_server("alice")
+    ids = await submit(core, "alice", ["true", "exit 1", "true"], indexes=True,
+                       notify="echo done", notify_signature="s" * 64)
+    assert core.server.dispatcher.round() == 2
+    await peer.next(Run)
+    end(core, "alice", ids[0])
+    end(core, "alice", ids[1], exit_code=1)
+    assert core.server.dispatcher.round() == 1
+    await peer.next(Run)
+    await core.committed()
+    assert not [m for m in await peer.nothing_more() if isinstance(m, SubmissionEnded)]
+    end(core, "alice", ids[2])
+    told = await peer.next(SubmissionEnded)
+    assert (told.array_id, told.counts, told.notify) == (ids[0], {"done": 2, "failed": 1},
+                                                         "echo done")
+    assert told.signature == "s" * 64
+    await settle()
+    assert not [m for m in await peer.nothing_more() if isinstance(m, SubmissionEnded)]
+
+
+@core_test()
+async def test_a_user_server_that_was_away_is_told_when_it_connects(core: Core):
+    from hq.protocol.messages import SubmissionEnded
+
+    (job,) = await submit(core, "alice", ["true"], hold=True, notify="true",
+                          notify_signature="s" * 64)
+    requests.cancel(core.server, core.session("alice"), requests.Cancel(ids=[job]))
+    await core.committed()
+    await settle(10)
+    peer = await core.user_server("alice")
+    core.server.notifier.connected("alice")   # as the listener does on registration
+    told = await peer.next(SubmissionEnded)
+    assert told.counts == {"cancelled": 1} and told.array_id == job
