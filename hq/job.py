@@ -71,6 +71,7 @@ class Job:
     # Asked to stop, or to be held, while dispatched; hq-server's memory only.
     cancel_requested: bool = False
     hold_requested: bool = False
+    cancel_reason: str | None = None    # an admin's cancel: the reason the owner sees
 
     def outcome(self) -> dict[str, Any]:
         """Every outcome attribute's value now (what the jobs row must say)."""

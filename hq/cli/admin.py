@@ -87,6 +87,11 @@ def _legacy_command(request: Request) -> tuple[str, list[str]]:
         return ("activate" if request.active else "deactivate"), []
     names = {AdminInfo: "info", AdminStatus: "status", ListHosts: "lscluster",
              ListUsers: "lsusers", Reload: "reload", Shutdown: "shutdown"}
+    if type(request) not in names:
+        from hq.errors import UsageError
+
+        raise UsageError("the running hq-server is too old for this command: restart it "
+                         "(hq-admin shutdown, then hq-server --daemon)")
     return names[type(request)], []
 
 
@@ -175,7 +180,8 @@ def format_hosts(hosts: Sequence[HostInfo]) -> str:
     for host in hosts:
         active = "drained" if host.drained else _yes(host.active)
         load = host.load1
-        rows.append((host.name, host.state, active, f"{host.free_cores}/{host.cores}",
+        rows.append((host.name, host.display or host.state, active,
+                     f"{host.free_cores}/{host.cores}",
                      host.running_jobs, None if load is None else f"{load:.2f}",
                      host.reason or ""))
     return format_table(("HOST", "STATE", "ACTIVE", "FREE/CORES", "JOBS", "LOAD", "REASON"),
@@ -183,15 +189,26 @@ def format_hosts(hosts: Sequence[HostInfo]) -> str:
 
 
 @cli.command()
+@click.option("--reasons", is_flag=True,
+              help="Only the hosts that are not up, with why, who and since when.")
 @json_option
-def lscluster(as_json: bool) -> None:
+def lscluster(reasons: bool, as_json: bool) -> None:
     """The hosts: state, whether active, free cores, running jobs, load, and why.
 
-    Example: hq-admin lscluster
+    A drained host shows "draining" while its jobs still run, then "drained".
+
+    \b
+    Examples:
+      hq-admin lscluster
+      hq-admin lscluster --reasons     # like sinfo -R
     """
     result = admin_request(ListHosts())
     if as_json:
         print_json(result)
+    elif reasons:
+        from hq.cli.admin_hosts import format_reasons
+
+        click.echo(format_reasons(result.hosts))
     else:
         click.echo(format_hosts(result.hosts))
 
@@ -302,6 +319,16 @@ def shutdown(as_json: bool) -> None:
         print_json(result)
     else:
         click.echo("hq-server is stopping")
+
+
+def _host_commands() -> None:
+    from hq.cli.admin_hosts import admin_cancel, drain, events, resume
+
+    for command in (drain, resume, events, admin_cancel):
+        cli.add_command(command)
+
+
+_host_commands()
 
 
 def main() -> None:

@@ -57,3 +57,11 @@ def record_events(conn: sa.Connection, batch: Sequence[Event]) -> None:
         rows = [dict(zip(_COLUMNS, _values(e), strict=True)) for e in batch]
         execute_many(conn, "insert events", lambda: sa.insert(events).values(
             {c: sa.bindparam(c, type_=events.c[c].type) for c in _COLUMNS}), rows)
+
+
+def host_events(conn: sa.Connection, host: str, limit: int) -> list[Event]:
+    """The newest ``limit`` events about ``host``, oldest first (served by (host_name, at))."""
+    query = (sa.select(events).where(events.c.host_name == host, events.c.job_id.is_(None))
+             .order_by(events.c.at.desc(), events.c.id.desc()).limit(limit))
+    rows = list(conn.execute(query).mappings())
+    return [Event(**{c: row[c] for c in _COLUMNS}) for row in reversed(rows)]

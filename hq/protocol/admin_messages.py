@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from hq.protocol.fields import (
@@ -9,6 +11,7 @@ from hq.protocol.fields import (
     Counts,
     Epoch,
     HostName,
+    IdList,
     Pid,
     Reply,
     Request,
@@ -50,6 +53,16 @@ class AdminStatus(Request, tag="admin_status", kw_only=True):
     reply_type = AdminStatusReply
 
 
+class AdminCancelResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: Annotated[int, msgspec.Meta(ge=1)]
+    owner: UserName | None
+    result: Text
+
+
+class AdminCancelReply(Reply, tag="reply", kw_only=True):
+    results: list[AdminCancelResult]
+
+
 class HostInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: HostName
     state: Word
@@ -63,6 +76,11 @@ class HostInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     memory_mb: Count | None
     load1: float | None
     last_heartbeat: Epoch | None
+    # version 2: the admin's drain switch as seen (draining while jobs still run there)
+    display: Word = ""                # up, draining, drained, inactive, unreachable, ...
+    drain_reason: Text | None = None
+    drained_by: UserName | None = None
+    drained_at: Epoch | None = None
 
 
 class ListHostsReply(Reply, tag="reply", kw_only=True):
@@ -134,5 +152,47 @@ class Shutdown(Request, tag="shutdown", kw_only=True):
     reply_type = ShutdownReply
 
 
+class DrainHostsReply(Reply, tag="reply", kw_only=True):
+    hosts: list[HostName]
+    changed: list[HostName]      # the ones whose switch this request turned
+
+
+class DrainHosts(Request, tag="drain_hosts", kw_only=True):
+    """Drain hosts (no new jobs; running ones finish) with a reason, or resume them."""
+
+    hosts: Annotated[list[HostName], msgspec.Meta(min_length=1, max_length=1000)]
+    drain: bool
+    reason: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    reply_type = DrainHostsReply
+
+
+class HostEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    at: Epoch
+    user: UserName | None
+    message: Text
+
+
+class HostEventsReply(Reply, tag="reply", kw_only=True):
+    host: HostName
+    events: list[HostEvent]          # newest last
+
+
+class HostEvents(Request, tag="host_events", kw_only=True):
+    """A host's events from the event log (drained, resumed, lost, found, activated)."""
+
+    host: HostName
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50
+    reply_type = HostEventsReply
+
+
+class AdminCancel(Request, tag="admin_cancel", kw_only=True):
+    """Cancel any user's jobs, with a reason the owner sees; the owner's user-server stops
+    the running ones."""
+
+    ids: IdList
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    reply_type = AdminCancelReply
+
+
 ADMIN_REQUESTS = (AdminInfo, AdminStatus, ListHosts, ListUsers, SetHostActive,
-                  SetClusterActive, Reload, Shutdown)
+                  SetClusterActive, Reload, Shutdown, DrainHosts, HostEvents, AdminCancel)

@@ -36,10 +36,18 @@ import msgspec
 from hq.jobspec import InvalidSpec, JobSpec
 from hq.protocol.admin_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
     ADMIN_REQUESTS,
+    AdminCancel,
+    AdminCancelReply,
+    AdminCancelResult,
     AdminInfo,
     AdminInfoReply,
     AdminStatus,
     AdminStatusReply,
+    DrainHosts,
+    DrainHostsReply,
+    HostEvent,
+    HostEvents,
+    HostEventsReply,
     HostInfo,
     ListHosts,
     ListHostsReply,
@@ -673,7 +681,7 @@ class Relay(Request, tag="relay", kw_only=True):
 
 CLI_SENDS = UserRequest
 ADMIN_SENDS = (AdminInfo | AdminStatus | ListHosts | ListUsers | SetHostActive
-               | SetClusterActive | Reload | Shutdown)
+               | SetClusterActive | Reload | Shutdown | DrainHosts | HostEvents | AdminCancel)
 USERD_SENDS_SERVER = (UserRequest | ReserveSubmission | JobEvents | Sync | HostStateReport
                       | Undeliverable | Heartbeat)
 SERVER_SENDS_USERD = Run | CancelJobs | Withdraw | Ack | Superseded | SubmissionEnded

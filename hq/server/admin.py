@@ -12,12 +12,22 @@ from collections import Counter
 from typing import Any
 
 from hq import __version__
+from hq.db.events import host_events as events_of_host
 from hq.errors import NotFound
+from hq.job import Job
 from hq.protocol.messages import (
+    AdminCancel,
+    AdminCancelReply,
+    AdminCancelResult,
     AdminInfo,
     AdminInfoReply,
     AdminStatus,
     AdminStatusReply,
+    DrainHosts,
+    DrainHostsReply,
+    HostEvent,
+    HostEvents,
+    HostEventsReply,
     HostInfo,
     ListHosts,
     ListHostsReply,
@@ -77,7 +87,9 @@ def lscluster(server: Server, session: Session, request: ListHosts) -> ListHosts
             drained=host.drained, cores=host.cores, free_cores=host.cores - host.used_cores,
             max_jobs=host.max_jobs, running_jobs=len(host.jobs), memory_mb=host.memory_mb,
             load1=host.load1, last_heartbeat=None if host.last_heartbeat_at is None
-            else host.last_heartbeat_at.timestamp()))
+            else host.last_heartbeat_at.timestamp(), display=host.display(),
+            drain_reason=host.drain_reason, drained_by=host.drained_by,
+            drained_at=None if host.drained_at is None else host.drained_at.timestamp()))
     return ListHostsReply(hosts=hosts)
 
 
@@ -120,6 +132,64 @@ async def set_cluster_active(server: Server, session: Session,
     return SetClusterActiveReply(cluster_active=request.active, changed=changed)
 
 
+def drain_hosts(server: Server, session: Session, request: DrainHosts) -> DrainHostsReply:
+    """Drain hosts with a reason (no new jobs; running ones finish), or resume them."""
+    cluster = server.cluster
+    unknown = [name for name in request.hosts
+               if name not in cluster.hosts or cluster.hosts[name].retired]
+    if unknown:
+        raise NotFound(f"no such host: {', '.join(unknown)} (see hq-admin lscluster)")
+    changed = []
+    for name in dict.fromkeys(request.hosts):
+        host = cluster.hosts[name]
+        if host.drained is request.drain and (not request.drain
+                                              or host.drain_reason == request.reason):
+            continue
+        server.journal.host_drain(host, request.drain, session.user.name, request.reason)
+        changed.append(name)
+        if request.drain:   # what waits there for a core must not start any more
+            server.dispatcher.withdraw_from_host(name)
+    server.dispatcher.wake()
+    return DrainHostsReply(hosts=list(dict.fromkeys(request.hosts)), changed=changed)
+
+
+async def host_events(server: Server, session: Session, request: HostEvents
+                      ) -> HostEventsReply:
+    if request.host not in server.cluster.hosts:
+        raise NotFound(f"no such host: {request.host} (see hq-admin lscluster)")
+    found = await server.store.read(
+        lambda conn: events_of_host(conn, request.host, request.limit),
+        what=f"the events of host {request.host}")
+    return HostEventsReply(host=request.host, events=[
+        HostEvent(at=e.at.timestamp(), user=e.user_name, message=e.message) for e in found])
+
+
+async def admin_cancel(server: Server, session: Session, request: AdminCancel
+                       ) -> AdminCancelReply:
+    """Cancel any user's jobs; the owner sees who and why. Finished ones are only named."""
+    by = f"admin {session.user.name}: {request.reason}"
+    found: dict[int, Job] = {}
+    for job_id in dict.fromkeys(request.ids):
+        job = server.cluster.jobs.get(job_id)
+        if job is not None:
+            found[job_id] = job
+    owners: dict[str, list[Job]] = {}
+    for job in found.values():
+        owners.setdefault(job.owner, []).append(job)
+    results: dict[int, str] = {}
+    for jobs in owners.values():
+        for job in jobs:
+            if not job.state.finished:
+                job.cancel_reason = f"cancelled by {by}"
+        results.update(server.dispatcher.cancel(jobs, by=by))
+    log.info("server: %s cancels job(s) %s", session.user.name,
+             ",".join(map(str, sorted(found))) or "none")
+    return AdminCancelReply(results=[
+        AdminCancelResult(i, found[i].owner if i in found else None,
+                          results.get(i, "not found (or finished long ago)"))
+        for i in dict.fromkeys(request.ids)])
+
+
 async def reload_configuration(server: Server) -> ReloadReply:
     """Re-read users and hosts from the database (after hq-dbadmin -a); SIGHUP does this too."""
     from hq.db.hosts import list_hosts
@@ -159,5 +229,6 @@ def shutdown(server: Server, session: Session, request: Shutdown) -> ShutdownRep
 ADMIN_REQUESTS: dict[type, Any] = {
     AdminInfo: info, AdminStatus: status, ListHosts: lscluster, ListUsers: lsusers,
     SetHostActive: set_host_active, SetClusterActive: set_cluster_active, Reload: reload,
-    Shutdown: shutdown,
+    Shutdown: shutdown, DrainHosts: drain_hosts, HostEvents: host_events,
+    AdminCancel: admin_cancel,
 }

@@ -241,7 +241,8 @@ class Dispatcher:
             if job.state.finished:
                 results[job.id] = f"already {job.state}"
             elif job.state in (JobState.PENDING, JobState.HELD):
-                self.journal.job(job, JobState.CANCELLED, reason=f"cancelled by {by}",
+                self.journal.job(job, JobState.CANCELLED,
+                                 reason=job.cancel_reason or f"cancelled by {by}",
                                  ended_at=self.clock.now())
                 results[job.id] = "cancelled"
             else:
@@ -356,7 +357,8 @@ class Dispatcher:
             if job is None or job.state is not JobState.DISPATCHED or job.host != host:
                 continue
             if job.cancel_requested:
-                self.journal.job(job, JobState.CANCELLED, reason="cancelled before it started",
+                self.journal.job(job, JobState.CANCELLED,
+                             reason=job.cancel_reason or "cancelled before it started",
                                  ended_at=self.clock.now())
             else:
                 # it never reached the exec-server: the same attempt may go again
@@ -450,6 +452,7 @@ class Dispatcher:
             return
         if reason == CANCELLED or job.cancel_requested:
             new = JobState.CANCELLED
+            reason = job.cancel_reason or reason
         elif event.exit_code == 0 and event.signal is None and not reason:
             new = JobState.DONE
         else:

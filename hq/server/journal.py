@@ -149,6 +149,19 @@ class Journal:
         self._host_change(host.name, {"active": active}, f"host {host.name}: {word} by {by}",
                           user=by)
 
+    def host_drain(self, host: Host, drained: bool, by: str, reason: str | None) -> None:
+        """The admin's drain switch on a host (hq-admin drain / resume)."""
+        now = self.clock.now()
+        host.drained, host.drain_reason = drained, reason if drained else None
+        host.drained_by, host.drained_at = (by, now) if drained else (None, None)
+        word = "drained" if drained else "resumed"
+        why = f": {reason}" if drained and reason else ""
+        host_log.info("host %s: %s by %s%s", host.name, word, by, why)
+        self._host_change(host.name, {"drained": drained, "drain_reason": host.drain_reason,
+                                      "drained_by": host.drained_by,
+                                      "drained_at": host.drained_at},
+                          f"host {host.name}: {word} by {by}{why}", user=by)
+
     def _host_change(self, name: str, values: dict[str, Any], message: str,
                      user: str | None = None) -> None:
         now = self.clock.now()

@@ -20,6 +20,7 @@ def _host(rec: HostRecord) -> Host:
     return Host(id=rec.id, name=rec.name, address=rec.address, ssh_port=rec.ssh_port,
                 cores=rec.cores, max_jobs=rec.max_jobs, memory_mb=rec.memory_mb,
                 active=rec.active, drained=rec.drained, drain_reason=rec.drain_reason,
+                drained_by=rec.drained_by, drained_at=rec.drained_at,
                 retired=rec.retired, load1=rec.load1, free_memory_mb=rec.free_memory_mb,
                 last_heartbeat_at=rec.last_heartbeat_at)
 

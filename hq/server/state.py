@@ -41,6 +41,8 @@ class Host:
     drained: bool
     drain_reason: str | None
     retired: bool = False
+    drained_by: str | None = None
+    drained_at: dt.datetime | None = None
     state: HostState = HostState.UNKNOWN
     state_reason: str | None = None
     # facts from the host monitor (hq-server's own account; never from a user)
@@ -87,6 +89,15 @@ class Host:
                         running_jobs=len(self.jobs), memory_mb=self.memory_mb,
                         free_memory_mb=free_memory,
                         other_work=self.other_work(now_m, facts_timeout_s))
+
+    def display(self) -> str:
+        """The state an admin reads: the admin's switches first (a draining host still runs
+        jobs, a drained one runs none), then reachability."""
+        if self.drained:
+            return "draining" if self.jobs else "drained"
+        if not self.active:
+            return "inactive"
+        return str(self.state)
 
     def address_info(self) -> HostAddress:
         return HostAddress(name=self.name, address=self.address, ssh_port=self.ssh_port)

@@ -76,6 +76,8 @@ def test_another_user_gets_no_such_job_for_everything(cluster_hq):
         assert result.returncode == 3, (dependency, result.stderr)
         assert "no such job" in result.stderr or "no array element" in result.stderr
     assert hq.db_rows(sa.select(sa.func.count()).select_from(jobs))[0][0] == jobs_before
+    refused = hq.run(bob, "hq.cli.admin", "cancel", str(job_id), "--reason", "mine now")
+    assert refused.returncode != 0 and "lacks the admin role" in refused.stderr
     listing = hq.client(bob, "jobs", "--all", "--json")
     assert job_id not in [j["id"] for j in json.loads(listing.stdout)["jobs"]]
     status = json.loads(hq.client(bob, "status", "--json").stdout)
@@ -392,3 +394,16 @@ def test_a_lost_host_requeues_its_queued_jobs_without_a_restart(cluster_hq):
     assert queued - started_there, "no queued job was still waiting when the host died"
     _check_runs({i: runs[i] for i in sleepers}, started_there, "hqnode1", lost_at)
     hq.hosts.boot(1)
+
+
+def test_the_admin_cancels_another_users_running_job_with_a_reason(cluster_hq):
+    hq = cluster_hq
+    alice = hq.users.alice
+    (job_id,) = hq.submit_ids(alice, "sleep 120", cwd=hq.workdir(alice))
+    hq.wait_jobs([job_id], {"running"})
+    result = hq.admin_cmd("cancel", str(job_id), "--reason", "host maintenance")
+    assert result.returncode == 0, result.stderr
+    assert f"job {job_id} ({alice.name}): cancelling" in result.stdout
+    hq.wait_jobs([job_id], {"cancelled"})
+    info = hq.show(alice, job_id)
+    assert info["state_reason"] == f"cancelled by admin {hq.admin.name}: host maintenance"

@@ -1,0 +1,118 @@
+"""hq-admin's commands for hosts and other users' jobs: ``drain`` and ``resume`` with a
+reason (Slurm's ``scontrol update state=drain reason=...``), ``events`` of a host from the
+event log, and ``cancel`` of any user's job with a reason its owner sees."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from hq.cli.common import format_table, format_time, json_option, print_json
+from hq.errors import UsageError
+from hq.protocol.messages import AdminCancel, DrainHosts, HostEvents, HostInfo
+
+
+def _request(request: Any) -> Any:
+    from hq.cli.admin import admin_request
+
+    return admin_request(request)
+
+
+@click.command()
+@click.argument("hosts", nargs=-1, required=True, metavar="HOST...")
+@click.option("--reason", required=True, metavar="TEXT",
+              help="Why (shown in lscluster and the host's events).")
+@json_option
+def drain(hosts: tuple[str, ...], reason: str, as_json: bool) -> None:
+    """Start no new jobs on HOST...; the running ones finish (lscluster: draining, then
+    drained).
+
+    Example: hq-admin drain node07 node08 --reason "fan replaced on Monday"
+    """
+    if not reason.strip():
+        raise UsageError("--reason: say why the host is drained")
+    _switch(DrainHosts(hosts=list(hosts), drain=True, reason=reason.strip()), as_json,
+            "drained")
+
+
+@click.command()
+@click.argument("hosts", nargs=-1, required=True, metavar="HOST...")
+@json_option
+def resume(hosts: tuple[str, ...], as_json: bool) -> None:
+    """Let drained HOST... take jobs again.
+
+    Example: hq-admin resume node07
+    """
+    _switch(DrainHosts(hosts=list(hosts), drain=False), as_json, "resumed")
+
+
+def _switch(request: DrainHosts, as_json: bool, word: str) -> None:
+    result = _request(request)
+    if as_json:
+        print_json(result)
+        return
+    for host in result.hosts:
+        click.echo(f"host {host}: {word}" if host in result.changed
+                   else f"host {host}: already {word}")
+
+
+@click.command()
+@click.argument("host")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
+              metavar="N", help="The newest N events.")
+@json_option
+def events(host: str, limit: int, as_json: bool) -> None:
+    """HOST's events from the event log: drained, resumed, lost, found, (de)activated, with
+    who and why.
+
+    Example: hq-admin events node07
+    """
+    result = _request(HostEvents(host=host, limit=limit))
+    if as_json:
+        print_json(result)
+        return
+    rows = [(format_time(e.at), e.user or "", e.message) for e in result.events]
+    click.echo(format_table(("WHEN", "WHO", "WHAT"), rows) if rows
+               else f"no events of host {host}")
+
+
+@click.command("cancel")
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--reason", required=True, metavar="TEXT",
+              help="Why: the owner sees it as the job's reason.")
+@json_option
+def admin_cancel(ids: tuple[str, ...], reason: str, as_json: bool) -> int:
+    """Cancel jobs IDS of any user; the owner's user-server stops the running ones.
+
+    Example: hq-admin cancel 4711 4712 --reason "fills /scratch"
+    """
+    from hq.cli.jobids import parse_ids
+
+    if not reason.strip():
+        raise UsageError("--reason: say why the jobs are cancelled")
+    result = _request(AdminCancel(ids=parse_ids(*ids), reason=reason.strip()))
+    if as_json:
+        print_json(result)
+    else:
+        for r in result.results:
+            owner = f" ({r.owner})" if r.owner else ""
+            click.echo(f"job {r.id}{owner}: {r.result}")
+    return 3 if any(r.owner is None for r in result.results) else 0
+
+
+def format_reasons(hosts: Sequence[HostInfo]) -> str:
+    """Every host that is not up, with why, who and since when (like ``sinfo -R``)."""
+    rows = []
+    for host in hosts:
+        shown = host.display or host.state
+        if shown == "up":
+            continue
+        if host.drained:
+            rows.append((host.name, shown, host.drain_reason or "no reason given",
+                         host.drained_by or "", format_time(host.drained_at)))
+        else:
+            rows.append((host.name, shown, host.reason or "", "", ""))
+    return format_table(("HOST", "STATE", "REASON", "BY", "SINCE"), rows) if rows \
+        else "every host is up"

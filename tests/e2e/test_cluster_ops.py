@@ -1,0 +1,73 @@
+"""Running a cluster, through the real programs on both backends: drain a host with a reason
+while a job runs there, see it draining then drained, read its history, resume it; an admin
+cancels a job with a reason its owner sees."""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from fixtures.running_hq import eventually
+
+from hq.db.model import hosts
+
+
+def _host(hq) -> dict:
+    result = hq.admin("lscluster", "--json")
+    assert result.returncode == 0, result.stderr
+    (host,) = json.loads(result.stdout)["hosts"]
+    return host
+
+
+def test_drain_during_a_run_then_resume(running_hq):
+    hq = running_hq
+    flag = hq.workdir / "finish"
+    running = hq.submit_id(f"while [ ! -e {flag} ]; do sleep 0.1; done")
+    hq.wait_for(running, {"running"})
+    drained = hq.admin("drain", "localhost", "--reason", "fan replaced")
+    assert drained.returncode == 0, drained.stderr
+    assert drained.stdout == "host localhost: drained\n"
+    host = _host(hq)
+    assert (host["display"], host["drain_reason"]) == ("draining", "fan replaced")
+    assert host["drained_by"] and host["drained_at"]
+    waiting = hq.submit_id("true")
+    assert "lscluster" not in hq.admin("lscluster").stderr
+    assert "draining" in hq.admin("lscluster").stdout
+    reasons = hq.admin("lscluster", "--reasons").stdout
+    assert "localhost" in reasons and "fan replaced" in reasons and host["drained_by"] in reasons
+    assert hq.show(waiting)["state"] == "pending"
+    flag.write_text("")
+    assert hq.wait_for(running, {"done", "failed"})["state"] == "done"
+    eventually(lambda: _host(hq)["display"] == "drained", what="the host to be drained")
+    assert hq.show(waiting)["state"] == "pending"   # nothing new started there
+    (row,) = hq.db_rows(sa.select(hosts.c.drained, hosts.c.drain_reason, hosts.c.drained_by))
+    assert tuple(row) == (True, "fan replaced", host["drained_by"])
+
+    resumed = hq.admin("resume", "localhost")
+    assert resumed.stdout == "host localhost: resumed\n"
+    assert hq.wait_for(waiting, {"done", "failed"})["state"] == "done"
+    assert _host(hq)["display"] == "up" and _host(hq)["drain_reason"] is None
+    history = hq.admin("events", "localhost")
+    assert history.returncode == 0, history.stderr
+    lines = [line for line in history.stdout.splitlines() if "drained" in line or
+             "resumed" in line]
+    assert "drained by" in lines[0] and "fan replaced" in lines[0] and "resumed by" in lines[1]
+    missing = hq.admin("drain", "nosuchhost", "--reason", "x")
+    assert missing.returncode == 3 and "no such host: nosuchhost" in missing.stderr
+    no_reason = hq.admin("drain", "localhost")
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+
+
+def test_an_admin_cancels_a_job_with_a_reason_its_owner_sees(running_hq):
+    hq = running_hq
+    running = hq.submit_id("sleep 60")
+    pending = hq.submit_id("--hold", "true")
+    hq.wait_for(running, {"running"})
+    result = hq.admin("cancel", str(running), str(pending), "999999", "--reason",
+                      "fills /scratch")
+    assert result.returncode == 3, result.stderr   # 999999 does not exist
+    assert "job 999999: not found" in result.stdout
+    info = hq.wait_for(running, {"cancelled"})
+    assert info["state_reason"].startswith("cancelled by admin ")
+    assert info["state_reason"].endswith(": fills /scratch")
+    assert hq.show(pending)["state_reason"] == info["state_reason"]
