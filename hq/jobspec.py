@@ -69,6 +69,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     excluded_hosts: Annotated[tuple[HostNameText, ...], msgspec.Meta(max_length=256)] = ()
     requeue: bool = True
     retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 0
+    constraint: Annotated[str, msgspec.Meta(max_length=255)] | None = None   # host features
     array_index: Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)] | None = None
     signature: Annotated[str, msgspec.Meta(max_length=64)] | None = None   # the column's width
 
@@ -100,6 +101,13 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                 raise InvalidSpec(f"{option} must be from 1 to {INT32_MAX}, not {value}")
         if not -INT32_MAX <= self.priority <= INT32_MAX:
             raise InvalidSpec(f"-p/--priority must be within ±{INT32_MAX}")
+        if self.constraint is not None:
+            from hq.constraints import BadConstraint, parse
+
+            try:
+                parse(self.constraint)
+            except BadConstraint as err:
+                raise InvalidSpec(str(err)) from None
         if not 0 <= self.retries <= MAX_RETRIES:
             raise InvalidSpec(f"--retries must be from 0 to {MAX_RETRIES}, not {self.retries}")
         if self.array_index is not None and self.array_index < 0:

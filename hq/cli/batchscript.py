@@ -42,9 +42,9 @@ _HQ_FLAGS = {"hold", "no_requeue", "wait", "parsable", "json"}
 
 _SBATCH_LONG = {"array": "array", "dependency": "dependency", "cpus-per-task": "slots",
                 "mem": "memory", "time": "time_limit", "output": "stdout", "error": "stderr",
-                "job-name": "name"}
+                "job-name": "name", "constraint": "constraint"}
 _SBATCH_SHORT = {"a": "array", "d": "dependency", "c": "slots", "t": "time_limit",
-                 "o": "stdout", "e": "stderr", "J": "name"}
+                 "o": "stdout", "e": "stderr", "J": "name", "C": "constraint"}
 # Unsupported sbatch options that take no value (or only an optional ``=value``): knowing
 # them keeps the word after them from being swallowed as their value.
 _SBATCH_LONG_FLAGS = {"contiguous", "exclusive", "get-user-env", "help", "hold", "ignore-pbs",

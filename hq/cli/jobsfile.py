@@ -70,10 +70,13 @@ _PROPS: dict[str, tuple[str, Parser]] = {
     "timelimit": ("time_limit_s", parse_duration),
     "memory": ("memory_mb", parse_memory),
     "requeue": ("requeue", parse_bool),
+    "constraint": ("constraint", _text),
+    "retries": ("retries", _int),
 }
 PROP_NAMES = ("command", "slots", "priority", "group", "infoText", "logfile", "shell",
               "excludeHosts", "estimatedTime", "estimatedMemory", "stdout", "outputFile",
-              "stderr", "errorFile", "name", "cwd", "timeLimit", "memory", "requeue")
+              "stderr", "errorFile", "name", "cwd", "timeLimit", "memory", "requeue",
+              "constraint", "retries")
 """The props a jobs file may use, as hQ spelt them (snake_case works too)."""
 
 

@@ -154,6 +154,7 @@ def format_job_details(job: JobInfo) -> str:
         ("resubmit of", job.resubmit_of),
         ("time limit", format_duration(job.time_limit_s)),
         ("excluded hosts", ", ".join(job.excluded_hosts or ()) or None),
+        ("constraint", job.constraint),
         ("requeue", "yes" if job.requeue else "no"),
         ("restarts", job.restart_count),
         ("submitted", format_time(job.submitted_at)),

@@ -66,6 +66,9 @@ PROG = "hq-submit"
 @click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
               metavar="N", help="Run a job that failed (non-zero exit or a signal, not a "
                                 "cancel or its time limit) again, up to N times.")
+@click.option("-C", "--constraint", metavar="FEATURES",
+              help="Only hosts with these features (etc/cluster.tab): avx512&bigmem (both), "
+                   "a|b (either); & binds tighter than |.")
 @click.option("--notify", metavar="CMD",
               help="When the job (or every job of the array) has ended, run CMD as you on "
                    "the head node, with HQ_ARRAY_ID, HQ_STATE, HQ_DONE, HQ_FAILED, "
@@ -141,7 +144,7 @@ def cli(ctx: click.Context, command: tuple[str, ...], **options: Any) -> int:
         estimated_memory_mb=size(o["estimated_memory"], "-m/--estimated-memory"),
         stdout=o["stdout"] or DEFAULT_STDOUT, stderr=o["stderr"] or DEFAULT_STDERR,
         log_path=o["logfile"], excluded_hosts=host_list(o["exclude_hosts"]),
-        requeue=not o["no_requeue"], retries=o["retries"])
+        requeue=not o["no_requeue"], retries=o["retries"], constraint=o["constraint"])
     specs = build_specs(command_text, o["jobs_file"], template)
     cap = o["array_cap"]
     if o["array"] is not None:

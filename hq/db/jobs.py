@@ -3,8 +3,9 @@
 Every rename between a job's Python attributes and its columns is here and nowhere else
 (buildbot's ``_model_from_row`` style): ``spec.group`` <-> ``group_name``, ``spec.stdout`` /
 ``spec.stderr`` <-> ``stdout_path`` / ``stderr_path`` (templates, as submitted),
-``spec.excluded_hosts`` (a tuple) <-> ``excluded_hosts`` (comma-separated), ``reason`` <->
-``state_reason``, ``signal`` <-> ``signal_number``, ``host`` (a name) <-> ``host_id``.
+``spec.excluded_hosts`` (a tuple) <-> ``excluded_hosts`` (comma-separated),
+``spec.constraint`` <-> ``constraint_expr``, ``reason`` <-> ``state_reason``, ``signal``
+<-> ``signal_number``, ``host`` (a name) <-> ``host_id``.
 
 hq-server keeps live jobs in memory and writes through here; every function takes the
 caller's connection, so one transaction can carry a whole batch of changes.
@@ -40,7 +41,8 @@ def job_row(job: Job) -> dict[str, Any]:
         "estimated_memory_mb": spec.estimated_memory_mb, "stdout_path": spec.stdout,
         "stderr_path": spec.stderr, "log_path": spec.log_path,
         "excluded_hosts": ",".join(spec.excluded_hosts), "requeue": spec.requeue,
-        "retries": spec.retries, "signature": spec.signature, "state": job.state,
+        "retries": spec.retries, "constraint_expr": spec.constraint,
+        "signature": spec.signature, "state": job.state,
         "state_reason": job.reason, "resubmit_of": job.resubmit_of,
         "submitted_at": job.submitted_at, "eligible_at": job.eligible_at,
         "restart_count": job.restart_count, "attempt": job.attempt,
@@ -58,7 +60,8 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         estimated_memory_mb=row["estimated_memory_mb"], stdout=row["stdout_path"],
         stderr=row["stderr_path"], log_path=row["log_path"],
         excluded_hosts=tuple(h for h in row["excluded_hosts"].split(",") if h),
-        requeue=row["requeue"], retries=row["retries"], array_index=row["array_index"],
+        requeue=row["requeue"], retries=row["retries"], constraint=row["constraint_expr"],
+        array_index=row["array_index"],
         signature=row["signature"])
     return Job(id=row["id"], submission_id=row["submission_id"], owner=row["owner"],
                owner_id=row["owner_id"], spec=spec, submitted_at=row["submitted_at"],

@@ -149,6 +149,8 @@ jobs = sa.Table(
               comment="comma-separated host names the job must not run on"),
     sa.Column("requeue", sa.Boolean, nullable=False, default=True,
               comment="requeue when its host is lost; false: fail instead"),
+    sa.Column("constraint_expr", sa.String(255), nullable=True,
+              comment="host features it needs (--constraint): a&b|c"),
     sa.Column("retries", sa.Integer, nullable=False, default=0, server_default="0",
               comment="runs again after a failure (non-zero exit), up to this many times"),
     sa.Column("signature", sa.String(64), nullable=True,

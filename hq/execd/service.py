@@ -99,6 +99,7 @@ RELAY_TIMEOUT_S = 120.0  # a command inside a job waiting on hq-server (e.g. hq-
 ACKED_MEMORY_S = 3600.0  # an acknowledged id is remembered this long ...
 ACKED_MEMORY_MAX = 100_000  # ... and at most this many, so memory stays bounded
 LEASE_KILL_GRACE_S = 1.0  # the server waits lease + grace (5 s): be well within it
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # the array variables a job gets; never inherited from a submitting job
 ARRAY_VARIABLES = ("HQ_ARRAY_INDEX", "HQ_ARRAY_ID", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_JOB_ID")
 RUN_CHUNK = 64          # jobs started between two turns of the loop (reaping, heartbeats)
@@ -468,6 +469,14 @@ class ExecServer:
         # Not inherited from a submitting job: only an array job has an index.
         for name in ARRAY_VARIABLES:
             env.pop(name, None)
+        # as many threads as cores asked for, unless the job says otherwise: a 1-core numpy
+        # job must not spread over every core of the host
+        # (one submitted from inside a job inherits what hq set there: that is not the user's)
+        parent = env.get("HQ_CPUS")
+        env["HQ_CPUS"] = str(spec.cores)
+        for name in THREAD_VARIABLES:
+            if env.get(name) in (None, parent):
+                env[name] = str(spec.cores)
         if spec.array_index is not None:
             array_id = str(item.array_id or job_id)
             # and Slurm's names, for scripts written for Slurm; never SLURM_JOB_ID or

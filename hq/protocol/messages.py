@@ -312,6 +312,7 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     restart_count: Count
     # workflows (version 2)
     array_id: JobId | None = None
+    constraint: Name | None = None
     retries: Count = 0
     retry_count: Count = 0
     resubmit_of: JobId | None = None

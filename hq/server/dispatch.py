@@ -195,11 +195,12 @@ class Dispatcher:
                 # the exec-server with the most room for it, relative to its allotment: a
                 # user's queue is spread over the hosts it runs on, not piled on the first
                 best, best_room = None, 0.0
+                excluded = cluster.pending_view(job).excluded_hosts   # constraints included
                 for entry in pairs:
                     (_owner, host_name), allot, have = entry
                     free = allot * (1 + depth) - have - spec.cores
                     if spec.cores <= allot and free >= 0 and host_name not in \
-                            spec.excluded_hosts and (best is None or free / allot > best_room):
+                            excluded and (best is None or free / allot > best_room):
                         best, best_room = entry, free / allot
                 if best is None:
                     break

@@ -18,6 +18,8 @@ from typing import Any
 import msgspec
 
 from hq import __version__
+from hq.constraints import missing
+from hq.constraints import parse as parse_constraint
 from hq.db.dependencies import dependencies_of
 from hq.db.jobs import find_job, list_attempts, list_finished_jobs
 from hq.errors import Busy, NotFound, UsageError
@@ -86,6 +88,7 @@ def check_fits(server: Server, specs: list[JobSpec], first: int | None = None) -
     # only when every host declares its memory can a request be too big for all of them
     most_memory = max(declared) if len(declared) == len(hosts) else None
     known = set(cluster.hosts)
+    names = {h.name for h in hosts}
     for n, spec in enumerate(specs, 1):
         problem = None
         if not spec.signature:
@@ -97,6 +100,11 @@ def check_fits(server: Server, specs: list[JobSpec], first: int | None = None) -
                        f"{most_memory} MiB")
         elif unknown := set(spec.excluded_hosts) - known:
             problem = f"--excludeHosts names unknown host(s): {', '.join(sorted(unknown))}"
+        elif spec.constraint and not (names - cluster.lacking(spec.constraint)):
+            lacking = missing(parse_constraint(spec.constraint), (h.features for h in hosts))
+            problem = (f"--constraint {spec.constraint}: no host has "
+                       + (f"the feature(s) {', '.join(lacking)}" if lacking
+                          else "all of these features at once"))
         if problem is not None:
             where = (f"job {first + n - 1}: " if first is not None
                      else f"job {n} of {len(specs)}: " if len(specs) > 1 else "")

@@ -16,6 +16,8 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
+from hq.constraints import parse as parse_constraint
+from hq.constraints import satisfied
 from hq.job import OUTCOME_FIELDS, Job, Submission
 from hq.protocol.messages import HostAddress
 from hq.server.dependencies import Dependencies
@@ -43,6 +45,7 @@ class Host:
     retired: bool = False
     drained_by: str | None = None
     drained_at: dt.datetime | None = None
+    features: frozenset[str] = frozenset()
     state: HostState = HostState.UNKNOWN
     state_reason: str | None = None
     # facts from the host monitor (hq-server's own account; never from a user)
@@ -130,6 +133,7 @@ class Cluster:
         # array with a cap has queues of its own, whose heads are as many as its cap leaves.
         self.pending_queues: dict[QueueKey, dict[int, Job]] = {}
         self.deps = Dependencies()
+        self._lacking: dict[str, frozenset[str]] = {}   # constraint -> hosts that lack it
         # (job, the job it waited for, how that ended) found doomed when loading
         self.doomed_at_start: list[tuple[int, int, JobState]] = []
         self._pending_views: dict[int, PendingJob] = {}
@@ -393,10 +397,29 @@ class Cluster:
         """The scheduler's view of a pending job (made once per wait in the queue)."""
         view = self._pending_views.get(job.id)
         if view is None:
+            excluded = frozenset(job.spec.excluded_hosts)
+            if job.spec.constraint:
+                excluded |= self.lacking(job.spec.constraint)
             view = self._pending_views[job.id] = PendingJob(
                 id=job.id, owner=job.owner, priority=job.spec.priority, cores=job.spec.cores,
-                memory_mb=job.spec.memory_mb, excluded_hosts=frozenset(job.spec.excluded_hosts))
+                memory_mb=job.spec.memory_mb, excluded_hosts=excluded)
         return view
+
+    def lacking(self, constraint: str) -> frozenset[str]:
+        """The hosts whose features do not meet ``constraint``: a job asking for it is
+        excluded from them, so placement needs no rule of its own (one set per constraint,
+        made again when the hosts change)."""
+        found = self._lacking.get(constraint)
+        if found is None:
+            wanted = parse_constraint(constraint)
+            found = self._lacking[constraint] = frozenset(
+                h.name for h in self.hosts.values() if not satisfied(wanted, h.features))
+        return found
+
+    def hosts_changed(self) -> None:
+        """Host configuration changed (reload): constraints are matched again."""
+        self._lacking.clear()
+        self._pending_views.clear()
 
     def pending_of(self, owner: str, limit: int) -> list[Job]:
         """``owner``'s first pending jobs, highest priority first, then in id order."""

@@ -35,6 +35,7 @@ def job_info(server: Server, job: Job, dependencies: Sequence[DependencyInfo] = 
         submitted_at=_epoch(job.submitted_at), started_at=_epoch(job.started_at),
         ended_at=_epoch(job.ended_at), cpu_time_s=job.cpu_time_s, max_rss_kb=job.max_rss_kb,
         restart_count=job.restart_count, array_id=job.array_id, retries=spec.retries,
+        constraint=spec.constraint,
         retry_count=job.retry_count, resubmit_of=job.resubmit_of,
         dependencies=list(dependencies), attempts=list(attempts))
 
@@ -58,6 +59,8 @@ def why_pending(server: Server, job: Job) -> str:
         return "the cluster is deactivated (hq-admin activate)"
     if job.owner not in server.links:
         return f"waiting for the user-server of {job.owner} (any hq-client command starts it)"
+    if job.spec.constraint and not set(cluster.hosts) - cluster.lacking(job.spec.constraint):
+        return f"no host has the features {job.spec.constraint}"
     now_m = server.clock.monotonic()
     slots = [h.slot(now_m, cluster.facts_timeout_s) for h in cluster.usable_hosts(now_m)]
     if not slots:

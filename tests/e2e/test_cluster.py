@@ -407,3 +407,18 @@ def test_the_admin_cancels_another_users_running_job_with_a_reason(cluster_hq):
     hq.wait_jobs([job_id], {"cancelled"})
     info = hq.show(alice, job_id)
     assert info["state_reason"] == f"cancelled by admin {hq.admin.name}: host maintenance"
+
+
+def test_a_constraint_only_one_host_meets_places_every_such_job_there(cluster_hq):
+    hq = cluster_hq
+    alice = hq.users.alice
+    featured = {r.name for r in hq.db_rows(sa.select(hosts.c.name, hosts.c.features))
+                if "avx512" in r.features.split(",")}
+    assert len(featured) == 1
+    ids = hq.submit_ids(alice, "--array", "1-6", "-C", "avx512", "sleep 0.2",
+                        cwd=hq.workdir(alice))
+    hq.wait_jobs(ids, {"done", "failed", "cancelled"})
+    hosts_used = {hq.show(alice, i)["host"] for i in ids}
+    assert hosts_used == featured
+    refused = hq.submit(alice, "-C", "gpu", "true", cwd=hq.workdir(alice))
+    assert refused.returncode == 2 and "no host has the feature(s) gpu" in refused.stderr

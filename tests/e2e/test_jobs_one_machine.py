@@ -245,3 +245,14 @@ def test_a_big_jobs_file_is_streamed_and_stored_all_or_nothing(running_hq):
     assert f"job {count - 1}: " in refused.stderr and "nosuchhost" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert hq.db_rows(sa.select(sa.func.count()).select_from(jobs))[0][0] == before
+
+
+def test_a_job_gets_as_many_threads_as_cores_unless_it_says_otherwise(running_hq):
+    hq = running_hq
+    show = 'echo "$HQ_CPUS $OMP_NUM_THREADS $MKL_NUM_THREADS $OPENBLAS_NUM_THREADS"'
+    two = hq.submit_id("-c", "2", "-o", "two.out", show)
+    own = hq.submit_id("-c", "2", "-o", "own.out", show, OMP_NUM_THREADS="7")
+    for job in (two, own):
+        assert hq.wait_for(job, {"done", "failed"})["state"] == "done"
+    assert (hq.workdir / "two.out").read_text() == "2 2 2 2\n"
+    assert (hq.workdir / "own.out").read_text() == "2 7 2 2\n"

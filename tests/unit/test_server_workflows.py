@@ -189,3 +189,21 @@ async def test_a_user_server_that_was_away_is_told_when_it_connects(core: Core):
     core.server.notifier.connected("alice")   # as the listener does on registration
     told = await peer.next(SubmissionEnded)
     assert told.counts == {"cancelled": 1} and told.array_id == job
+
+
+@core_test(hosts={"n1": 4, "n2": 4})
+async def test_a_constraint_places_jobs_only_on_hosts_with_the_features(core: Core):
+    from hq.errors import UsageError
+
+    cluster = core.server.cluster
+    cluster.hosts["n2"].features = frozenset({"avx512", "ssd"})
+    cluster.hosts_changed()
+    await core.user_server("alice")
+    ids = await core.submit("alice", *["true"] * 6, constraint="avx512")
+    assert core.server.dispatcher.round() == 4
+    run = await core.peers["alice"].next(Run)
+    assert run.host.name == "n2" and len(run.jobs) == 4
+    info = (await requests.show(core.server, core.session("alice"), Show(id=ids[5]))).job
+    assert info.constraint == "avx512" and info.state_reason == "waiting for 1 free core"
+    with pytest.raises(UsageError, match="no host has the feature.s. bigmem"):
+        await core.submit("alice", "true", constraint="avx512&bigmem")

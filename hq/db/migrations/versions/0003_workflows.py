@@ -47,6 +47,9 @@ def upgrade() -> None:
         "retries", sa.Integer(), nullable=False, server_default="0",
         comment="runs again after a failure (non-zero exit), up to this many times"))
     op.add_column("jobs", sa.Column(
+        "constraint_expr", sa.String(255), nullable=True,
+        comment="host features it needs (--constraint): a&b|c"))
+    op.add_column("jobs", sa.Column(
         "resubmit_of", BigId, nullable=True,
         comment="the job this one runs again (hq-client resubmit); no foreign key"))
     op.add_column("jobs", sa.Column(
@@ -102,7 +105,7 @@ def downgrade() -> None:
     for column in ("notified_at", "notify_signature", "mail_type", "mail_user", "notify",
                    "kill_on_invalid_dep", "array_cap", "first_job_id"):
         op.drop_column("submissions", column)
-    for column in ("retry_count", "resubmit_of", "retries"):
+    for column in ("retry_count", "resubmit_of", "constraint_expr", "retries"):
         op.drop_column("jobs", column)
     _rename_reason("state_reason", "pending_reason", OLD_REASON_COMMENT)
     _create_view("report_jobs", _initial()._report_views()["report_jobs"])
