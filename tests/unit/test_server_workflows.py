@@ -205,5 +205,5 @@ async def test_a_constraint_places_jobs_only_on_hosts_with_the_features(core: Co
     assert run.host.name == "n2" and len(run.jobs) == 4
     info = (await requests.show(core.server, core.session("alice"), Show(id=ids[5]))).job
     assert info.constraint == "avx512" and info.state_reason == "waiting for 1 free core"
-    with pytest.raises(UsageError, match="no host has the feature.s. bigmem"):
+    with pytest.raises(UsageError, match=r"no host has the feature\(s\) bigmem"):
         await core.submit("alice", "true", constraint="avx512&bigmem")
