@@ -3,9 +3,11 @@
 ``place_jobs`` is a pure function over the in-memory state hq-server already holds: no I/O, no
 clock, no database. hq-server calls it, then dispatches the placements it returns.
 
-Order. Higher priority first. Within one priority, with ``fair_share`` the next job comes from
-the user with the fewest running cores, counting what this round already placed (ties: the
-older job first); without it, plain FIFO by id. Within one user, always FIFO.
+Order. Between users, with ``fair_share`` the next job comes from the user with the fewest
+running cores, counting what this round already placed (ties: the user whose next job is
+older); without it, the user whose next job is oldest. Within one user, higher priority
+first, then FIFO by id: ``-p`` orders a user's own jobs only, so no user passes another's
+jobs with ``-p 1000``.
 
 Fit. A job fits a host when the host is not in the job's exclusions, has the free cores, is
 below ``max_jobs``, has the free memory (checked only when both sides state memory) and passes
@@ -202,17 +204,20 @@ class _Misses:
             table[cores] = memory
 
 
-def _queues(pending: Sequence[PendingJob]) -> dict[int, dict[str, list[PendingJob]]]:
-    """priority -> owner -> that owner's jobs in submission order.
+def _queues(pending: Sequence[PendingJob]) -> dict[str, list[PendingJob]]:
+    """owner -> that owner's jobs, higher priority first, then in submission order.
 
-    This pass is most of a round's cost when many jobs wait (defaultdicts: the fastest
-    grouping measured, about 50 ns a job).
+    This pass is most of a round's cost when many jobs wait (a defaultdict: the fastest
+    grouping measured, about 50 ns a job); only an owner with several priorities is sorted.
     """
-    levels: defaultdict[int, defaultdict[str, list[PendingJob]]] = defaultdict(
-        lambda: defaultdict(list))
+    owners: defaultdict[str, list[PendingJob]] = defaultdict(list)
     for job in pending:
-        levels[job.priority][job.owner].append(job)
-    return levels
+        owners[job.owner].append(job)
+    for jobs in owners.values():
+        if jobs[0].priority != jobs[-1].priority or any(
+                j.priority != jobs[0].priority for j in jobs):
+            jobs.sort(key=lambda j: -j.priority)   # stable: id order within a priority
+    return owners
 
 
 def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
@@ -231,59 +236,53 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
     # the heap key per owner: running cores with fair share, a constant (FIFO by id) without
     share = ({owner: cores for owner, (_, cores) in running_per_user.items()}
              if policy.fair_share else {})
-    capped: set[str] = set()
     misses = _Misses(cluster.max_avail)
     # Skipping a job in Python costs about eight times what a C-level min() pass spends on it,
     # so once an eighth of pending was skipped the round learns the smallest job's cores and
     # stops as soon as no host has that many left (0 until then: never stops the round).
     skipped, enough_skipped, smallest = 0, len(pending) // 8, 0
     placements: list[Placement] = []
-    levels = _queues(pending)
-    for priority in sorted(levels, reverse=True):
-        # one entry per owner: (key, id of the owner's next job, its position, owner, jobs);
-        # ids are unique, so tuples never compare past the id
-        heap = [(share.get(owner, 0), jobs[0].id, 0, owner, jobs)
-                for owner, jobs in levels[priority].items() if owner not in capped]
-        heapq.heapify(heap)
-        while heap:
-            key, _, pos, owner, jobs = heap[0]
-            if limit and running.get(owner, 0) >= limit:
-                capped.add(owner)  # none of the owner's jobs, at any priority, this round
-                heapq.heappop(heap)
-                continue
-            # skip, without a heap operation each, the owner's jobs that cannot fit
-            start, end = pos, len(jobs)
-            while pos < end and (jobs[pos].cores > cluster.max_avail
-                                 or misses.covers(jobs[pos])):
-                pos += 1
-            if pos != start:
-                skipped += pos - start
-                if not smallest and skipped > enough_skipped:
-                    smallest = min([j.cores for j in pending])
-                if cluster.max_avail < smallest:
-                    return placements
-            if pos == end:
-                heapq.heappop(heap)
-                continue
-            if pos != start:
-                # the owner's next job is a later one: other owners' older jobs may come first
-                heapq.heapreplace(heap, (key, jobs[pos].id, pos, owner, jobs))
-                continue
-            job = jobs[pos]
-            at = cluster.pick(job)
-            if at < 0:
-                misses.add(job)
-            else:
-                placements.append(Placement(job.id, cluster.take(at, job)))
-                running[owner] = running.get(owner, 0) + 1
-                if policy.fair_share:
-                    key = share[owner] = key + job.cores
-                if not cluster.order or cluster.max_avail < smallest:
-                    return placements
-            if pos + 1 == end:
-                heapq.heappop(heap)
-            else:
-                heapq.heapreplace(heap, (key, jobs[pos + 1].id, pos + 1, owner, jobs))
+    # one entry per owner: (key, id of the owner's next job, its position, owner, jobs); ids
+    # are unique, so tuples never compare past the id
+    heap = [(share.get(owner, 0), jobs[0].id, 0, owner, jobs)
+            for owner, jobs in _queues(pending).items()]
+    heapq.heapify(heap)
+    while heap:
+        key, _, pos, owner, jobs = heap[0]
+        if limit and running.get(owner, 0) >= limit:
+            heapq.heappop(heap)   # none of the owner's jobs this round
+            continue
+        # skip, without a heap operation each, the owner's jobs that cannot fit, as long as
+        # the next one has the same priority (ids ascend there, so the owner's turn only
+        # comes later); the last of a priority goes through the heap like any other job,
+        # since the next priority's first job may be older than other owners' next jobs
+        start, end, level = pos, len(jobs), jobs[pos].priority
+        while pos + 1 < end and jobs[pos + 1].priority == level and (
+                jobs[pos].cores > cluster.max_avail or misses.covers(jobs[pos])):
+            pos += 1
+        if pos != start:
+            skipped += pos - start
+            if not smallest and skipped > enough_skipped:
+                smallest = min([j.cores for j in pending])
+            if cluster.max_avail < smallest:
+                return placements
+            heapq.heapreplace(heap, (key, jobs[pos].id, pos, owner, jobs))
+            continue
+        job = jobs[pos]
+        at = -1 if job.cores > cluster.max_avail or misses.covers(job) else cluster.pick(job)
+        if at < 0:
+            misses.add(job)
+        else:
+            placements.append(Placement(job.id, cluster.take(at, job)))
+            running[owner] = running.get(owner, 0) + 1
+            if policy.fair_share:
+                key = share[owner] = key + job.cores
+            if not cluster.order or cluster.max_avail < smallest:
+                return placements
+        if pos + 1 == end:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (key, jobs[pos + 1].id, pos + 1, owner, jobs))
     return placements
 
 

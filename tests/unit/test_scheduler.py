@@ -88,9 +88,12 @@ def test_fair_share_off_is_plain_fifo():
     assert ids(pending, [host(cores=4)], policy=FIFO) == [1, 2, 3, 4]
 
 
-def test_priority_beats_fair_share():
-    pending = [job(1, "alice"), job(2, "alice"), job(3, "bob"), job(4, "alice", priority=1)]
-    assert ids(pending, [host(cores=3)], {"alice": (5, 5)}) == [4, 3, 1]
+def test_priority_orders_only_the_users_own_jobs():
+    pending = [job(1, "alice"), job(2, "alice"), job(3, "bob"), job(4, "alice", priority=1000)]
+    # bob has less running: his job first; alice's -p 1000 job goes before her others only
+    assert ids(pending, [host(cores=3)], {"alice": (5, 5)}) == [3, 4, 1]
+    # FIFO between users goes by their next jobs: bob's 3 is older than alice's 4
+    assert ids(pending, [host(cores=3)], policy=FIFO) == [3, 4, 1]
 
 
 # --- choice of host ------------------------------------------------------------------------
@@ -275,8 +278,13 @@ def reference(pending, hosts, running_per_user, policy):
         left = [j for j in left if not limit or jobs_of.get(j.owner, 0) < limit]
         if not left:
             return result
-        top = max(j.priority for j in left)
-        nxt = min((j for j in left if j.priority == top),
+        # each user's next job: their highest priority, then their oldest
+        heads: dict[str, PendingJob] = {}
+        for j in left:
+            best = heads.get(j.owner)
+            if best is None or (-j.priority, j.id) < (-best.priority, best.id):
+                heads[j.owner] = j
+        nxt = min(heads.values(),
                   key=lambda j: ((cores_of.get(j.owner, 0) if policy.fair_share else 0), j.id))
         left.remove(nxt)
         fits = [h.name for h in hosts

@@ -207,3 +207,15 @@ async def test_a_constraint_places_jobs_only_on_hosts_with_the_features(core: Co
     assert info.constraint == "avx512" and info.state_reason == "waiting for 1 free core"
     with pytest.raises(UsageError, match=r"no host has the feature\(s\) bigmem"):
         await core.submit("alice", "true", constraint="avx512&bigmem")
+
+
+@core_test(hosts={"n1": 1})
+async def test_a_high_priority_does_not_pass_another_users_jobs(core: Core):
+    await core.user_server("alice")
+    await core.user_server("bob")
+    (bobs,) = await core.submit("bob", "true")
+    alices = await core.submit("alice", "true", "true", priority=1000)
+    (later,) = await core.submit("alice", "true")   # -p orders alice's own jobs only
+    assert core.server.dispatcher.round() == 1
+    assert state(core, bobs) is JobState.DISPATCHED
+    assert {state(core, j) for j in [*alices, later]} == {JobState.PENDING}
