@@ -322,9 +322,9 @@ def shutdown(as_json: bool) -> None:
 
 
 def _host_commands() -> None:
-    from hq.cli.admin_hosts import admin_cancel, drain, events, resume
+    from hq.cli.admin_hosts import admin_cancel, drain, events, execservers, resume
 
-    for command in (drain, resume, events, admin_cancel):
+    for command in (drain, resume, events, admin_cancel, execservers):
         cli.add_command(command)
 
 

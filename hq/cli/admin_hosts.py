@@ -102,6 +102,26 @@ def admin_cancel(ids: tuple[str, ...], reason: str, as_json: bool) -> int:
     return 3 if any(r.owner is None for r in result.results) else 0
 
 
+@click.command()
+@json_option
+def execservers(as_json: bool) -> None:
+    """Every user's exec-server on every host: pid, state (running, connection lost,
+    heartbeat lost, stopped, idle timeout), since when, last heard.
+
+    Example: hq-admin execservers
+    """
+    from hq.protocol.messages import ListExecServers
+
+    result = _request(ListExecServers())
+    if as_json:
+        print_json(result)
+        return
+    rows = [(e.user, e.host, e.pid, e.state, format_time(e.since), format_time(e.last_seen))
+            for e in result.exec_servers]
+    click.echo(format_table(("USER", "HOST", "PID", "STATE", "SINCE", "LAST HEARD"), rows,
+                            right={2}) if rows else "no exec-server seen since hq-server started")
+
+
 def format_reasons(hosts: Sequence[HostInfo]) -> str:
     """Every host that is not up, with why, who and since when (like ``sinfo -R``)."""
     rows = []

@@ -6,7 +6,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from hq.db.model import server_instances, user_servers
+from hq.db.model import exec_servers, server_instances, user_servers
 
 
 def record_server_start(conn: sa.Connection, hostname: str, pid: int, version: str,
@@ -40,3 +40,26 @@ def record_user_server_gone(conn: sa.Connection, user_id: int, pid: int,
                  .where(user_servers.c.user_id == user_id, user_servers.c.pid == pid,
                         user_servers.c.stopped_at.is_(None))
                  .values(stopped_at=now, last_seen_at=now))
+
+
+def record_exec_server(conn: sa.Connection, user_id: int, host_id: int, pid: int | None,
+                       state: str, reason: str | None, now: dt.datetime) -> None:
+    """An exec-server's state: a new row when one comes up, else its open row changes (and is
+    closed, with ``stopped_at``, once it is gone)."""
+    gone = state != "running"
+    open_row = (sa.select(exec_servers.c.id)
+                .where(exec_servers.c.user_id == user_id, exec_servers.c.host_id == host_id,
+                       exec_servers.c.stopped_at.is_(None))
+                .order_by(exec_servers.c.id.desc()).limit(1))
+    row_id = conn.execute(open_row).scalar()
+    if not gone:
+        if row_id is not None:   # the one before it was never seen to go
+            conn.execute(sa.update(exec_servers).where(exec_servers.c.id == row_id)
+                         .values(stopped_at=now, state="connection lost"))
+        conn.execute(sa.insert(exec_servers).values(
+            user_id=user_id, host_id=host_id, pid=pid, started_at=now, last_seen_at=now,
+            state=state, state_reason=reason))
+    elif row_id is not None:
+        conn.execute(sa.update(exec_servers).where(exec_servers.c.id == row_id).values(
+            state=state, state_reason=reason, last_seen_at=now,
+            stopped_at=None if state == "heartbeat lost" else now))

@@ -270,6 +270,10 @@ exec_servers = sa.Table(
     sa.Column("started_at", UtcDateTime, nullable=False),
     sa.Column("last_seen_at", UtcDateTime, nullable=False),
     sa.Column("stopped_at", UtcDateTime, nullable=True),
+    sa.Column("state", sa.String(32), nullable=False, default="running",
+              server_default="running",
+              comment="running, connection lost, heartbeat lost, stopped, idle timeout"),
+    sa.Column("state_reason", sa.String(255), nullable=True),
     sa.Index(None, "host_id", "user_id"),
     **MARIADB_TABLE_ARGS,
 )

@@ -194,5 +194,26 @@ class AdminCancel(Request, tag="admin_cancel", kw_only=True):
     reply_type = AdminCancelReply
 
 
+class ExecServerInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    user: UserName
+    host: HostName
+    pid: Pid | None
+    state: Word          # running, connection lost, heartbeat lost, stopped, idle timeout
+    since: Epoch
+    last_seen: Epoch | None
+    reason: Text | None = None
+
+
+class ListExecServersReply(Reply, tag="reply", kw_only=True):
+    exec_servers: list[ExecServerInfo]
+
+
+class ListExecServers(Request, tag="execservers", kw_only=True):
+    """Every user's exec-server on every host, as hq-server knows them since it started."""
+
+    reply_type = ListExecServersReply
+
+
 ADMIN_REQUESTS = (AdminInfo, AdminStatus, ListHosts, ListUsers, SetHostActive,
-                  SetClusterActive, Reload, Shutdown, DrainHosts, HostEvents, AdminCancel)
+                  SetClusterActive, Reload, Shutdown, DrainHosts, HostEvents, AdminCancel,
+                  ListExecServers)

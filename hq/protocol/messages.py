@@ -45,10 +45,13 @@ from hq.protocol.admin_messages import (  # noqa: F401 (the catalogue: every kin
     AdminStatusReply,
     DrainHosts,
     DrainHostsReply,
+    ExecServerInfo,
     HostEvent,
     HostEvents,
     HostEventsReply,
     HostInfo,
+    ListExecServers,
+    ListExecServersReply,
     ListHosts,
     ListHostsReply,
     ListUsers,
@@ -616,6 +619,19 @@ class HostStateReport(Message, tag="host_state", kw_only=True):
     user_only: bool = False
 
 
+EXEC_SERVER_STATES = ("running", "connection lost", "heartbeat lost", "stopped", "idle timeout")
+
+
+class ExecServerReport(Message, tag="exec_server", kw_only=True):
+    """A user-server's exec-server on ``host`` came up (with its pid), was lost, or was let
+    go (``stopped``, ``idle timeout``: the user-server had nothing more for it) (version 2)."""
+
+    host: HostName
+    pid: Pid | None = None
+    state: Literal["running", "connection lost", "stopped", "idle timeout"]
+    reason: Text | None = None
+
+
 class Undeliverable(Message, tag="undeliverable", kw_only=True):
     """The user-server could not hand these jobs to ``host``."""
 
@@ -682,9 +698,10 @@ class Relay(Request, tag="relay", kw_only=True):
 
 CLI_SENDS = UserRequest
 ADMIN_SENDS = (AdminInfo | AdminStatus | ListHosts | ListUsers | SetHostActive
-               | SetClusterActive | Reload | Shutdown | DrainHosts | HostEvents | AdminCancel)
+               | SetClusterActive | Reload | Shutdown | DrainHosts | HostEvents | AdminCancel
+               | ListExecServers)
 USERD_SENDS_SERVER = (UserRequest | ReserveSubmission | JobEvents | Sync | HostStateReport
-                      | Undeliverable | Heartbeat)
+                      | Undeliverable | Heartbeat | ExecServerReport)
 SERVER_SENDS_USERD = Run | CancelJobs | Withdraw | Ack | Superseded | SubmissionEnded
 USERD_SENDS_EXECD = Run | CancelJobs | Withdraw | Ack | SyncRequest | Lease
 EXECD_SENDS_USERD = JobEvents | Heartbeat | Relay

@@ -25,10 +25,13 @@ from hq.protocol.messages import (
     AdminStatusReply,
     DrainHosts,
     DrainHostsReply,
+    ExecServerInfo,
     HostEvent,
     HostEvents,
     HostEventsReply,
     HostInfo,
+    ListExecServers,
+    ListExecServersReply,
     ListHosts,
     ListHostsReply,
     ListUsers,
@@ -190,6 +193,26 @@ async def admin_cancel(server: Server, session: Session, request: AdminCancel
         for i in dict.fromkeys(request.ids)])
 
 
+def execservers(server: Server, session: Session, request: ListExecServers
+                ) -> ListExecServersReply:
+    """Every exec-server hq-server heard of since it started: one that says running but has
+    been silent past the heartbeat timeout shows as ``heartbeat lost``."""
+    cluster, clock = server.cluster, server.clock
+    now_m, now = clock.monotonic(), clock.now()
+    found = []
+    for (user, host), view in sorted(cluster.exec_servers.items()):
+        heard = cluster.last_heard.get((user, host))
+        state = view.state
+        if state == "running" and heard is not None \
+                and now_m - heard > server.config.heartbeat_timeout_s:
+            state = "heartbeat lost"
+        last_seen = None if heard is None else (now.timestamp() - (now_m - heard))
+        found.append(ExecServerInfo(user=user, host=host, pid=view.pid, state=state,
+                                    since=view.since.timestamp(), last_seen=last_seen,
+                                    reason=view.reason))
+    return ListExecServersReply(exec_servers=found)
+
+
 async def reload_configuration(server: Server) -> ReloadReply:
     """Re-read users and hosts from the database (after hq-dbadmin -a); SIGHUP does this too."""
     from hq.db.hosts import list_hosts
@@ -230,5 +253,5 @@ ADMIN_REQUESTS: dict[type, Any] = {
     AdminInfo: info, AdminStatus: status, ListHosts: lscluster, ListUsers: lsusers,
     SetHostActive: set_host_active, SetClusterActive: set_cluster_active, Reload: reload,
     Shutdown: shutdown, DrainHosts: drain_hosts, HostEvents: host_events,
-    AdminCancel: admin_cancel,
+    AdminCancel: admin_cancel, ListExecServers: execservers,
 }

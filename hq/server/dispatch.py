@@ -23,6 +23,7 @@ from hq.protocol.frames import printable
 from hq.protocol.messages import (
     Ack,
     CancelJobs,
+    ExecServerReport,
     Heartbeat,
     HostFacts,
     HostReach,
@@ -42,7 +43,7 @@ from hq.server.journal import Journal
 from hq.server.links import Links, UserLink
 from hq.server.retries import attempt_row, retry_reason
 from hq.server.scheduler import Placement, Policy, place_jobs
-from hq.server.state import Cluster, Host
+from hq.server.state import Cluster, ExecServerView, Host
 from hq.states import HostState, JobState
 
 log = logging.getLogger(__name__)
@@ -380,6 +381,20 @@ class Dispatcher:
                 message.reason or "unreachable", self.clock.monotonic())
         elif self.cluster.user_blocks.pop((link.user, host_name), None) is not None:
             self.wake()
+
+    def on_exec_server(self, link: UserLink, message: ExecServerReport) -> None:
+        host = self._known_host(link, message.host)
+        if host is None:
+            return
+        view = self.cluster.exec_servers.get((link.user, host))
+        if view is not None and (view.pid, view.state) == (message.pid or view.pid,
+                                                           message.state):
+            return
+        self.cluster.exec_servers[(link.user, host)] = ExecServerView(
+            message.pid or (view.pid if view else None), message.state, self.clock.now(),
+            message.reason)
+        self.journal.exec_server(link.user_id, self.cluster.hosts[host], message.pid,
+                                 message.state, message.reason)
 
     def on_heartbeat(self, link: UserLink, message: Heartbeat) -> None:
         """A user's exec-server is alive: that renews what hq-server heard from it (for the

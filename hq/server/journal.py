@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from hq.db.daemons import (
+    record_exec_server,
     record_server_start,
     record_server_stop,
     record_user_server_gone,
@@ -261,6 +262,16 @@ class Journal:
         await self.store.write(work, what="cluster activation", refuse_when_down=True)
         self.cluster.active = active
         log.info("cluster: %s by %s", word, by)
+
+    def exec_server(self, user_id: int, host: Host, pid: int | None, state: str,
+                    reason: str | None) -> None:
+        """A user's exec-server came up, was lost or let go (the exec_servers table)."""
+        now = self.clock.now()
+
+        def work(conn: sa.Connection) -> None:
+            record_exec_server(conn, user_id, host.id, pid, state, reason, now)
+
+        self.store.write(work, what=f"exec-server on {host.name}").add_done_callback(_failed)
 
     def user_server(self, user_id: int, pid: int, *, gone: bool) -> None:
         """The user_servers table: who ran a user-server, from when to when (for reports).

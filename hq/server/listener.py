@@ -29,6 +29,7 @@ from hq.protocol.messages import (
     ADMIN_SENDS,
     MONITOR_SENDS,
     USERD_SENDS_SERVER,
+    ExecServerReport,
     Heartbeat,
     Hello,
     HostFacts,
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 NOTIFICATIONS: dict[type, Callable[[Dispatcher, UserLink, Any], None]] = {
     JobEvents: Dispatcher.on_job_events, Sync: Dispatcher.on_sync,
     Undeliverable: Dispatcher.on_undeliverable, HostStateReport: Dispatcher.on_host_state,
-    Heartbeat: Dispatcher.on_heartbeat,
+    Heartbeat: Dispatcher.on_heartbeat, ExecServerReport: Dispatcher.on_exec_server,
 }
 """A user-server's reports (notifications) -> the dispatcher's handler."""
 

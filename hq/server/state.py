@@ -106,6 +106,16 @@ class Host:
         return HostAddress(name=self.name, address=self.address, ssh_port=self.ssh_port)
 
 
+@dataclass(slots=True)
+class ExecServerView:
+    """A user's exec-server on a host, as its user-server last reported it."""
+
+    pid: int | None
+    state: str
+    since: dt.datetime
+    reason: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one job transition changed: the job, its old and new state, the attributes set,
@@ -146,6 +156,7 @@ class Cluster:
         self.counts: Counter[tuple[str, JobState]] = Counter()
         # (user, host) -> when hq-server last heard that user's exec-server there (monotonic)
         self.last_heard: dict[tuple[str, str], float] = {}
+        self.exec_servers: dict[tuple[str, str], ExecServerView] = {}   # (user, host)
         # (user, host) -> the cores that user's jobs may use there at once (the allotment
         # sent with each run); host.used_cores is their sum over the host's users. Jobs beyond
         # it wait in the exec-server's queue (queue_pairs: the exec-servers that keep one).

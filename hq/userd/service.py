@@ -44,6 +44,7 @@ from hq.protocol.messages import (
     SERVER_SENDS_USERD,
     Ack,
     CancelJobs,
+    ExecServerReport,
     ExecSettings,
     Heartbeat,
     Hello,
@@ -109,6 +110,7 @@ class UserServer:
         self.clients = 0
         self.last_activity = time.monotonic()
         self.stopping = asyncio.Event()
+        self.stop_reason = "stopped"   # what its exec-servers are told at its end
         self.refusal: PermissionDenied | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.database: str | None = None   # hq-server's database identity, from its welcome
@@ -497,9 +499,17 @@ class UserServer:
                 self._to_server(Undeliverable(host=host, ids=ids, reason=str(err)))
             return None
         self.link_failures.pop(host, None)
+        self._report_exec_server(link, "running")
         self._send_sync(link, state)
         link.flush_queue()
         return link
+
+    def _report_exec_server(self, link: ExecLink, state: str, reason: str | None = None) -> None:
+        """What became of an exec-server (the exec_servers table); hq-server of protocol 1
+        knows no such report."""
+        if self.server is not None and self.server.version >= 2:
+            self._to_server(ExecServerReport(host=link.host, pid=link.daemon_pid,
+                                             state=state, reason=reason))  # type: ignore[arg-type]
 
     def _send_sync(self, link: ExecLink, state: SyncReply) -> None:
         state = link.with_attempts(state)
@@ -529,7 +539,11 @@ class UserServer:
         self._send_sync(link, state)
 
     def _on_exec_message(self, link: ExecLink, message: Any) -> None:
-        self.last_activity = self.host_contact[link.host] = time.monotonic()
+        self.host_contact[link.host] = now = time.monotonic()
+        if not isinstance(message, Heartbeat):
+            # a heartbeat is contact, not work: else a user-server linked to an idle
+            # exec-server would never be idle, and neither would the exec-server
+            self.last_activity = now
         FROM_EXEC[type(message)](self, link, message)
 
     def _on_report(self, link: ExecLink, message: JobEvents | Heartbeat) -> None:
@@ -548,6 +562,7 @@ class UserServer:
     def _on_link_lost(self, link: ExecLink) -> None:
         if self.links.get(link.host) is link:
             del self.links[link.host]
+            self._report_exec_server(link, "connection lost")
             if not self.stopping.is_set():
                 # Jobs may still run there: reconnect so their ends are not missed.
                 self.spawn(self._reconnect_later(link.host))
@@ -596,6 +611,7 @@ class UserServer:
                 continue
             if reply.unfinished == 0:
                 log.info("user-server: idle for %.0f s with nothing to do, exiting", idle)
+                self.stop_reason = "idle timeout"
                 self.stopping.set()
 
     async def close(self) -> None:
@@ -603,6 +619,8 @@ class UserServer:
             self.ledger.close()
         self.listener.close()
         for link in list(self.links.values()):
+            # let go, so that it exits after its own idle time: no longer lost
+            self._report_exec_server(link, self.stop_reason)
             link.close()
         if self.server is not None:
             self.server.close()

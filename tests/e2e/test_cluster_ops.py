@@ -9,7 +9,7 @@ import json
 import sqlalchemy as sa
 from fixtures.running_hq import eventually
 
-from hq.db.model import hosts
+from hq.db.model import exec_servers, hosts
 
 
 def _host(hq) -> dict:
@@ -71,3 +71,46 @@ def test_an_admin_cancels_a_job_with_a_reason_its_owner_sees(running_hq):
     assert info["state_reason"].startswith("cancelled by admin ")
     assert info["state_reason"].endswith(": fills /scratch")
     assert hq.show(pending)["state_reason"] == info["state_reason"]
+
+
+def _exec_servers(hq) -> list[dict]:
+    result = hq.admin("execservers", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["exec_servers"]
+
+
+def test_exec_servers_are_listed_with_their_states(running_hq):
+    hq = running_hq
+    first = hq.submit_id("true")
+    hq.wait_for(first, {"done"})
+    eventually(lambda: [e["state"] for e in _exec_servers(hq)] == ["running"],
+               what="the exec-server to be listed")
+    (seen,) = _exec_servers(hq)
+    daemon = hq.daemon("hq.execd.main")
+    assert (seen["host"], seen["pid"]) == ("localhost", daemon.pid)
+    assert "running" in hq.admin("execservers").stdout
+    daemon.kill()
+    eventually(lambda: _exec_servers(hq)[0]["state"] == "connection lost",
+               what="the killed exec-server to show as lost")
+    again = hq.submit_id("true")
+    hq.wait_for(again, {"done"})
+    eventually(lambda: _exec_servers(hq)[0]["state"] == "running", what="a new exec-server")
+    assert _exec_servers(hq)[0]["pid"] != seen["pid"]
+    rows = hq.db_rows(sa.select(exec_servers.c.pid, exec_servers.c.state,
+                                exec_servers.c.stopped_at).order_by(exec_servers.c.id))
+    assert [(r.pid, r.state, r.stopped_at is not None) for r in rows][:1] == [
+        (seen["pid"], "connection lost", True)]
+    assert rows[-1].state == "running" and rows[-1].stopped_at is None
+
+
+def test_an_exec_server_let_go_by_an_idle_user_server_shows_idle_timeout(installed_hq):
+    hq = installed_hq
+    (hq.inst.etc / "hq-server.cfg").write_text(
+        "[server]\nuser_server_idle_timeout = 2\nexec_server_idle_timeout = 600\n")
+    hq.start_server()
+    job = hq.submit_id("true")
+    hq.wait_for(job, {"done"})
+    eventually(lambda: [e["state"] for e in _exec_servers(hq)] == ["idle timeout"],
+               timeout=30, what="the idle user-server to let its exec-server go")
+    (row,) = hq.db_rows(sa.select(exec_servers.c.state, exec_servers.c.stopped_at))
+    assert row.state == "idle timeout" and row.stopped_at is not None

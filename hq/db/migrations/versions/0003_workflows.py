@@ -1,7 +1,8 @@
 """Workflows: jobs.pending_reason becomes state_reason (it says why a job waits, or why it
 ended as it did), job arrays get a cap and an end notification, jobs may run again after a
 failure (retries, retry_count, one job_attempts row per run) and point back at the job they
-run again (resubmit_of); report_jobs shows arrays, reasons and attempts.
+run again (resubmit_of); report_jobs shows arrays, reasons and attempts. Jobs name the host
+features they need (constraint_expr), exec_servers rows get a state.
 
 Revision ID: 0003
 Revises: 0002
@@ -78,6 +79,10 @@ def upgrade() -> None:
     op.add_column("submissions", sa.Column(
         "notified_at", UtcDateTime(), nullable=True,
         comment="when the owner's user-server was told that all its jobs ended"))
+    op.add_column("exec_servers", sa.Column(
+        "state", sa.String(32), nullable=False, server_default="running",
+        comment="running, connection lost, heartbeat lost, stopped, idle timeout"))
+    op.add_column("exec_servers", sa.Column("state_reason", sa.String(255), nullable=True))
     op.create_table(
         "job_attempts",
         sa.Column("job_id", BigId, nullable=False),
@@ -102,6 +107,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS report_jobs")
     op.drop_table("job_attempts")
+    for column in ("state_reason", "state"):
+        op.drop_column("exec_servers", column)
     for column in ("notified_at", "notify_signature", "mail_type", "mail_user", "notify",
                    "kill_on_invalid_dep", "array_cap", "first_job_id"):
         op.drop_column("submissions", column)
