@@ -130,6 +130,7 @@ class HostConfig:
     memory_mb: int | None = None   # None = not managed
     os: str | None = None
     features: frozenset[str] = frozenset()
+    gpus: tuple[str, ...] = ()     # device ids (a count n is 0..n-1)
     info: str = ""
     active: bool = True            # an inactive host gets no new jobs
     line: int = 0                  # where it was defined, for later messages
@@ -148,7 +149,8 @@ _ORIGINAL_RENAMES = {"short_name": "host", "total_number_slots": "cores",
 _CELL_PARSERS: dict[str, Callable[[str], object]] = {
     "host": syntax.host_name, "full_name": syntax.host_name, "address": syntax.address,
     "ssh_port": syntax.port, "cores": syntax.positive_int, "max_jobs": syntax.positive_int,
-    "memory": parse_memory_mb, "os": str, "features": syntax.feature_set, "info": str,
+    "memory": parse_memory_mb, "os": str, "features": syntax.feature_set,
+    "gpus": syntax.gpu_list, "info": str,
     "active": parse_bool, "allow_info_server": parse_bool, "info_server_port": syntax.port,
 }
 _OBSOLETE_COLUMNS = frozenset({"allow_info_server", "info_server_port"})

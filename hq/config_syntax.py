@@ -111,6 +111,24 @@ user_name = _matching(_USER_NAME, "user name",
                       "letters, digits, '_', '.', '-' (not first), at most 32 characters")
 
 
+def gpu_list(text: str) -> tuple[str, ...]:
+    """A host's GPUs: a count (``2`` -> devices 0 and 1) or their ids or UUIDs, commas
+    between (``GPU-8f3e...,GPU-1a2b...``: CUDA orders devices otherwise than nvidia-smi)."""
+    text = text.strip()
+    if not text:
+        return ()
+    if text.isdigit():
+        count = int(text)
+        if count > 64:
+            raise ValueError(f"at most 64 GPUs per host, not {count}")
+        return tuple(str(n) for n in range(count))
+    ids = tuple(item.strip() for item in text.split(",") if item.strip())
+    if len(set(ids)) != len(ids) or any(not i.replace("-", "").replace("_", "").isalnum()
+                                        for i in ids):
+        raise ValueError(f"not a GPU count or a list of distinct device ids: {text!r}")
+    return ids
+
+
 def feature_set(text: str) -> frozenset[str]:
     """Read a comma-separated list; items are stripped and empty ones dropped."""
     return frozenset(item.strip() for item in text.split(",") if item.strip())

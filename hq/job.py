@@ -66,6 +66,7 @@ class Job:
     restart_count: int = 0          # times it was requeued after it had started
     attempt: int = 0                # one more each time it was withdrawn or lost
     retry_count: int = 0            # times it ran again after a failure (spec.retries)
+    gpu_ids: str | None = None      # the GPUs it holds on its host, comma-separated
     resubmit_of: int | None = None  # the job it runs again (hq-client resubmit)
     array_id: int | None = None     # an element's array: its submission's first job
     # Asked to stop, or to be held, while dispatched; hq-server's memory only.
@@ -93,5 +94,6 @@ class Job:
 # The outcome attributes of Job that a transition may set (hq.db.jobs maps them to columns).
 OUTCOME_FIELDS = frozenset({"state", "reason", "host", "pid", "exit_code", "signal",
                             "eligible_at", "started_at", "ended_at", "cpu_time_s", "max_rss_kb",
-                            "restart_count", "attempt", "retry_count"})
+                            "restart_count", "attempt", "retry_count",
+                            "gpu_ids"})
 _OUTCOME_ORDER = sorted(OUTCOME_FIELDS)

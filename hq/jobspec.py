@@ -70,6 +70,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     requeue: bool = True
     retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 0
     constraint: Annotated[str, msgspec.Meta(max_length=255)] | None = None   # host features
+    gpus: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     array_index: Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)] | None = None
     signature: Annotated[str, msgspec.Meta(max_length=64)] | None = None   # the column's width
 

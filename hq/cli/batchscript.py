@@ -42,7 +42,8 @@ _HQ_FLAGS = {"hold", "no_requeue", "wait", "parsable", "json"}
 
 _SBATCH_LONG = {"array": "array", "dependency": "dependency", "cpus-per-task": "slots",
                 "mem": "memory", "time": "time_limit", "output": "stdout", "error": "stderr",
-                "job-name": "name", "constraint": "constraint"}
+                "job-name": "name", "constraint": "constraint", "gres": "gres",
+                "gpus": "gpus"}
 _SBATCH_SHORT = {"a": "array", "d": "dependency", "c": "slots", "t": "time_limit",
                  "o": "stdout", "e": "stderr", "J": "name", "C": "constraint"}
 # Unsupported sbatch options that take no value (or only an optional ``=value``): knowing

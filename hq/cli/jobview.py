@@ -155,6 +155,8 @@ def format_job_details(job: JobInfo) -> str:
         ("time limit", format_duration(job.time_limit_s)),
         ("excluded hosts", ", ".join(job.excluded_hosts or ()) or None),
         ("constraint", job.constraint),
+        ("gpus", f"{job.gpus}" + (f" ({job.gpu_ids})" if job.gpu_ids else "")
+         if job.gpus else None),
         ("requeue", "yes" if job.requeue else "no"),
         ("restarts", job.restart_count),
         ("submitted", format_time(job.submitted_at)),

@@ -66,6 +66,10 @@ PROG = "hq-submit"
 @click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
               metavar="N", help="Run a job that failed (non-zero exit or a signal, not a "
                                 "cancel or its time limit) again, up to N times.")
+@click.option("--gpus", type=click.IntRange(0, 64), default=0, metavar="N",
+              help="GPUs the job needs; it gets their ids in CUDA_VISIBLE_DEVICES and "
+                   "HQ_GPUS (Slurm's --gres=gpu:N is accepted too).")
+@click.option("--gres", metavar="gpu:N", help="Slurm's spelling of --gpus N.")
 @click.option("-C", "--constraint", metavar="FEATURES",
               help="Only hosts with these features (etc/cluster.tab): avx512&bigmem (both), "
                    "a|b (either); & binds tighter than |.")
@@ -144,7 +148,8 @@ def cli(ctx: click.Context, command: tuple[str, ...], **options: Any) -> int:
         estimated_memory_mb=size(o["estimated_memory"], "-m/--estimated-memory"),
         stdout=o["stdout"] or DEFAULT_STDOUT, stderr=o["stderr"] or DEFAULT_STDERR,
         log_path=o["logfile"], excluded_hosts=host_list(o["exclude_hosts"]),
-        requeue=not o["no_requeue"], retries=o["retries"], constraint=o["constraint"])
+        requeue=not o["no_requeue"], retries=o["retries"], constraint=o["constraint"],
+        gpus=gpu_count(o["gpus"], o["gres"]))
     specs = build_specs(command_text, o["jobs_file"], template)
     cap = o["array_cap"]
     if o["array"] is not None:
@@ -164,6 +169,18 @@ def cli(ctx: click.Context, command: tuple[str, ...], **options: Any) -> int:
             **notification(o["notify"], o["mail_user"], o["mail_type"]))
     return submit_and_report(request, wait=o["wait"], parsable=o["parsable"],
                              as_json=o["as_json"])
+
+
+def gpu_count(gpus: int, gres: str | None) -> int:
+    """--gpus N, or Slurm's --gres=gpu:N (gpu alone is one)."""
+    if gres is None:
+        return gpus
+    kind, _, count = gres.strip().partition(":")
+    if kind != "gpu" or (count and not count.isdigit()) or int(count or 1) > 64:
+        raise UsageError(f"--gres {gres}: hq knows gpu:N (N from 1 to 64) only")
+    if gpus and gpus != int(count or 1):
+        raise UsageError(f"--gpus {gpus} and --gres {gres} disagree: give one")
+    return int(count or 1)
 
 
 def notification(notify: str | None, mail_user: str | None, mail_type: str

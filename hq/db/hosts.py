@@ -26,6 +26,7 @@ class HostRecord:
     memory_mb: int | None
     os: str | None
     features: frozenset[str]
+    gpus: tuple[str, ...]
     info: str
     active: bool
     retired: bool
@@ -47,6 +48,7 @@ def _features_text(features: frozenset[str]) -> str:
 def _record(row: sa.RowMapping) -> HostRecord:
     values = {k: row[k] for k in HostRecord.__dataclass_fields__}
     values["features"] = frozenset(f for f in row["features"].split(",") if f)
+    values["gpus"] = tuple(g for g in row["gpus"].split(",") if g)
     return HostRecord(**values)
 
 
@@ -59,13 +61,14 @@ def list_hosts(conn: sa.Connection, *, include_retired: bool = False) -> list[Ho
 
 # Columns that etc/cluster.tab owns; everything else on a host row is live state.
 _CONFIG_COLUMNS = ("full_name", "address", "ssh_port", "cores", "max_jobs", "memory_mb", "os",
-                   "features", "info", "active")
+                   "features", "gpus", "info", "active")
 
 
 def _config_values(cfg: HostConfig) -> dict[str, object]:
     return {"full_name": cfg.full_name, "address": cfg.address, "ssh_port": cfg.ssh_port,
             "cores": cfg.cores, "max_jobs": cfg.max_jobs, "memory_mb": cfg.memory_mb,
-            "os": cfg.os, "features": _features_text(cfg.features), "info": cfg.info,
+            "os": cfg.os, "features": _features_text(cfg.features), "gpus": ",".join(cfg.gpus),
+            "info": cfg.info,
             "active": cfg.active}
 
 

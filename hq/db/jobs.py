@@ -41,7 +41,8 @@ def job_row(job: Job) -> dict[str, Any]:
         "estimated_memory_mb": spec.estimated_memory_mb, "stdout_path": spec.stdout,
         "stderr_path": spec.stderr, "log_path": spec.log_path,
         "excluded_hosts": ",".join(spec.excluded_hosts), "requeue": spec.requeue,
-        "retries": spec.retries, "constraint_expr": spec.constraint,
+        "retries": spec.retries, "constraint_expr": spec.constraint, "gpus": spec.gpus,
+        "gpu_ids": job.gpu_ids,
         "signature": spec.signature, "state": job.state,
         "state_reason": job.reason, "resubmit_of": job.resubmit_of,
         "submitted_at": job.submitted_at, "eligible_at": job.eligible_at,
@@ -61,6 +62,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         stderr=row["stderr_path"], log_path=row["log_path"],
         excluded_hosts=tuple(h for h in row["excluded_hosts"].split(",") if h),
         requeue=row["requeue"], retries=row["retries"], constraint=row["constraint_expr"],
+        gpus=row["gpus"],
         array_index=row["array_index"],
         signature=row["signature"])
     return Job(id=row["id"], submission_id=row["submission_id"], owner=row["owner"],
@@ -71,6 +73,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
                ended_at=row["ended_at"], cpu_time_s=row["cpu_time_s"],
                max_rss_kb=row["max_rss_kb"], restart_count=row["restart_count"],
                attempt=row["attempt"], retry_count=row["retry_count"],
+               gpu_ids=row["gpu_ids"],
                resubmit_of=row["resubmit_of"],
                array_id=None if row["array_index"] is None else row.get("first_job_id"))
 

@@ -472,6 +472,10 @@ class ExecServer:
         # as many threads as cores asked for, unless the job says otherwise: a 1-core numpy
         # job must not spread over every core of the host
         # (one submitted from inside a job inherits what hq set there: that is not the user's)
+        if item.gpus is not None:
+            # a host with GPUs: the job sees the devices hq gave it, none when it asked for
+            # none (assignment, not enforcement: without root a job can still open others)
+            env["CUDA_VISIBLE_DEVICES"] = env["HQ_GPUS"] = ",".join(item.gpus)
         parent = env.get("HQ_CPUS")
         env["HQ_CPUS"] = str(spec.cores)
         for name in THREAD_VARIABLES:

@@ -316,6 +316,8 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # workflows (version 2)
     array_id: JobId | None = None
     constraint: Name | None = None
+    gpus: Count = 0
+    gpu_ids: Name | None = None
     retries: Count = 0
     retry_count: Count = 0
     resubmit_of: JobId | None = None
@@ -456,6 +458,9 @@ class RunJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     attempt: Attempt = 0
     # the array it is an element of (its first job's id): HQ_ARRAY_ID and %A in its paths
     array_id: JobId | None = None
+    # on a host with GPUs, the devices it was given (CUDA_VISIBLE_DEVICES); None: no GPUs
+    gpus: Annotated[list[Annotated[str, msgspec.Meta(max_length=128)]],
+                    msgspec.Meta(max_length=64)] | None = None
 
 
 class SubmissionEnv(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -135,7 +135,9 @@ class Dispatcher:
         return sum(len(jobs) for jobs in batches.values())
 
     def _dispatch(self, job: Job, host: str) -> None:
-        self.journal.job(job, JobState.DISPATCHED, host=host)
+        # GPUs are given out here, by device, so that no two jobs ever share one
+        gpus = self.cluster.hosts[host].free_gpus(job.spec.gpus) if job.spec.gpus else None
+        self.journal.job(job, JobState.DISPATCHED, host=host, gpu_ids=gpus)
 
     def _place_now(self, usable: list[Host],
                    blocked: dict[str, frozenset[str]]) -> list[Placement]:
@@ -191,7 +193,7 @@ class Dispatcher:
             for job in cluster.pending_of(owner, max(0, min(room, MAX_QUEUED_PER_ROUND))):
                 depth = queue_depth(cluster.submissions.get(job.submission_id))
                 spec = job.spec
-                if depth == 0 or spec.memory_mb or (limit and n_running >= limit):
+                if depth == 0 or spec.memory_mb or spec.gpus or (limit and n_running >= limit):
                     break   # in order: no job passes the one that cannot be queued
                 # the exec-server with the most room for it, relative to its allotment: a
                 # user's queue is spread over the hosts it runs on, not piled on the first
@@ -226,8 +228,11 @@ class Dispatcher:
                                                      umask=sub.umask)
         owner = jobs[0].owner
         queues = (owner, host_name) in self.cluster.queue_pairs
+        has_gpus = bool(self.cluster.hosts[host_name].gpus)
         return Run(host=self.cluster.hosts[host_name].address_info(),
-                   jobs=[RunJob(j.id, j.submission_id, j.spec, j.attempt, j.array_id)
+                   jobs=[RunJob(j.id, j.submission_id, j.spec, j.attempt, j.array_id,
+                                [g for g in (j.gpu_ids or "").split(",") if g]
+                                if has_gpus else None)
                          for j in jobs],
                    submissions=submissions,
                    cores=self.cluster.allotment(owner, host_name) if queues else None)

@@ -21,6 +21,7 @@ def _host(rec: HostRecord) -> Host:
                 cores=rec.cores, max_jobs=rec.max_jobs, memory_mb=rec.memory_mb,
                 active=rec.active, drained=rec.drained, drain_reason=rec.drain_reason,
                 drained_by=rec.drained_by, drained_at=rec.drained_at, features=rec.features,
+                gpus=rec.gpus,
                 retired=rec.retired, load1=rec.load1, free_memory_mb=rec.free_memory_mb,
                 last_heartbeat_at=rec.last_heartbeat_at)
 
@@ -35,11 +36,11 @@ def apply_host_records(cluster: Cluster, records: list[HostRecord]) -> list[str]
             changed.append(rec.name)
             continue
         new = (rec.address, rec.ssh_port, rec.cores, rec.max_jobs, rec.memory_mb, rec.active,
-               rec.retired, rec.features)
+               rec.retired, rec.features, rec.gpus)
         if new != (host.address, host.ssh_port, host.cores, host.max_jobs, host.memory_mb,
-                   host.active, host.retired, host.features):
+                   host.active, host.retired, host.features, host.gpus):
             (host.address, host.ssh_port, host.cores, host.max_jobs, host.memory_mb,
-             host.active, host.retired, host.features) = new
+             host.active, host.retired, host.features, host.gpus) = new
             changed.append(rec.name)
     if changed:
         cluster.hosts_changed()

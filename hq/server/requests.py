@@ -84,6 +84,7 @@ def check_fits(server: Server, specs: list[JobSpec], first: int | None = None) -
     if not hosts:
         raise UsageError("the cluster has no hosts (etc/cluster.tab)")
     most_cores = max(h.cores for h in hosts)
+    most_gpus = max(len(h.gpus) for h in hosts)
     declared = [h.memory_mb for h in hosts if h.memory_mb is not None]
     # only when every host declares its memory can a request be too big for all of them
     most_memory = max(declared) if len(declared) == len(hosts) else None
@@ -95,6 +96,10 @@ def check_fits(server: Server, specs: list[JobSpec], first: int | None = None) -
             problem = "unsigned job: submit through hq-submit"
         elif spec.cores > most_cores:
             problem = f"asks for {spec.cores} cores, but the largest host has {most_cores}"
+        elif spec.gpus and spec.gpus > most_gpus:
+            problem = (f"asks for {spec.gpus} GPU(s), but "
+                       + (f"the most any host has is {most_gpus}" if most_gpus
+                          else "no host has a GPU (gpus column of etc/cluster.tab)"))
         elif spec.memory_mb and most_memory is not None and spec.memory_mb > most_memory:
             problem = (f"asks for {spec.memory_mb} MiB, but the largest host has "
                        f"{most_memory} MiB")

@@ -10,9 +10,10 @@ first, then FIFO by id: ``-p`` orders a user's own jobs only, so no user passes 
 jobs with ``-p 1000``.
 
 Fit. A job fits a host when the host is not in the job's exclusions, has the free cores, is
-below ``max_jobs``, has the free memory (checked only when both sides state memory) and passes
-the load rule (``load_headroom``). Among the hosts that fit, the one left with the most free
-cores wins (spreads the load); ties go to the first name.
+below ``max_jobs``, has the free memory (checked only when both sides state memory) and the
+free GPUs the job asks for, and passes the load rule (``load_headroom``). Among the hosts
+that fit, the one left with the most free cores wins (spreads the load); ties go to the
+first name.
 
 Backfill. A job that fits nowhere is skipped and later, smaller jobs may take what is left. No
 cores are reserved for the skipped job, so a wide job can wait behind a stream of narrow ones;
@@ -57,6 +58,8 @@ class HostSlot:
     memory_mb: int | None       # declared memory; None = not declared (requests not checked)
     free_memory_mb: int | None  # declared memory minus what running hq jobs requested
     other_work: float | None    # cores busy with work that is not hq's; None = unknown
+    gpus: int = 0               # GPUs it has
+    free_gpus: int = 0          # of which no hq job holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ class PendingJob:
     cores: int                  # at least 1
     memory_mb: int | None       # None or 0 = no memory request
     excluded_hosts: frozenset[str]
+    gpus: int = 0               # GPUs it needs
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class _Cluster:
     order finds the preferred host first.
     """
 
-    __slots__ = ("avail", "free", "max_avail", "memory", "order", "slots")
+    __slots__ = ("avail", "free", "gpus", "max_avail", "memory", "order", "slots")
 
     def __init__(self, hosts: Sequence[HostSlot], load_factor: float) -> None:
         self.free = [h.free_cores for h in hosts]
@@ -128,6 +132,7 @@ class _Cluster:
         self.memory = [None if h.memory_mb is None
                        else (h.memory_mb if h.free_memory_mb is None else h.free_memory_mb)
                        for h in hosts]
+        self.gpus = [h.free_gpus for h in hosts]
         self.order: list[tuple[int, str, int]] = []
         for i, host in enumerate(hosts):
             if self.avail[i] > 0 and self.slots[i] > 0:
@@ -139,12 +144,12 @@ class _Cluster:
 
     def pick(self, job: PendingJob) -> int:
         """Position in ``order`` of the host ``job`` goes to, or -1 if none fits."""
-        cores, memory, excluded = job.cores, job.memory_mb, job.excluded_hosts
-        avail, free_memory = self.avail, self.memory
+        cores, memory, excluded, gpus = job.cores, job.memory_mb, job.excluded_hosts, job.gpus
+        avail, free_memory, free_gpus = self.avail, self.memory, self.gpus
         for pos, (_, name, i) in enumerate(self.order):
             if (avail[i] >= cores and (not memory or free_memory[i] is None
                                        or free_memory[i] >= memory)
-                    and name not in excluded):
+                    and name not in excluded and free_gpus[i] >= gpus):
                 return pos
         return -1
 
@@ -157,6 +162,7 @@ class _Cluster:
         self.slots[i] -= 1
         if job.memory_mb and self.memory[i] is not None:
             self.memory[i] -= job.memory_mb
+        self.gpus[i] -= job.gpus
         if was - cores > 0 and self.slots[i] > 0:
             self.avail[i] = was - cores
             insort(self.order, (-self.free[i], name, i))
@@ -183,7 +189,10 @@ class _Misses:
         self._tables: dict[frozenset[str], list[float]] = {}
 
     def covers(self, job: PendingJob) -> bool:
-        """Whether a job like this one already missed. Only call with cores <= max_cores."""
+        """Whether a job like this one already missed. Only call with cores <= max_cores.
+        GPU jobs are neither covered nor recorded: they are few, and fit by another rule."""
+        if job.gpus:
+            return False
         memory = job.memory_mb or 0
         table = self._tables.get(job.excluded_hosts)
         if table is not None and table[job.cores] <= memory:
@@ -194,6 +203,8 @@ class _Misses:
         return False
 
     def add(self, job: PendingJob) -> None:
+        if job.gpus:
+            return
         table = self._tables.get(job.excluded_hosts)
         if table is None:
             table = self._tables[job.excluded_hosts] = [math.inf] * self._size
@@ -306,6 +317,10 @@ def pending_reason(job: PendingJob, hosts: Sequence[HostSlot], all_hosts: Collec
         candidates = [h for h in candidates if h.memory_mb is None or h.memory_mb >= memory]
         if not candidates:
             return "not enough memory on any host"
+    if job.gpus:
+        candidates = [h for h in candidates if h.gpus >= job.gpus]
+        if not candidates:
+            return f"no host it may use has {job.gpus} GPU{'' if job.gpus == 1 else 's'}"
     limit = policy.max_running_per_user
     if limit and running_per_user.get(job.owner, (0, 0))[0] >= limit:
         return f"user limit of {limit} running jobs reached"
@@ -320,6 +335,10 @@ def pending_reason(job: PendingJob, hosts: Sequence[HostSlot], all_hosts: Collec
                       or h.free_memory_mb >= memory]
         if not candidates:
             return f"waiting for {memory} MB of free memory"
+    if job.gpus:
+        candidates = [h for h in candidates if h.free_gpus >= job.gpus]
+        if not candidates:
+            return f"waiting for {job.gpus} free GPU{'' if job.gpus == 1 else 's'}"
     if all(load_headroom(h, policy.load_factor) < cores for h in candidates):
         return "hosts busy with other work (load)"
     # it fits now: jobs of higher priority or of users with a smaller share went first

@@ -46,6 +46,8 @@ class Host:
     drained_by: str | None = None
     drained_at: dt.datetime | None = None
     features: frozenset[str] = frozenset()
+    gpus: tuple[str, ...] = ()           # its GPU device ids (etc/cluster.tab)
+    gpu_holders: dict[str, int] = field(default_factory=dict)   # device -> job holding it
     state: HostState = HostState.UNKNOWN
     state_reason: str | None = None
     # facts from the host monitor (hq-server's own account; never from a user)
@@ -91,7 +93,15 @@ class Host:
                         free_cores=self.cores - self.used_cores, max_jobs=self.max_jobs,
                         running_jobs=len(self.jobs), memory_mb=self.memory_mb,
                         free_memory_mb=free_memory,
-                        other_work=self.other_work(now_m, facts_timeout_s))
+                        other_work=self.other_work(now_m, facts_timeout_s),
+                        gpus=len(self.gpus), free_gpus=len(self.gpus) - len(self.gpu_holders))
+
+    def free_gpus(self, count: int) -> str:
+        """``count`` devices no job holds, in the host's order, as a job's gpu_ids."""
+        free = [g for g in self.gpus if g not in self.gpu_holders]
+        if len(free) < count:
+            raise ValueError(f"host {self.name}: {count} GPUs asked, {len(free)} free")
+        return ",".join(free[:count])
 
     def display(self) -> str:
         """The state an admin reads: the admin's switches first (a draining host still runs
@@ -341,6 +351,9 @@ class Cluster:
         if job.id not in host.jobs:
             host.jobs.add(job.id)
             host.used_memory_mb += job.spec.memory_mb or 0
+            for device in (job.gpu_ids or "").split(","):
+                if device:
+                    host.gpu_holders[device] = job.id
             pair = (job.owner, host.name)
             self.pair_cores[pair] += job.spec.cores
             if pair not in self.queue_pairs:
@@ -352,6 +365,9 @@ class Cluster:
         if job.id in host.jobs:
             host.jobs.discard(job.id)
             host.used_memory_mb -= job.spec.memory_mb or 0
+            for device in (job.gpu_ids or "").split(","):
+                if host.gpu_holders.get(device) == job.id:
+                    del host.gpu_holders[device]
             pair = (job.owner, host.name)
             left = self.pair_cores[pair] - job.spec.cores
             if left > 0:
@@ -413,7 +429,7 @@ class Cluster:
                 excluded |= self.lacking(job.spec.constraint)
             view = self._pending_views[job.id] = PendingJob(
                 id=job.id, owner=job.owner, priority=job.spec.priority, cores=job.spec.cores,
-                memory_mb=job.spec.memory_mb, excluded_hosts=excluded)
+                memory_mb=job.spec.memory_mb, excluded_hosts=excluded, gpus=job.spec.gpus)
         return view
 
     def lacking(self, constraint: str) -> frozenset[str]:

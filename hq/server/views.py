@@ -35,7 +35,7 @@ def job_info(server: Server, job: Job, dependencies: Sequence[DependencyInfo] = 
         submitted_at=_epoch(job.submitted_at), started_at=_epoch(job.started_at),
         ended_at=_epoch(job.ended_at), cpu_time_s=job.cpu_time_s, max_rss_kb=job.max_rss_kb,
         restart_count=job.restart_count, array_id=job.array_id, retries=spec.retries,
-        constraint=spec.constraint,
+        constraint=spec.constraint, gpus=spec.gpus, gpu_ids=job.gpu_ids,
         retry_count=job.retry_count, resubmit_of=job.resubmit_of,
         dependencies=list(dependencies), attempts=list(attempts))
 

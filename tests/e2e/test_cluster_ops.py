@@ -114,3 +114,27 @@ def test_an_exec_server_let_go_by_an_idle_user_server_shows_idle_timeout(install
                timeout=30, what="the idle user-server to let its exec-server go")
     (row,) = hq.db_rows(sa.select(exec_servers.c.state, exec_servers.c.stopped_at))
     assert row.state == "idle timeout" and row.stopped_at is not None
+
+
+def test_jobs_on_a_gpu_host_see_disjoint_devices(installed_hq):
+    hq = installed_hq
+    (hq.inst.etc / "cluster.tab").write_text("host\tcores\tgpus\nlocalhost\t2\tGPU-x,GPU-y\n")
+    assert hq.dbadmin("--add-standard-entries").returncode == 0
+    hq.start_server()
+    record = 'echo "${CUDA_VISIBLE_DEVICES-unset} $HQ_GPUS" > gpu-$HQ_JOB_ID.txt; sleep 1'
+    ids = [hq.submit_id("--gpus", "1", record) for _ in range(3)]
+    plain = hq.submit_id(record)
+    for job in [*ids, plain]:
+        assert hq.wait_for(job, {"done", "failed"}, timeout=60)["state"] == "done"
+    seen = {job: (hq.workdir / f"gpu-{job}.txt").read_text().split() for job in ids}
+    assert all(len(s) == 2 and s[0] == s[1] and s[0] in ("GPU-x", "GPU-y")
+               for s in seen.values()), seen
+    spans = {job: (hq.show(job)["started_at"], hq.show(job)["ended_at"]) for job in ids}
+    for a in ids:
+        for b in ids:
+            overlap = a < b and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+            assert not overlap or seen[a][0] != seen[b][0], (a, b, seen, spans)
+    assert (hq.workdir / f"gpu-{plain}.txt").read_text() == " \n"   # told: no GPU for it
+    assert hq.show(ids[0])["gpus"] == 1 and hq.show(ids[0])["gpu_ids"] == seen[ids[0]][0]
+    refused = hq.submit("--gres", "gpu:3", "true")
+    assert refused.returncode == 2 and "asks for 3 GPU(s)" in refused.stderr

@@ -207,7 +207,7 @@ ORIG_ROW = "node01\tnode01\t4\t4\tinfo\tFalse\t9999\tTrue\n"
     ("host\tmemory\nlocalhost\t4G\n", ':1: missing required column "cores"'),
     ("# hosts\nhost\tcores\tslots\nlocalhost\t4\t4\n",
      ":2: slots: unknown column (known: host, full_name, address, ssh_port, cores, max_jobs, "
-     "memory, os, features, info, active; start local columns with x_)"),
+     "memory, os, features, gpus, info, active; start local columns with x_)"),
     ("host\tcores\tHost\nlocalhost\t4\tx\n", ":1: Host: duplicate column"),
     ("short_name\tfull_name\ttotal_number_slots\tactive\nn\tn\t4\tyes\n",
      ":1: an original hQ header must be exactly these tab-separated columns: short_name "

@@ -219,3 +219,26 @@ async def test_a_high_priority_does_not_pass_another_users_jobs(core: Core):
     assert core.server.dispatcher.round() == 1
     assert state(core, bobs) is JobState.DISPATCHED
     assert {state(core, j) for j in [*alices, later]} == {JobState.PENDING}
+
+
+@core_test(hosts={"n1": 4, "n2": 4})
+async def test_gpu_jobs_never_share_a_device(core: Core):
+    cluster = core.server.cluster
+    cluster.hosts["n1"].gpus = ("GPU-a", "GPU-b")
+    peer = await core.user_server("alice")
+    ids = await core.submit("alice", *["true"] * 3, gpus=1)
+    (plain,) = await core.submit("alice", "true")
+    assert core.server.dispatcher.round() == 3   # two GPU jobs on n1, the plain one anywhere
+    runs = [await peer.next(Run) for _ in range(2)]
+    given = {j.id: j.gpus for run in runs for j in run.jobs}
+    assert sorted(given[i][0] for i in ids[:2]) == ["GPU-a", "GPU-b"]
+    assert given.get(plain) in ([], None)        # on n1: told it has none; on n2: no GPUs
+    info = (await requests.show(core.server, core.session("alice"), Show(id=ids[2]))).job
+    assert info.state_reason == "waiting for 1 free GPU"
+    end(core, "alice", ids[0])
+    assert core.server.dispatcher.round() == 1
+    third = await peer.next(Run)
+    assert [j.gpus for j in third.jobs] == [given[ids[0]]]   # the freed device, again
+    from hq.errors import UsageError
+    with pytest.raises(UsageError, match="asks for 3 GPU"):
+        await core.submit("alice", "true", gpus=3)

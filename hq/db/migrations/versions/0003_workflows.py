@@ -2,7 +2,8 @@
 ended as it did), job arrays get a cap and an end notification, jobs may run again after a
 failure (retries, retry_count, one job_attempts row per run) and point back at the job they
 run again (resubmit_of); report_jobs shows arrays, reasons and attempts. Jobs name the host
-features they need (constraint_expr), exec_servers rows get a state.
+features they need (constraint_expr) and GPUs (gpus, gpu_ids; hosts.gpus), exec_servers
+rows get a state.
 
 Revision ID: 0003
 Revises: 0002
@@ -47,6 +48,14 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column(
         "retries", sa.Integer(), nullable=False, server_default="0",
         comment="runs again after a failure (non-zero exit), up to this many times"))
+    op.add_column("hosts", sa.Column(
+        "gpus", sa.String(1024), nullable=False, server_default="",
+        comment="comma-separated GPU device ids or UUIDs; empty: none"))
+    op.add_column("jobs", sa.Column("gpus", sa.Integer(), nullable=False, server_default="0",
+                                    comment="GPUs it needs (--gpus)"))
+    op.add_column("jobs", sa.Column(
+        "gpu_ids", sa.String(255), nullable=True,
+        comment="the devices it was given on its host, comma-separated"))
     op.add_column("jobs", sa.Column(
         "constraint_expr", sa.String(255), nullable=True,
         comment="host features it needs (--constraint): a&b|c"))
@@ -112,8 +121,10 @@ def downgrade() -> None:
     for column in ("notified_at", "notify_signature", "mail_type", "mail_user", "notify",
                    "kill_on_invalid_dep", "array_cap", "first_job_id"):
         op.drop_column("submissions", column)
-    for column in ("retry_count", "resubmit_of", "constraint_expr", "retries"):
+    for column in ("retry_count", "resubmit_of", "constraint_expr", "gpu_ids", "gpus",
+                   "retries"):
         op.drop_column("jobs", column)
+    op.drop_column("hosts", "gpus")
     _rename_reason("state_reason", "pending_reason", OLD_REASON_COMMENT)
     _create_view("report_jobs", _initial()._report_views()["report_jobs"])
 
