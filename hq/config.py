@@ -148,7 +148,7 @@ _ORIGINAL_RENAMES = {"short_name": "host", "total_number_slots": "cores",
 # checked so that a row shifted by a missing tab fails instead of loading wrong numbers.
 _CELL_PARSERS: dict[str, Callable[[str], object]] = {
     "host": syntax.host_name, "full_name": syntax.host_name, "address": syntax.address,
-    "ssh_port": syntax.port, "cores": syntax.positive_int, "max_jobs": syntax.positive_int,
+    "ssh_port": syntax.port, "cores": syntax.core_count, "max_jobs": syntax.positive_int,
     "memory": parse_memory_mb, "os": str, "features": syntax.feature_set,
     "gpus": syntax.gpu_list, "info": str,
     "active": parse_bool, "allow_info_server": parse_bool, "info_server_port": syntax.port,

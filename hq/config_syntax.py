@@ -71,6 +71,18 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def core_count(text: str) -> int:
+    """A host's cores: ``24``, or sockets x cores as hardware lists them (``2x12``)."""
+    sockets, times, per_socket = text.strip().lower().partition("x")
+    if not times:
+        return positive_int(text.strip())
+    try:
+        return positive_int(sockets.strip()) * positive_int(per_socket.strip())
+    except ValueError:
+        raise ValueError(f"not a core count (24, or sockets x cores: 2x12): {quote(text)}"
+                         ) from None
+
+
 def non_negative_int(text: str) -> int:
     """Read a whole number >= 0."""
     if not _DIGITS.fullmatch(text):

@@ -17,6 +17,15 @@ from hq.errors import HqError
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def version_option(func: click.Command) -> click.Command:
+    """``--version``: the program's name and hq's version (no package metadata lookup, which
+    would cost every call a scan of site-packages)."""
+    from hq import __version__
+
+    return click.version_option(__version__, "--version", message="%(prog)s (hq) %(version)s",
+                                help="Print hq's version and exit.")(func)
+
+
 def run_program(command: click.Command, prog: str,
                 args: list[str] | None = None) -> int:
     """Run a click command as program ``prog`` and return its exit code; errors are one line."""

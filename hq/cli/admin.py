@@ -22,6 +22,7 @@ from hq.cli.common import (
     verbosity_options,
 )
 from hq.cli.jobview import counts_text, format_counts_table
+from hq.program import version_option
 from hq.protocol.messages import (
     AdminInfo,
     AdminStatus,
@@ -100,6 +101,7 @@ def _yes(value: object) -> str:
 
 
 @click.group(cls=AdminGroup, context_settings=CONTEXT_SETTINGS, no_args_is_help=True)
+@version_option
 @verbosity_options
 def cli() -> None:
     """Look at and steer the hq cluster (needs the admin role in etc/users).

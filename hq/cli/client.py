@@ -23,6 +23,7 @@ from hq.cli.common import (
 from hq.cli.jobview import STATE_ORDER, UNFINISHED_STATES
 from hq.cli.selection import Selection, parse_selected, selected_ids
 from hq.errors import UsageError
+from hq.program import version_option
 from hq.protocol.messages import (
     MAX_IDS,
     MAX_PAGE,
@@ -104,6 +105,7 @@ def parse_states(values: tuple[str, ...]) -> list[str] | None:
 
 
 @click.group(context_settings=CONTEXT_SETTINGS, no_args_is_help=True)
+@version_option
 @verbosity_options
 def cli() -> None:
     """Follow and control your own hq jobs.

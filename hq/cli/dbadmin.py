@@ -22,6 +22,7 @@ from hq.cli.common import (
 )
 from hq.config import DatabaseConfig, Installation, load_cluster, load_database, load_users
 from hq.errors import DatabaseError, UsageError
+from hq.program import version_option
 
 PROG = "hq-dbadmin"
 
@@ -54,6 +55,7 @@ def _now() -> dt.datetime:
 
 @click.group(context_settings=CONTEXT_SETTINGS, invoke_without_command=True,
              no_args_is_help=True)
+@version_option
 @click.option("-C", "--create-tables", is_flag=True,
               help="Create hq's schema (an alembic upgrade to the newest revision).")
 @click.option("-a", "--add-standard-entries", is_flag=True,

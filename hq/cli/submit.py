@@ -15,6 +15,7 @@ import click
 
 from hq.cli.common import CONTEXT_SETTINGS, print_json, run_program, say, verbosity_options
 from hq.errors import UsageError
+from hq.program import version_option
 
 if TYPE_CHECKING:
     from hq.jobspec import JobSpec
@@ -25,6 +26,7 @@ PROG = "hq-submit"
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
+@version_option
 @click.argument("command", nargs=-1)
 @click.option("-c", "--slots", type=int, default=1, show_default=True, metavar="N",
               help="Cores the job needs.")

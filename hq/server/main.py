@@ -24,7 +24,7 @@ import click
 from hq import __version__
 from hq.config import Installation, load_database, load_server
 from hq.daemon import Ready, run_daemon
-from hq.program import CONTEXT_SETTINGS, run_program
+from hq.program import CONTEXT_SETTINGS, run_program, version_option
 
 log = logging.getLogger("hq.server")
 PROG = "hq-server"
@@ -135,6 +135,7 @@ def write_head_file(run_dir: Path, ssh_address: str | None) -> Path:
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
+@version_option
 @click.option("--daemon", is_flag=True,
               help="Run in the background (log in var/log/hq-server.log); returns once the "
                    "server accepts requests, or fails with the reason.")

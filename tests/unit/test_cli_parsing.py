@@ -423,3 +423,12 @@ def test_output_file_copies_new_data_and_starts_over_when_truncated_or_replaced(
     file.copy_new()
     assert out.getvalue().endswith(b"3\nfour\n")
     file.close()
+
+
+@pytest.mark.parametrize("program", ["hq-submit", "hq-client", "hq-admin", "hq-dbadmin"])
+def test_every_program_says_its_version(program, no_installation):
+    from hq import __version__
+
+    done = run(program, "--version", env=no_installation)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{program} (hq) {__version__}\n"

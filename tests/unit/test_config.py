@@ -138,6 +138,22 @@ def test_extended_cluster_tab_columns_in_any_order(in_installation: Installation
                                 line=5)
 
 
+def test_cores_as_sockets_times_cores_and_gpus(in_installation: Installation) -> None:
+    path = write(in_installation.cluster_tab,
+                 "host\tcores\tgpus\nbig\t2x12\t2\nuuid\t8\tGPU-1a2b, GPU-3c4d\nnone\t4\t\n")
+    big, uuid, none = load_cluster(path)
+    assert (big.cores, big.gpus) == (24, ("0", "1"))
+    assert (uuid.cores, uuid.gpus) == (8, ("GPU-1a2b", "GPU-3c4d"))
+    assert none.gpus == ()
+    for bad, message in (("2x", "not a core count"), ("0x4", "not a core count")):
+        path = write(in_installation.cluster_tab, f"host\tcores\nh\t{bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_cluster(path)
+    path = write(in_installation.cluster_tab, "host\tcores\tgpus\nh\t4\tGPU-a,GPU-a\n")
+    with pytest.raises(ConfigError, match="distinct device ids"):
+        load_cluster(path)
+
+
 def test_extended_address_defaults_to_full_name(in_installation: Installation) -> None:
     path = write(in_installation.cluster_tab,
                  "host\tfull_name\tcores\tmax_jobs\nn1\tn1.example.org\t8\t2\n")
