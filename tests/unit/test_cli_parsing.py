@@ -35,7 +35,7 @@ from hq.protocol.messages import (
 )
 
 PROGRAMS = {"hq-submit": "hq.cli.submit", "hq-client": "hq.cli.client",
-            "hq-admin": "hq.cli.admin"}
+            "hq-admin": "hq.cli.admin", "hq-dbadmin": "hq.cli.dbadmin"}
 
 
 def run(program: str, *args: str, env: dict[str, str] | None = None,
