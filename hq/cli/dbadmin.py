@@ -74,6 +74,7 @@ def cli(ctx: click.Context, create_tables: bool, add_standard_entries: bool,
     """Set up and maintain hq's database.
 
     \b
+    Examples:
     First installation (after editing etc/users and etc/cluster.tab):
       hq-dbadmin --create-tables --add-standard-entries      (short: -C -a)
     After editing etc/cluster.tab or etc/users:
