@@ -193,8 +193,11 @@ def format_hosts(hosts: Sequence[HostInfo]) -> str:
 @cli.command()
 @click.option("--reasons", is_flag=True,
               help="Only the hosts that are not up, with why, who and since when.")
+@click.option("--detect", is_flag=True,
+              help="Compare what the host monitor found on each host (cores, memory, GPUs) "
+                   "with etc/cluster.tab, and print the differences.")
 @json_option
-def lscluster(reasons: bool, as_json: bool) -> None:
+def lscluster(reasons: bool, detect: bool, as_json: bool) -> int:
     """The hosts: state, whether active, free cores, running jobs, load, and why.
 
     A drained host shows "draining" while its jobs still run, then "drained".
@@ -203,8 +206,20 @@ def lscluster(reasons: bool, as_json: bool) -> None:
     Examples:
       hq-admin lscluster
       hq-admin lscluster --reasons     # like sinfo -R
+      hq-admin lscluster --detect      # cluster.tab against the hardware found
     """
     result = admin_request(ListHosts())
+    if detect:
+        from hq.cli.admin_hosts import hardware_differences
+
+        differences = hardware_differences(result.hosts)
+        if as_json:
+            print_json({"differences": differences})
+        else:
+            click.echo("\n".join(f"{d['host']}: {d['what']}: cluster.tab says {d['configured']},"
+                                  f" found {d['found']}" for d in differences)
+                       or "every host has what etc/cluster.tab says")
+        return 1 if differences else 0
     if as_json:
         print_json(result)
     elif reasons:
@@ -213,6 +228,7 @@ def lscluster(reasons: bool, as_json: bool) -> None:
         click.echo(format_reasons(result.hosts))
     else:
         click.echo(format_hosts(result.hosts))
+    return 0
 
 
 def _host_change(name: str, active: bool, as_json: bool, verb: str) -> None:

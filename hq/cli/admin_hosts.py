@@ -122,6 +122,28 @@ def execservers(as_json: bool) -> None:
                             right={2}) if rows else "no exec-server seen since hq-server started")
 
 
+def hardware_differences(hosts: Sequence[HostInfo]) -> list[dict[str, Any]]:
+    """Where etc/cluster.tab and the host monitor's findings disagree (memory within 5 %:
+    kernels keep some back). A host not reported yet is named too."""
+    found = []
+    for host in hosts:
+        if host.detected_cores is None:
+            found.append({"host": host.name, "what": "hardware", "configured": "-",
+                          "found": "not reported yet (is the host up?)"})
+            continue
+        if host.cores != host.detected_cores:
+            found.append({"host": host.name, "what": "cores", "configured": host.cores,
+                          "found": host.detected_cores})
+        memory, seen = host.memory_mb, host.detected_memory_mb
+        if memory is not None and seen is not None and abs(memory - seen) > 0.05 * seen:
+            found.append({"host": host.name, "what": "memory (MiB)", "configured": memory,
+                          "found": seen})
+        if host.detected_gpus is not None and host.gpus != host.detected_gpus:
+            found.append({"host": host.name, "what": "gpus", "configured": host.gpus,
+                          "found": host.detected_gpus})
+    return found
+
+
 def format_reasons(hosts: Sequence[HostInfo]) -> str:
     """Every host that is not up, with why, who and since when (like ``sinfo -R``)."""
     rows = []

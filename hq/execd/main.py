@@ -61,18 +61,42 @@ def daemon_files(runtime_dir: Path, hostname: str) -> tuple[Path, Path, Path]:
               help="(internal) Detach and run the exec-server daemon.")
 @click.option("--foreground", "mode", flag_value="foreground",
               help="Run the exec-server daemon in the foreground, logging to stderr too.")
-def cli(mode: str | None) -> int:
+@click.option("--hwdetect", "mode", flag_value="hwdetect",
+              help="Print what this host has (cores, sockets x cores, memory, GPUs) and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --hwdetect: one JSON document.")
+def cli(mode: str | None, as_json: bool) -> int:
     """Run one user's jobs on this host (started by hq-user-server, not by hand).
 
-    Example, what hq-user-server runs on each host (as a child here, over ssh elsewhere):
-
-        hq-exec-server --bridge
+    \b
+    Examples:
+      hq-exec-server --bridge      # what hq-user-server runs on each host
+      hq-exec-server --hwdetect    # cores, memory and GPUs of this host, for cluster.tab
     """
+    if mode == "hwdetect":
+        return hwdetect(as_json)
     if mode == "bridge":
         return bridge()
     if mode in ("daemon", "foreground"):
         return daemon(detached=mode == "daemon")
     raise click.UsageError("say --bridge, --daemon or --foreground")
+
+
+def hwdetect(as_json: bool) -> int:
+    import dataclasses
+    import json
+
+    from hq.hardware import detect
+
+    found = detect()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(found), indent=2))
+        return 0
+    sockets = (f" ({found.sockets} socket{'s' if found.sockets != 1 else ''} x "
+               f"{found.cores_per_socket})" if found.sockets and found.cores_per_socket else "")
+    click.echo(f"cores:  {found.cores}{sockets}   (cluster.tab cores: {found.cores_text()})")
+    click.echo(f"memory: {found.memory_mb} MiB")
+    click.echo(f"gpus:   {', '.join(found.gpus) if found.gpus else 'none'}")
+    return 0
 
 
 def main() -> None:

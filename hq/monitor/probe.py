@@ -92,6 +92,7 @@ class Probe:
     daemons: dict[int, float] | None = None
     jobs: dict[int, float] | None = None
     at: float = 0.0
+    gpus: int | None = None   # counted once: devices do not come and go while it runs
 
     def sample(self) -> HostFacts | None:
         """The host's facts since the previous call (None the first time: no interval)."""
@@ -102,10 +103,15 @@ class Probe:
             return None
         elapsed = now - last_at
         total, available = _memory_mb()
+        if self.gpus is None:
+            from hq.hardware import gpus
+
+            self.gpus = len(gpus())
         return HostFacts(cores=os.cpu_count() or 1, cpu_busy=max(0.0, cpu - last_cpu) / elapsed,
                          hq_daemons=_growth(daemons, last_daemons) / elapsed,
                          hq_jobs=_growth(jobs, last_jobs) / elapsed,
-                         load1=os.getloadavg()[0], memory_mb=total, free_memory_mb=available)
+                         load1=os.getloadavg()[0], memory_mb=total, free_memory_mb=available,
+                         gpus=self.gpus)
 
 
 def _growth(now: dict[int, float], before: dict[int, float]) -> float:

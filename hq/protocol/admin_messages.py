@@ -81,6 +81,11 @@ class HostInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     drain_reason: Text | None = None
     drained_by: UserName | None = None
     drained_at: Epoch | None = None
+    gpus: Count = 0
+    # what the host monitor found there (hq.hardware), to compare with etc/cluster.tab
+    detected_cores: Count | None = None
+    detected_memory_mb: Count | None = None
+    detected_gpus: Count | None = None
 
 
 class ListHostsReply(Reply, tag="reply", kw_only=True):

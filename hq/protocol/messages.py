@@ -668,6 +668,7 @@ class HostFacts(Message, tag="host_facts", kw_only=True):
     memory_mb: Count
     free_memory_mb: Count
     host: HostName | None = None     # set by the monitor hub, for hq-server
+    gpus: Count | None = None        # GPUs found (hq.hardware); None from an older monitor
 
 
 class HostReach(Message, tag="host_reach", kw_only=True):

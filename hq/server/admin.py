@@ -92,7 +92,11 @@ def lscluster(server: Server, session: Session, request: ListHosts) -> ListHosts
             load1=host.load1, last_heartbeat=None if host.last_heartbeat_at is None
             else host.last_heartbeat_at.timestamp(), display=host.display(),
             drain_reason=host.drain_reason, drained_by=host.drained_by,
-            drained_at=None if host.drained_at is None else host.drained_at.timestamp()))
+            drained_at=None if host.drained_at is None else host.drained_at.timestamp(),
+            gpus=len(host.gpus),
+            detected_cores=host.detected[0] if host.detected else None,
+            detected_memory_mb=host.detected[1] if host.detected else None,
+            detected_gpus=host.detected[2] if host.detected else None))
     return ListHostsReply(hosts=hosts)
 
 

@@ -419,6 +419,7 @@ class Dispatcher:
         host.cpu_busy, host.hq_daemons = message.cpu_busy, message.hq_daemons
         host.hq_jobs = message.hq_jobs
         host.load1, host.free_memory_mb = message.load1, message.free_memory_mb
+        host.detected = (message.cores, message.memory_mb, message.gpus)
         host.facts_at = self.clock.monotonic()
         host.last_heartbeat_at = self.clock.now()
         if host.state is not HostState.UP and self.journal.host_state(host, HostState.UP, None):

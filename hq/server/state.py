@@ -57,6 +57,7 @@ class Host:
     hq_daemons: float = 0.0             # ... of which hq's own daemons
     hq_jobs: float | None = None        # ... and hq's jobs (None: not measured)
     facts_at: float | None = None       # monotonic time of the last report
+    detected: tuple[int, int, int | None] | None = None   # cores, memory MiB, GPUs found
     last_heartbeat_at: dt.datetime | None = None   # wall time of the last report
     recorded_heartbeat: dt.datetime | None = None  # the last one written to the database
     state_since: float = 0.0  # monotonic time of the last failure (or other state change)

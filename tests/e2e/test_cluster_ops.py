@@ -138,3 +138,27 @@ def test_jobs_on_a_gpu_host_see_disjoint_devices(installed_hq):
     assert hq.show(ids[0])["gpus"] == 1 and hq.show(ids[0])["gpu_ids"] == seen[ids[0]][0]
     refused = hq.submit("--gres", "gpu:3", "true")
     assert refused.returncode == 2 and "asks for 3 GPU(s)" in refused.stderr
+
+
+def test_lscluster_detect_compares_cluster_tab_with_the_hardware(installed_hq):
+    import os
+
+    hq = installed_hq
+    hwdetect = hq.run("hq.execd.main", "--hwdetect", "--json")
+    assert hwdetect.returncode == 0, hwdetect.stderr
+    found = json.loads(hwdetect.stdout)
+    assert found["cores"] == os.cpu_count() and found["memory_mb"] > 0
+    (hq.inst.etc / "cluster.tab").write_text(
+        f"host\tcores\tgpus\nlocalhost\t{found['cores'] + 2}\t{len(found['gpus']) + 1}\n")
+    assert hq.dbadmin("--add-standard-entries").returncode == 0
+    hq.start_server()
+
+    def differences() -> list:
+        result = hq.admin("lscluster", "--detect", "--json")
+        return json.loads(result.stdout)["differences"]
+    eventually(lambda: differences() and differences()[0]["what"] != "hardware",
+               timeout=30, what="the host monitor's first report")
+    assert {(d["what"], d["configured"], d["found"]) for d in differences()} == {
+        ("cores", found["cores"] + 2, found["cores"]), ("gpus", len(found["gpus"]) + 1, len(found["gpus"]))}
+    text = hq.admin("lscluster", "--detect")
+    assert text.returncode == 1 and "localhost: cores: cluster.tab says" in text.stdout
