@@ -149,7 +149,8 @@ def test_lscluster_detect_compares_cluster_tab_with_the_hardware(installed_hq):
     found = json.loads(hwdetect.stdout)
     assert found["cores"] == os.cpu_count() and found["memory_mb"] > 0
     (hq.inst.etc / "cluster.tab").write_text(
-        f"host\tcores\tgpus\nlocalhost\t{found['cores'] + 2}\t{len(found['gpus']) + 1}\n")
+        "host\tcores\tgpus\n"
+        f"localhost\t{found['cores'] + 2}\t{len(found['gpus']) + 1}\n")
     assert hq.dbadmin("--add-standard-entries").returncode == 0
     hq.start_server()
 
@@ -159,6 +160,7 @@ def test_lscluster_detect_compares_cluster_tab_with_the_hardware(installed_hq):
     eventually(lambda: differences() and differences()[0]["what"] != "hardware",
                timeout=30, what="the host monitor's first report")
     assert {(d["what"], d["configured"], d["found"]) for d in differences()} == {
-        ("cores", found["cores"] + 2, found["cores"]), ("gpus", len(found["gpus"]) + 1, len(found["gpus"]))}
+        ("cores", found["cores"] + 2, found["cores"]),
+        ("gpus", len(found["gpus"]) + 1, len(found["gpus"]))}
     text = hq.admin("lscluster", "--detect")
     assert text.returncode == 1 and "localhost: cores: cluster.tab says" in text.stdout
