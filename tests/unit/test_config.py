@@ -195,7 +195,8 @@ ORIG_ROW = "node01\tnode01\t4\t4\tinfo\tFalse\t9999\tTrue\n"
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    (EXT + "a\tx\t22\t1G\tyes\n", ':2: cores: not a core count (24, or sockets x cores: 2x12): "x"'),
+    (EXT + "a\tx\t22\t1G\tyes\n",
+     ':2: cores: not a core count (24, or sockets x cores: 2x12): "x"'),
     (EXT + "a\t0\t22\t1G\tyes\n", ':2: cores: not a positive integer: "0"'),
     (EXT + "a\t-3\t22\t1G\tyes\n", ':2: cores: not a positive integer: "-3"'),
     (EXT + "a\t2.5\t22\t1G\tyes\n", ':2: cores: not a positive integer: "2.5"'),
