@@ -340,9 +340,16 @@ def shutdown(as_json: bool) -> None:
 
 
 def _host_commands() -> None:
-    from hq.cli.admin_hosts import admin_cancel, drain, events, execservers, resume
+    from hq.cli.admin_hosts import (
+        accounting_command,
+        admin_cancel,
+        drain,
+        events,
+        execservers,
+        resume,
+    )
 
-    for command in (drain, resume, events, admin_cancel, execservers):
+    for command in (drain, resume, events, admin_cancel, execservers, accounting_command):
         cli.add_command(command)
 
 

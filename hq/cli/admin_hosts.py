@@ -122,6 +122,60 @@ def execservers(as_json: bool) -> None:
                             right={2}) if rows else "no exec-server seen since hq-server started")
 
 
+@click.command("accounting")
+@click.option("--since", default="7d", show_default=True, metavar="DURATION|DATE",
+              help="From this long ago (7d, 12h) or this day (2026-11-01).")
+@click.option("--until", "until_text", metavar="DATE", help="Up to this day (default: now).")
+@click.option("--by", type=click.Choice(["user", "day", "host"]), default="user",
+              show_default=True, help="One line per user, day or host.")
+@json_option
+def accounting_command(since: str, until_text: str | None, by: str, as_json: bool) -> None:
+    """Jobs that ended in a time span: counts, core-hours (cores x run time), CPU hours and
+    mean wait, from the report views (the figures a lab's own reports get).
+
+    \b
+    Examples:
+      hq-admin accounting                       # per user, the last 7 days
+      hq-admin accounting --since 2026-11-01 --until 2026-12-01 --by day
+    """
+    import time
+
+    from hq.protocol.messages import Accounting
+
+    now = time.time()
+    start, end = _point(since, now, "--since"), now if until_text is None else \
+        _point(until_text, now, "--until")
+    if end <= start:
+        raise UsageError("--until must be after --since")
+    result = _request(Accounting(since=start, until=end, by=by))
+    if as_json:
+        print_json(result)
+        return
+    rows = [(r.key, r.jobs, r.done, r.failed, r.cancelled, f"{r.core_hours:.2f}",
+             f"{r.cpu_hours:.2f}", "-" if r.avg_wait_s is None else f"{r.avg_wait_s:.1f}")
+            for r in result.rows]
+    header = (by.upper(), "JOBS", "DONE", "FAILED", "CANCELLED", "CORE-H", "CPU-H", "WAIT-S")
+    click.echo(format_table(header, rows, right=set(range(1, 8))) if rows
+               else f"no job ended between {format_time(start)} and {format_time(end)}")
+
+
+def _point(text: str, now: float, option: str) -> float:
+    """A time as typed: a duration ago (7d) or a day (YYYY-MM-DD, local time)."""
+    import datetime as dt
+
+    from hq.cli.units import parse_duration
+
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%d").timestamp()
+    except ValueError:
+        pass
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        raise UsageError(f"{option} {text}: give a duration ago (7d, 12h) or a day "
+                         "(2026-11-01)") from None
+
+
 def hardware_differences(hosts: Sequence[HostInfo]) -> list[dict[str, Any]]:
     """Where etc/cluster.tab and the host monitor's findings disagree (memory within 5 %:
     kernels keep some back). A host not reported yet is named too."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -219,6 +219,34 @@ class ListExecServers(Request, tag="execservers", kw_only=True):
     reply_type = ListExecServersReply
 
 
+class AccountingRow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    key: Text                       # the user, the day (YYYY-MM-DD) or the host
+    jobs: Count
+    done: Count
+    failed: Count
+    cancelled: Count
+    core_hours: float
+    cpu_hours: float
+    avg_wait_s: float | None
+
+
+class AccountingReply(Reply, tag="reply", kw_only=True):
+    since: Epoch
+    until: Epoch
+    by: Word
+    rows: list[AccountingRow]
+
+
+class Accounting(Request, tag="accounting", kw_only=True):
+    """Jobs that ended in [since, until): counts, core-hours, CPU hours, waiting, per user,
+    day or host (from the report views)."""
+
+    since: Epoch
+    until: Epoch
+    by: Literal["user", "day", "host"] = "user"
+    reply_type = AccountingReply
+
+
 ADMIN_REQUESTS = (AdminInfo, AdminStatus, ListHosts, ListUsers, SetHostActive,
                   SetClusterActive, Reload, Shutdown, DrainHosts, HostEvents, AdminCancel,
-                  ListExecServers)
+                  ListExecServers, Accounting)

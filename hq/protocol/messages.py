@@ -36,6 +36,9 @@ import msgspec
 from hq.jobspec import InvalidSpec, JobSpec
 from hq.protocol.admin_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
     ADMIN_REQUESTS,
+    Accounting,
+    AccountingReply,
+    AccountingRow,
     AdminCancel,
     AdminCancelReply,
     AdminCancelResult,
@@ -705,7 +708,7 @@ class Relay(Request, tag="relay", kw_only=True):
 CLI_SENDS = UserRequest
 ADMIN_SENDS = (AdminInfo | AdminStatus | ListHosts | ListUsers | SetHostActive
                | SetClusterActive | Reload | Shutdown | DrainHosts | HostEvents | AdminCancel
-               | ListExecServers)
+               | ListExecServers | Accounting)
 USERD_SENDS_SERVER = (UserRequest | ReserveSubmission | JobEvents | Sync | HostStateReport
                       | Undeliverable | Heartbeat | ExecServerReport)
 SERVER_SENDS_USERD = Run | CancelJobs | Withdraw | Ack | Superseded | SubmissionEnded

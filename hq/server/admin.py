@@ -16,6 +16,9 @@ from hq.db.events import host_events as events_of_host
 from hq.errors import NotFound
 from hq.job import Job
 from hq.protocol.messages import (
+    Accounting,
+    AccountingReply,
+    AccountingRow,
     AdminCancel,
     AdminCancelReply,
     AdminCancelResult,
@@ -217,6 +220,20 @@ def execservers(server: Server, session: Session, request: ListExecServers
     return ListExecServersReply(exec_servers=found)
 
 
+async def accounting(server: Server, session: Session, request: Accounting
+                     ) -> AccountingReply:
+    import datetime as dt
+
+    from hq.db.accounting import accounting as account
+
+    since = dt.datetime.fromtimestamp(request.since, dt.UTC)
+    until = dt.datetime.fromtimestamp(request.until, dt.UTC)
+    rows = await server.store.read(lambda conn: account(conn, since, until, request.by),
+                                   what="accounting")
+    return AccountingReply(since=request.since, until=request.until, by=request.by,
+                           rows=[AccountingRow(**row) for row in rows])
+
+
 async def reload_configuration(server: Server) -> ReloadReply:
     """Re-read users and hosts from the database (after hq-dbadmin -a); SIGHUP does this too."""
     from hq.db.hosts import list_hosts
@@ -257,5 +274,5 @@ ADMIN_REQUESTS: dict[type, Any] = {
     AdminInfo: info, AdminStatus: status, ListHosts: lscluster, ListUsers: lsusers,
     SetHostActive: set_host_active, SetClusterActive: set_cluster_active, Reload: reload,
     Shutdown: shutdown, DrainHosts: drain_hosts, HostEvents: host_events,
-    AdminCancel: admin_cancel, ListExecServers: execservers,
+    AdminCancel: admin_cancel, ListExecServers: execservers, Accounting: accounting,
 }

@@ -164,3 +164,25 @@ def test_lscluster_detect_compares_cluster_tab_with_the_hardware(installed_hq):
         ("gpus", len(found["gpus"]) + 1, len(found["gpus"]))}
     text = hq.admin("lscluster", "--detect")
     assert text.returncode == 1 and "localhost: cores: cluster.tab says" in text.stdout
+
+
+def test_accounting_counts_what_ended_from_the_report_views(running_hq):
+    import getpass
+
+    hq = running_hq
+    ids = [hq.submit_id("-c", "2", "sleep 0.5"), hq.submit_id("exit 3")]
+    for job in ids:
+        hq.wait_for(job, {"done", "failed"})
+    result = hq.admin("accounting", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert (row["key"], row["jobs"], row["done"], row["failed"]) == (getpass.getuser(), 2, 1, 1)
+    assert 2 * 0.4 / 3600 < row["core_hours"] < 2 * 5 / 3600   # cores x run time
+    by_day = json.loads(hq.admin("accounting", "--by", "day", "--json").stdout)["rows"]
+    assert len(by_day) == 1 and by_day[0]["jobs"] == 2 and len(by_day[0]["key"]) == 10
+    table = hq.admin("accounting").stdout
+    assert "CORE-H" in table and getpass.getuser() in table
+    later = hq.admin("accounting", "--since", "2000-01-01", "--until", "2000-01-02")
+    assert "no job ended between" in later.stdout
+    bad = hq.admin("accounting", "--since", "yesterday-ish")
+    assert bad.returncode == 2 and "--since yesterday-ish" in bad.stderr

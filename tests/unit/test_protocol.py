@@ -61,6 +61,7 @@ EXAMPLES: dict[type, dict[str, Any]] = {
                    "reason": "fan"},
     m.HostEvents: {"type": "host_events", "rid": 1, "host": "n1", "limit": 10},
     m.ListExecServers: {"type": "execservers", "rid": 1},
+    m.Accounting: {"type": "accounting", "rid": 1, "since": 0.0, "until": 1.0, "by": "day"},
     m.ExecServerReport: {"type": "exec_server", "host": "n1", "pid": 4242,
                          "state": "connection lost"},
     m.AdminCancel: {"type": "admin_cancel", "rid": 1, "ids": [7], "reason": "fills /scratch"},
