@@ -9,12 +9,15 @@ STAMP := $(VE)/.hq-installed
 COMPILED := $(VE)/.hq-compiled
 PIP := $(VE)/bin/pip --disable-pip-version-check
 PYTEST_ARGS ?=
+# the documentation: read every page again (-E: the reference pages come from hq's code, which
+# Sphinx does not watch), and any warning fails the build after reporting all of them
+SPHINX_BUILD := $(VE)/bin/sphinx-build -E -W --keep-going -q
 # make runs each recipe line with sh; everything it creates is readable by every account
 UMASK := umask 022
 
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
-.PHONY: FORCE all help run sql sql-start sql-stop sql-status test lint system-deps clean
+.PHONY: FORCE all help run sql sql-start sql-stop sql-status test lint doc system-deps clean
 
 all: $(STAMP) $(COMPILED) .hqrc ## virtualenv hqVE/ with the pinned packages and hq, and .hqrc (the default)
 
@@ -34,7 +37,7 @@ $(STAMP): hqConf/requirements.txt pyproject.toml
 	$(PIP) install -q --no-deps -e .; \
 	touch $@
 
-.hqrc: FORCE ## shell settings for this installation: `. ./.hqrc` (HQPATH, HQ_VE_PATH, PATH)
+.hqrc: FORCE ## shell settings for this installation: `. ./.hqrc` (HQPATH, HQ_VE_PATH, PATH, MANPATH)
 	@$(UMASK); set -e; \
 	hqpath=$$(pwd -P); \
 	case $$hqpath in *[!A-Za-z0-9/._+-]*) echo "make: the installation path must not contain spaces or quotes: $$hqpath" >&2; exit 1;; esac; \
@@ -42,7 +45,9 @@ $(STAMP): hqConf/requirements.txt pyproject.toml
 	  echo "HQPATH=$$hqpath"; \
 	  echo 'HQ_VE_PATH=$$HQPATH/hqVE'; \
 	  echo 'case ":$$PATH:" in *":$$HQPATH/bin:"*) ;; *) PATH=$$HQPATH/bin:$$PATH ;; esac'; \
-	  echo 'export HQPATH HQ_VE_PATH PATH'; } > $@.tmp; \
+	  echo 'export HQPATH HQ_VE_PATH PATH'; \
+	  echo 'case ":$${MANPATH-}:" in *":$$HQPATH/doc/man:"*) ;; *) MANPATH=$$HQPATH/doc/man:$${MANPATH-} ;; esac'; \
+	  echo 'export MANPATH'; } > $@.tmp; \
 	if cmp -s $@.tmp $@; then rm -f $@.tmp; else \
 	    mv -f $@.tmp $@; echo "wrote .hqrc: '. $$hqpath/.hqrc' puts hq's commands on your PATH"; fi
 
@@ -66,7 +71,13 @@ sql-status: ## is the private MariaDB instance running?
 system-deps: ## Debian packages for the tests: MariaDB, openssh-server, iproute2 (root installs them)
 	@scripts/install-system-deps.sh
 
-test: all system-deps ## run the test suite (PYTEST_ARGS=... passes options to pytest)
+doc: $(STAMP) ## the documentation: web pages in doc/html/, man pages in doc/man/ (warnings are errors)
+	@$(UMASK); set -e; rm -rf doc/html doc/man doc/_build; \
+	$(SPHINX_BUILD) -b html -d doc/_build/doctrees doc doc/html; \
+	$(SPHINX_BUILD) -b man -d doc/_build/doctrees doc doc/man; \
+	echo "built doc/html/index.html and doc/man/ (man -M doc/man hq-submit)"
+
+test: all system-deps doc ## run the test suite (PYTEST_ARGS=... passes options to pytest)
 	@$(UMASK); $(VE)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and the import-linter contracts

@@ -77,7 +77,8 @@ def section(page: str, section_id: str) -> str:
 
 
 def anchor(command_path: str) -> str:
-    """The id sphinx-click gives a command's section (docutils' make_id of its path)."""
+    """The id docutils gives a section named so (make_id): sphinx-click names a command's
+    section by its path, hq_dbref a table's by "table-NAME"."""
     return re.sub(r"[^a-z0-9]+", "-", command_path.lower()).strip("-")
 
 
@@ -154,16 +155,16 @@ def test_command_reference_pages_show_workflow_options(built: Built) -> None:
 def test_database_reference_lists_every_table_and_column(built: Built) -> None:
     page = (built.html / "reference" / "database.html").read_text(encoding="utf-8")
     for table in model.metadata.tables.values():
-        rows = re.findall(r"<tr[^>]*>\s*<td>(.*?)</td>", section(page, f"table-{table.name}"),
-                          flags=re.S)
+        html_section = section(page, anchor(f"table-{table.name}"))
+        rows = re.findall(r"<tr[^>]*>\s*<td>(.*?)</td>", html_section, flags=re.S)
         documented = [page_text(cell).strip() for cell in rows]
         assert documented == [c.name for c in table.columns], table.name
-        text = page_text(section(page, f"table-{table.name}"))
+        text = page_text(html_section)
         for column in table.columns:
             if column.comment:   # each column's comment is in its row
                 assert column.comment in text, f"{table.name}.{column.name}: its comment"
     for view in model.REPORT_VIEWS:
-        rows = re.findall(r"<tr[^>]*>\s*<td>(.*?)</td>", section(page, f"view-{view}"),
+        rows = re.findall(r"<tr[^>]*>\s*<td>(.*?)</td>", section(page, anchor(f"view-{view}")),
                           flags=re.S)
         assert rows, f"view {view} has no columns on reference/database.html"
 
