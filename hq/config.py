@@ -472,6 +472,7 @@ class ServerConfig:
     max_connections_per_user: int = 64   # open connections of one account to hq-server
     fair_share: bool = True
     host_key_policy: str = "reject"      # or "accept-new"
+    memory_enforce: str = "kill"         # [execd]: a job over --memory: kill, warn or off
     connect_timeout_s: float = 5.0
 
     @classmethod
@@ -480,6 +481,12 @@ class ServerConfig:
         return cls(socket_path=inst.var / "run" / "hq-server.sock",
                    pid_file=inst.var / "run" / "hq-server.pid",
                    log_file=inst.var / "log" / "hq-server.log")
+
+
+def _memory_enforce(text: str) -> str:
+    if text not in ("kill", "warn", "off"):
+        raise ValueError(f"unknown mode {quote(text)} (use kill, warn or off)")
+    return text
 
 
 def _host_key_policy(text: str) -> str:
@@ -514,6 +521,7 @@ _SERVER_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "max_connections_per_user": ("server", "max_connections_per_user", syntax.positive_int),
     "fair_share": ("scheduler", "fair_share", parse_bool),
     "host_key_policy": ("ssh", "host_key_policy", _host_key_policy),
+    "memory_enforce": ("execd", "memory_enforce", _memory_enforce),
     "connect_timeout_s": ("ssh", "connect_timeout", syntax.positive_number),
 }
 SERVER_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType(

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from hq.execd import processes
+from hq.execd import memory, processes
 from hq.execd.outputs import OutputRefused, open_output
 from hq.protocol.messages import JobEnded
 
@@ -51,6 +51,7 @@ REASON_LEASE = "lease expired: no contact with a user-server"
 REASON_UNKNOWN_END = "exit status unknown: it ended while no exec-server watched it"
 REASON_WITHDRAWN = "withdrawn"   # taken back by hq-server before it started (never will)
 LEFTOVER_GRACE_S = 2.0
+MEMORY_GRACE_S = 1.0        # SIGTERM, then SIGKILL: a job over its memory gets little time
 LEFTOVER_RECHECKS = 4       # looks again for what ended jobs left, this many times ...
 LEFTOVER_RECHECK_S = 0.25   # ... this far apart
 
@@ -72,6 +73,7 @@ class Launch:
     stdout: str  # absolute path
     stderr: str  # absolute path; the same file as stdout when equal
     time_limit_s: float | None = None
+    memory_limit_mb: int | None = None   # --memory: enforced as memory_enforce says
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,9 @@ class RunningJob:
     stop_reason: str | None = None  # set once a cancel or the time limit has begun
     limit_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     pidfd: int | None = field(default=None, repr=False)   # an adopted job's end shows here
+    memory_limit_mb: int | None = None
+    peak_pss_kb: int = 0
+    warned: bool = False
 
 
 class JobRunner:
@@ -120,8 +125,10 @@ class JobRunner:
     def __init__(self, on_end: Callable[[Outcome], None], *,
                  cancel_grace_s: float = CANCEL_GRACE_S,
                  time_limit_grace_s: float = TIME_LIMIT_GRACE_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, memory_enforce: str = "kill") -> None:
         self.on_end = on_end
+        self.memory_enforce = memory_enforce
+        self._memory_timer: asyncio.TimerHandle | None = None
         self.cancel_grace_s = cancel_grace_s
         self.time_limit_grace_s = time_limit_grace_s
         self.clock = clock
@@ -146,9 +153,10 @@ class JobRunner:
         """Stop reaping (at shutdown); running jobs are left alone, they belong to the user."""
         if self._loop is not None:
             self._loop.remove_signal_handler(signal.SIGCHLD)
-            if self._leftover_timer is not None:
-                self._leftover_timer.cancel()
-                self._leftover_timer = None
+            for timer in (self._leftover_timer, self._memory_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._leftover_timer = self._memory_timer = None
             for job in self.jobs.values():
                 if job.limit_timer is not None:
                     job.limit_timer.cancel()
@@ -186,13 +194,43 @@ class JobRunner:
             if err_fd != out_fd:
                 os.close(err_fd)
         job = RunningJob(launch.key, process.pid, self.clock(), process,
-                         marker=launch.env.get(processes.MARKER, ""))
+                         marker=launch.env.get(processes.MARKER, ""),
+                         memory_limit_mb=launch.memory_limit_mb)
         self.jobs[job.key] = job
         self._by_pid[job.pid] = job
+        memory.raise_oom_score(job.pid)
+        if job.memory_limit_mb and self.memory_enforce != "off":
+            self._watch_memory()
         if launch.time_limit_s is not None and self._loop is not None:
             job.limit_timer = self._loop.call_later(launch.time_limit_s, self._time_limit_hit,
                                                     job.key)
         return job
+
+    def _watch_memory(self) -> None:
+        if self._memory_timer is None and self._loop is not None:
+            self._memory_timer = self._loop.call_later(memory.INTERVAL_S, self._check_memory)
+
+    def _check_memory(self) -> None:
+        """Each job with a memory limit, measured by PSS: over it, stopped (or logged)."""
+        self._memory_timer = None
+        limited = [j for j in self.jobs.values() if j.memory_limit_mb and j.stop_reason is None]
+        if not limited or self.memory_enforce == "off":
+            return
+        for job in limited:
+            used = memory.pss_kb(memory.process_tree(job.pid))
+            job.peak_pss_kb = max(job.peak_pss_kb, used)
+            limit = job.memory_limit_mb or 0
+            if used <= limit * 1024:
+                continue
+            reason = memory.over_limit_reason(limit, used)
+            if self.memory_enforce == "kill":
+                log.info("job %s: %s: stopping it", job.key[1], reason)
+                self.stop([job.key], reason, MEMORY_GRACE_S)
+            elif not job.warned:
+                job.warned = True
+                log.warning("job %s: %s (memory_enforce = warn: left running)",
+                            job.key[1], reason)
+        self._watch_memory()
 
     def _cannot_start(self, launch: Launch, text: str) -> Outcome:
         # One line, whatever the OS put into the message.

@@ -113,13 +113,15 @@ class Settings:
     lease_s: float | None = None  # no user-server contact this long: kill the jobs (§6)
     heartbeat_interval_s: float = 2.0
     database: str = ""            # the controller's database ("": one of protocol 1)
+    memory_enforce: str = "kill"  # a job over its --memory: kill, warn or off
 
     def updated(self, given: ExecSettings | None) -> Settings:
         """These settings with a hello's (already type- and range-checked) ones applied."""
         if given is None:
             return replace(self, database="")
         values = {name: getattr(given, name) for name in ("idle_timeout_s", "lease_s",
-                                                           "heartbeat_interval_s")
+                                                           "heartbeat_interval_s",
+                                                           "memory_enforce")
                   if getattr(given, name) is not None}
         return replace(self, **values, database=given.database or "")
 
@@ -307,6 +309,7 @@ class ExecServer:
                 await self._serve_command(channel)
                 return
             self.settings = self.settings.updated(hello.settings)
+            self.runner.memory_enforce = self.settings.memory_enforce
         except (HqError, TimeoutError, OSError) as err:
             log.warning("exec-server %s: handshake refused: %s", self.hostname, err)
             if isinstance(err, HqError):
@@ -490,6 +493,7 @@ class ExecServer:
         launch = Launch(
             key=key, command=spec.command, shell=spec.shell, cwd=spec.cwd, env=env,
             umask=submission.umask, time_limit_s=spec.time_limit_s,
+            memory_limit_mb=spec.memory_mb,
             stdout=jobspec.resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd,
                                        item.array_id),
             stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd,

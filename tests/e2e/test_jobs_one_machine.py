@@ -256,3 +256,11 @@ def test_a_job_gets_as_many_threads_as_cores_unless_it_says_otherwise(running_hq
         assert hq.wait_for(job, {"done", "failed"})["state"] == "done"
     assert (hq.workdir / "two.out").read_text() == "2 2 2 2\n"
     assert (hq.workdir / "own.out").read_text() == "2 7 2 2\n"
+
+
+def test_a_job_past_its_memory_is_stopped_with_the_reason(running_hq):
+    grow = (f"{sys.executable} -c 'block = bytearray(400 * 1024 * 1024)\n"
+            "import time; time.sleep(30)'")
+    result = running_hq.submit("--memory", "100M", "--wait", grow)
+    assert result.returncode != 0
+    assert "failed (memory limit 100 MiB exceeded: " in result.stderr, result.stderr

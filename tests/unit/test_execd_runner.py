@@ -311,3 +311,46 @@ def test_a_job_of_a_predecessor_is_adopted_and_its_end_seen(tmp_path: Path):
         assert outcome.reason == REASON_UNKNOWN_END and outcome.exit_code is None
         assert jobs.runner.jobs == {}
     run(test)
+
+
+# --- memory limits -----------------------------------------------------------------------------
+
+GROW = (f"{sys.executable} -c 'import time\n"
+        "block = bytearray(400 * 1024 * 1024)\n"
+        "time.sleep(30)'")
+SHARED = (f"{sys.executable} -c 'import os, time\n"
+          "block = bytearray(300 * 1024 * 1024)\n"   # touched once, then shared by the forks
+          "kids = [pid for pid in (os.fork() for _ in range(8))\n"
+          "        if pid or time.sleep(3) or os._exit(0)]\n"
+          "[os.waitpid(k, 0) for k in kids]'")
+
+
+def test_a_job_past_its_memory_limit_is_stopped_with_the_reason(tmp_path: Path):
+    async def test() -> None:
+        jobs = Jobs()
+        started = time.monotonic()
+        jobs.start(launch(tmp_path, 1, GROW, memory_limit_mb=100))
+        outcome = await jobs.outcome(1, timeout=15)
+        assert outcome.reason is not None and outcome.reason.startswith(
+            "memory limit 100 MiB exceeded: "), outcome
+        assert time.monotonic() - started < 10
+    run(test)
+
+
+def test_forked_workers_sharing_their_pages_are_counted_once(tmp_path: Path):
+    async def test() -> None:
+        jobs = Jobs()
+        jobs.start(launch(tmp_path, 2, SHARED, memory_limit_mb=700))
+        outcome = await jobs.outcome(2, timeout=30)
+        # nine processes of ~300 MiB resident each, but PSS counts the shared pages once
+        assert outcome.exit_code == 0 and outcome.reason is None, outcome
+    run(test)
+
+
+def test_warn_leaves_a_job_over_its_limit_running(tmp_path: Path):
+    async def test() -> None:
+        jobs = Jobs(memory_enforce="warn")
+        jobs.start(launch(tmp_path, 3, GROW.replace("sleep(30)", "sleep(1.5)"),
+                          memory_limit_mb=100))
+        assert (await jobs.outcome(3, timeout=30)).reason is None
+    run(test)
