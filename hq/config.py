@@ -471,6 +471,7 @@ class ServerConfig:
     request_burst: int = 500             # ... and how many may come at once
     max_connections_per_user: int = 64   # open connections of one account to hq-server
     fair_share: bool = True
+    fairshare_half_life_s: float = 7 * 86400.0   # past usage halves in this time
     host_key_policy: str = "reject"      # or "accept-new"
     memory_enforce: str = "kill"         # [execd]: a job over --memory: kill, warn or off
     connect_timeout_s: float = 5.0
@@ -481,6 +482,18 @@ class ServerConfig:
         return cls(socket_path=inst.var / "run" / "hq-server.sock",
                    pid_file=inst.var / "run" / "hq-server.pid",
                    log_file=inst.var / "log" / "hq-server.log")
+
+
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration_s(text: str) -> float:
+    """Seconds, or a number with one unit: ``90``, ``12h``, ``7d``."""
+    word = text.strip().lower()
+    scale = _UNIT_S.get(word[-1:])
+    number = word[:-1] if scale is not None else word
+    value = syntax.positive_number(number) * (scale or 1.0)
+    return value
 
 
 def _memory_enforce(text: str) -> str:
@@ -520,6 +533,7 @@ _SERVER_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "request_burst": ("server", "request_burst", syntax.positive_int),
     "max_connections_per_user": ("server", "max_connections_per_user", syntax.positive_int),
     "fair_share": ("scheduler", "fair_share", parse_bool),
+    "fairshare_half_life_s": ("scheduler", "fairshare_half_life", _duration_s),
     "host_key_policy": ("ssh", "host_key_policy", _host_key_policy),
     "memory_enforce": ("execd", "memory_enforce", _memory_enforce),
     "connect_timeout_s": ("ssh", "connect_timeout", syntax.positive_number),

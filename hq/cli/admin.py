@@ -303,9 +303,9 @@ def lsusers(as_json: bool) -> None:
         print_json(result)
         return
     rows = [(user.name, ",".join(user.roles) or "-", user.pending, user.running,
-             _yes(user.user_server)) for user in result.users]
-    click.echo(format_table(("USER", "ROLES", "PENDING", "RUNNING", "USER-SERVER"), rows,
-                            right={2, 3}))
+             _yes(user.user_server), f"{user.usage_core_hours:.2f}") for user in result.users]
+    click.echo(format_table(("USER", "ROLES", "PENDING", "RUNNING", "USER-SERVER", "USAGE-CH"),
+                            rows, right={2, 3, 5}))
 
 
 @cli.command()

@@ -234,6 +234,9 @@ def script_command(path: str, text: str, args: list[str]) -> str:
         f"{run} &",
         "child=$!",
         'while :; do wait "$child"; status=$?; kill -0 "$child" 2>/dev/null || break; done',
+        # a wait cut short by the signal says 128+15 even when the script has ended with its
+        # own status meanwhile: ask once more (127: it was collected already, keep what we have)
+        'if [ "$status" -gt 128 ]; then wait "$child"; s=$?; [ "$s" = 127 ] || status=$s; fi',
         'rm -rf "$d"',
         'exit "$status"',
         "",

@@ -196,6 +196,9 @@ def format_counts_table(label: str, counts: Mapping[str, Mapping[str, int]]) -> 
 def format_status(reply: StatusReply) -> str:
     """The ``status`` reply: own jobs by state, others' as counts per owner, the cluster."""
     lines = [f"Your jobs ({reply.user}): {counts_text(reply.mine)}"]
+    if reply.usage_core_hours is not None:
+        lines.append(f"Your fair-share usage: {reply.usage_core_hours:.2f} core-hours "
+                     "(decayed; less goes first)")
     if reply.others:
         table = format_counts_table("USER", reply.others)
         lines += ["", "Other users' jobs:", *(f"  {line}" for line in table.splitlines())]

@@ -284,6 +284,17 @@ exec_servers = sa.Table(
     **MARIADB_TABLE_ARGS,
 )
 
+# Fair share with history (hq.server.usage): each user's decayed core-seconds.
+user_usage = sa.Table(
+    "user_usage", metadata,
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("core_seconds", sa.Float, nullable=False,
+              comment="core-seconds of finished jobs, decayed to updated_at"),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    **MARIADB_TABLE_ARGS,
+)
+
 settings = sa.Table(
     "settings", metadata,
     sa.Column("name", sa.String(64), primary_key=True),

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from hq.config import UserConfig
 from hq.db.events import ConfigChange
-from hq.db.model import user_roles, users
+from hq.db.model import user_roles, user_usage, users
 from hq.states import EventKind, Role
 
 
@@ -82,3 +82,20 @@ def sync_users(conn: sa.Connection, wanted: Sequence[UserConfig], now: dt.dateti
 def _set_roles(conn: sa.Connection, user_id: int, roles: frozenset[Role]) -> None:
     conn.execute(sa.delete(user_roles).where(user_roles.c.user_id == user_id))
     conn.execute(sa.insert(user_roles), [{"user_id": user_id, "role": r} for r in sorted(roles)])
+
+
+def load_usage(conn: sa.Connection) -> list[tuple[str, float, float]]:
+    """(user, decayed core-seconds, as of: UTC seconds) of every user with a usage row."""
+    query = (sa.select(users.c.name, user_usage.c.core_seconds, user_usage.c.updated_at)
+             .join(users, users.c.id == user_usage.c.user_id))
+    return [(name, value, at.timestamp()) for name, value, at in conn.execute(query)]
+
+
+def save_usage(conn: sa.Connection, rows: Iterable[tuple[int, float, dt.datetime]]) -> None:
+    """(user id, core-seconds, as of) rows, written over the old ones."""
+    for user_id, value, at in rows:
+        updated = conn.execute(sa.update(user_usage).where(user_usage.c.user_id == user_id)
+                               .values(core_seconds=value, updated_at=at))
+        if updated.rowcount == 0:
+            conn.execute(sa.insert(user_usage).values(user_id=user_id, core_seconds=value,
+                                                      updated_at=at))

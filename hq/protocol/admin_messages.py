@@ -102,6 +102,7 @@ class UserInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pending: Count
     running: Count
     user_server: bool
+    usage_core_hours: float = 0.0     # fair share's decayed past usage
 
 
 class ListUsersReply(Reply, tag="reply", kw_only=True):

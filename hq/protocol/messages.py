@@ -253,6 +253,7 @@ class StatusReply(Reply, tag="reply", kw_only=True):
     mine: Counts
     others: dict[UserName, Counts]
     cluster: ClusterSummary
+    usage_core_hours: Annotated[float, msgspec.Meta(ge=0)] | None = None   # fair share's
 
 
 class Status(Request, tag="status", kw_only=True):

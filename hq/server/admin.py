@@ -112,7 +112,9 @@ def lsusers(server: Server, session: Session, request: ListUsers) -> ListUsersRe
         users.append(UserInfo(name=user.name, roles=sorted(str(r) for r in user.roles),
                               pending=counts.get("pending", 0) + counts.get("held", 0),
                               running=counts.get("running", 0) + counts.get("dispatched", 0),
-                              user_server=user.name in server.links))
+                              user_server=user.name in server.links,
+                              usage_core_hours=round(server.cluster.usage.of(
+                                  user.name, server.clock.now().timestamp()) / 3600, 3)))
     return ListUsersReply(users=users)
 
 

@@ -62,6 +62,8 @@ class Server:
         self.cluster.retry_after_s = self.config.retry_unreachable_s
         self.cluster.facts_timeout_s = self.config.monitor_timeout_s
         self.journal = Journal(self.cluster, self.store, self.clock)
+        self.journal.users_by_name = {name: u.id for name, u in self.users.items()}
+        self.cluster.usage.half_life_s = self.config.fairshare_half_life_s
         self.links = Links()
         self.dispatcher = Dispatcher(self.cluster, self.journal, self.links, self.policy,
                                      self.clock)

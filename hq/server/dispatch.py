@@ -158,7 +158,10 @@ class Dispatcher:
             pending.append(view)
         if not pending:
             return []
-        return place_jobs(pending, slots, cluster.running_per_user(), self.policy)
+        running = cluster.running_per_user()
+        keys = cluster.usage.keys({owner: cores for owner, (_n, cores) in running.items()},
+                                  self.clock.now().timestamp())
+        return place_jobs(pending, slots, running, self.policy, keys)
 
     def _queue_ahead(self, usable: list[Host], blocked: dict[str, frozenset[str]],
                      batches: dict[tuple[str, str], list[Job]]) -> None:

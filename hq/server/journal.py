@@ -15,6 +15,7 @@ store.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from hq.db.events import Event, record_events
 from hq.db.hosts import update_host
 from hq.db.jobs import insert_attempts, insert_submission, set_array_cap, update_jobs
 from hq.db.settings import CLUSTER_ACTIVE, set_setting
+from hq.db.users import save_usage
 from hq.job import Job, Submission
 from hq.server.clock import Clock
 from hq.server.dependencies import never_text
@@ -67,6 +69,7 @@ class Journal:
         self._piece: asyncio.Future[Any] | None = None
         # pulsed whenever jobs finish (the wait requests look again)
         self.finished = asyncio.Event()
+        self.users_by_name: dict[str, int] = {}   # user name -> id (set by the Server)
         # told when the last job of a submission ended (hq.server.notifications)
         self.submission_ended: Callable[[Submission], None] | None = None
 
@@ -191,6 +194,9 @@ class Journal:
         piece, self._piece = self._piece, None
         changes, events, host_rows = self._changes, self._events, self._host_rows
         attempts = self._attempt_rows
+        users = self.users_by_name
+        usage = [(users[name], value, dt.datetime.fromtimestamp(at, dt.UTC))
+                 for name, value, at in self.cluster.usage.take_changed() if name in users]
         self._changes, self._events, self._host_rows, self._attempt_rows = [], [], [], []
         assert piece is not None
         # Each changed job's whole outcome as memory has it now, not the changes one by one:
@@ -203,6 +209,7 @@ class Journal:
             if rows:
                 update_jobs(conn, rows, host_ids)
             insert_attempts(conn, attempts)
+            save_usage(conn, usage)
             for name, values in host_rows:
                 update_host(conn, name, values)
             record_events(conn, events)

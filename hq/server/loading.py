@@ -10,7 +10,7 @@ from hq.db.dependencies import load_dependencies
 from hq.db.hosts import HostRecord, list_hosts
 from hq.db.jobs import job_counts, load_unfinished, max_ids
 from hq.db.settings import CLUSTER_ACTIVE, DATABASE_ID, get_setting
-from hq.db.users import UserRecord, list_users
+from hq.db.users import UserRecord, list_users, load_usage
 from hq.server.dependencies import verdict
 from hq.server.journal import Journal
 from hq.server.state import Cluster, Host
@@ -72,6 +72,7 @@ def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
     for job in found:
         cluster.add_job(job)
     cluster.counts = Counter(job_counts(conn))
+    cluster.usage.load(load_usage(conn))
     cluster.next_job_id, cluster.next_submission_id = (n + 1 for n in max_ids(conn))
     cluster.active = (get_setting(conn, CLUSTER_ACTIVE) or "yes") == "yes"
     cluster.database_id = get_setting(conn, DATABASE_ID) or ""

@@ -362,7 +362,9 @@ def status(server: Server, session: Session, request: Status) -> StatusReply:
                            active=cluster.active, hosts=len(hosts),
                            hosts_up=len(cluster.usable_hosts(server.clock.monotonic())),
                            cores=sum(h.cores for h in hosts),
-                           cores_busy=sum(h.used_cores for h in hosts)))
+                           cores_busy=sum(h.used_cores for h in hosts)),
+                       usage_core_hours=round(
+                           cluster.usage.of(me, server.clock.now().timestamp()) / 3600, 3))
 
 
 def ping(server: Server, session: Session, request: Ping) -> PingReply:

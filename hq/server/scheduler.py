@@ -3,11 +3,12 @@
 ``place_jobs`` is a pure function over the in-memory state hq-server already holds: no I/O, no
 clock, no database. hq-server calls it, then dispatches the placements it returns.
 
-Order. Between users, with ``fair_share`` the next job comes from the user with the fewest
-running cores, counting what this round already placed (ties: the user whose next job is
-older); without it, the user whose next job is oldest. Within one user, higher priority
-first, then FIFO by id: ``-p`` orders a user's own jobs only, so no user passes another's
-jobs with ``-p 1000``.
+Order. Between users, with ``fair_share`` the next job comes from the user with the smallest
+share key: their decayed past usage plus the cores they hold now (``hq.server.usage``; just
+the running cores when no keys are given), counting what this round already placed (ties:
+the user whose next job is older); without it, the user whose next job is oldest. Within
+one user, higher priority first, then FIFO by id: ``-p`` orders a user's own jobs only, so
+no user passes another's jobs with ``-p 1000``.
 
 Fit. A job fits a host when the host is not in the job's exclusions, has the free cores, is
 below ``max_jobs``, has the free memory (checked only when both sides state memory) and the
@@ -38,6 +39,8 @@ from bisect import insort
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+
+from hq.server.usage import RUNNING_CORE_S
 
 # load_factor * cores is rarely exact in binary (1.1 * 20 = 22.000000000000004, and some
 # products round down): without this slack a host could lose a core to rounding.
@@ -233,7 +236,8 @@ def _queues(pending: Sequence[PendingJob]) -> dict[str, list[PendingJob]]:
 
 def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
                running_per_user: Mapping[str, tuple[int, int]],
-               policy: Policy) -> list[Placement]:
+               policy: Policy, share_keys: Mapping[str, float] | None = None
+               ) -> list[Placement]:
     """One scheduling round: the placements to make now, in the order they were decided.
 
     ``pending`` comes in submission order (ids ascending); ``running_per_user`` maps owner to
@@ -245,8 +249,11 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
     limit = policy.max_running_per_user
     running = {owner: jobs for owner, (jobs, _) in running_per_user.items()}
     # the heap key per owner: running cores with fair share, a constant (FIFO by id) without
-    share = ({owner: cores for owner, (_, cores) in running_per_user.items()}
-             if policy.fair_share else {})
+    # with fair share the key is each owner's share key (hq.server.usage: decayed usage and
+    # the cores held now, RUNNING_CORE_S each), or their running cores when none is given
+    per_core = RUNNING_CORE_S if share_keys is not None else 1
+    share = ({} if not policy.fair_share else dict(share_keys) if share_keys is not None
+             else {owner: cores for owner, (_, cores) in running_per_user.items()})
     misses = _Misses(cluster.max_avail)
     # Skipping a job in Python costs about eight times what a C-level min() pass spends on it,
     # so once an eighth of pending was skipped the round learns the smallest job's cores and
@@ -287,7 +294,7 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
             placements.append(Placement(job.id, cluster.take(at, job)))
             running[owner] = running.get(owner, 0) + 1
             if policy.fair_share:
-                key = share[owner] = key + job.cores
+                key = share[owner] = key + job.cores * per_core
             if not cluster.order or cluster.max_avail < smallest:
                 return placements
         if pos + 1 == end:

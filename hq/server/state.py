@@ -22,6 +22,7 @@ from hq.job import OUTCOME_FIELDS, Job, Submission
 from hq.protocol.messages import HostAddress
 from hq.server.dependencies import Dependencies
 from hq.server.scheduler import HostSlot, PendingJob
+from hq.server.usage import Usage
 from hq.states import HostState, JobState, check_host_transition, check_job_transition
 
 # Finished jobs kept in memory for quick show/wait answers; older ones are read from the DB.
@@ -154,6 +155,7 @@ class Cluster:
         # array with a cap has queues of its own, whose heads are as many as its cap leaves.
         self.pending_queues: dict[QueueKey, dict[int, Job]] = {}
         self.deps = Dependencies()
+        self.usage = Usage()
         self._lacking: dict[str, frozenset[str]] = {}   # constraint -> hosts that lack it
         # (job, the job it waited for, how that ended) found doomed when loading
         self.doomed_at_start: list[tuple[int, int, JobState]] = []
@@ -256,6 +258,9 @@ class Cluster:
             self._queue(job)
         elif new.finished:
             doomed = self._dependencies_after(job)
+            if old.active and job.started_at is not None and job.ended_at is not None:
+                run_s = (job.ended_at - job.started_at).total_seconds()
+                self.usage.add(job.owner, job.spec.cores * run_s, job.ended_at.timestamp())
             mine = self.unfinished_by_owner.get(job.owner)
             if mine is not None:
                 mine.pop(job.id, None)

@@ -242,3 +242,27 @@ async def test_gpu_jobs_never_share_a_device(core: Core):
     from hq.errors import UsageError
     with pytest.raises(UsageError, match="asks for 3 GPU"):
         await core.submit("alice", "true", gpus=3)
+
+
+@core_test(hosts={"n1": 1})
+async def test_fair_share_remembers_past_usage_across_a_restart(core: Core):
+    from hq.server.loading import load_state
+
+    await core.user_server("alice")
+    await core.user_server("bob")
+    (heavy,) = await core.submit("alice", "true")
+    assert core.server.dispatcher.round() == 1
+    link = core.peers["alice"].link
+    start = core.clock.now().timestamp()
+    core.server.dispatcher.on_job_events(link, JobEvents(host="n1", events=[
+        JobStarted(id=heavy, pid=4321, at=start),
+        JobEnded(id=heavy, at=start + 7200, pid=4321, exit_code=0)]))   # two core-hours
+    await core.committed()
+    with core.engine.connect() as conn:
+        cluster, _users = load_state(conn)   # what a restarted hq-server knows
+    now = core.clock.now().timestamp() + 7200
+    assert cluster.usage.of("alice", now) > 7000 and cluster.usage.of("bob", now) == 0
+    (older,) = await core.submit("alice", "true")
+    (newer,) = await core.submit("bob", "true")
+    assert core.server.dispatcher.round() == 1
+    assert state(core, newer) is JobState.DISPATCHED and state(core, older) is JobState.PENDING

@@ -3,7 +3,7 @@ ended as it did), job arrays get a cap and an end notification, jobs may run aga
 failure (retries, retry_count, one job_attempts row per run) and point back at the job they
 run again (resubmit_of); report_jobs shows arrays, reasons and attempts. Jobs name the host
 features they need (constraint_expr) and GPUs (gpus, gpu_ids; hosts.gpus), exec_servers
-rows get a state.
+rows get a state; user_usage keeps fair share's history.
 
 Revision ID: 0003
 Revises: 0002
@@ -110,11 +110,23 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", "attempt", name=op.f("pk_job_attempts")),
         **TABLE_ARGS,
     )
+    op.create_table(
+        "user_usage",
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("core_seconds", sa.Float(), nullable=False,
+                  comment="core-seconds of finished jobs, decayed to updated_at"),
+        sa.Column("updated_at", UtcDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE",
+                                name=op.f("fk_user_usage_user_id_users")),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_user_usage")),
+        **TABLE_ARGS,
+    )
     _create_view("report_jobs", _report_jobs())
 
 
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS report_jobs")
+    op.drop_table("user_usage")
     op.drop_table("job_attempts")
     for column in ("state_reason", "state"):
         op.drop_column("exec_servers", column)
