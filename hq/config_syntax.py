@@ -73,14 +73,13 @@ def positive_int(text: str) -> int:
 
 def core_count(text: str) -> int:
     """A host's cores: ``24``, or sockets x cores as hardware lists them (``2x12``)."""
-    sockets, times, per_socket = text.strip().lower().partition("x")
-    if not times:
+    match = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*", text)
+    if match is None:
         return positive_int(text.strip())
-    try:
-        return positive_int(sockets.strip()) * positive_int(per_socket.strip())
-    except ValueError:
-        raise ValueError(f"not a core count (24, or sockets x cores: 2x12): {quote(text)}"
-                         ) from None
+    cores = int(match[1]) * int(match[2])
+    if cores == 0:
+        raise ValueError(f"not a core count (24, or sockets x cores: 2x12): {quote(text)}")
+    return cores
 
 
 def non_negative_int(text: str) -> int:

@@ -256,3 +256,17 @@ def test_wait_says_why_a_job_ended(running_hq):
     spans = sorted((running_hq.show(i)["started_at"], running_hq.show(i)["ended_at"])
                    for i in ids)
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+
+
+def test_progress_follows_an_array_until_it_is_done(running_hq):
+    hq = running_hq
+    ids = _ids(hq.submit("--json", "--array", "1-4", 'sleep 0.3; test "$HQ_ARRAY_INDEX" != 2'))
+    shown = hq.client("progress", str(ids[0]), "--interval", "0.2", timeout=120)
+    assert shown.returncode == 1, shown.stderr   # one element failed
+    assert f"array {ids[0]}" in shown.stdout and "4/4" in shown.stdout
+    counts = _json(hq.client("progress", str(ids[0]), "--json"))
+    assert counts == {str(ids[0]): {"done": 3, "failed": 1}}
+    listing = hq.client("jobs", "--all").stdout
+    assert f"{ids[0]}_[1-4]" in listing and "3 done" in listing
+    expanded = hq.client("jobs", "--all", "--expand", "--array", str(ids[0])).stdout
+    assert len([line for line in expanded.splitlines() if f"({ids[0]}_" in line]) == 4
