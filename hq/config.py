@@ -282,6 +282,9 @@ class UserConfig:
     name: str
     roles: frozenset[Role]
     line: int = 0
+    share: float = 1.0              # fair share weight: twice the share, twice the usage
+    max_running: int | None = None  # most jobs at once (over [scheduler] max_running_per_user)
+    max_cores: int | None = None    # most cores at once
 
     @property
     def is_admin(self) -> bool:
@@ -289,8 +292,15 @@ class UserConfig:
         return Role.ADMIN in self.roles
 
 
+_USER_KEYS: Mapping[str, Callable[[str], object]] = MappingProxyType({
+    "share": syntax.positive_number, "max_running": syntax.non_negative_int,
+    "max_cores": syntax.positive_int})
+
+
 def load_users(path: Path) -> tuple[UserConfig, ...]:
-    """Read etc/users: ``<user> <ROLE>[,<ROLE>...]`` per line, ``#`` comments; may be empty."""
+    """Read etc/users: ``<user> <ROLE>[,<ROLE>...] [key=value...]`` per line, ``#`` comments;
+    may be empty. The keys (``share``, ``max_running``, ``max_cores``) come after the roles,
+    so the original hQ format reads as before."""
     source = str(path)
     users: list[UserConfig] = []
     first_seen: dict[str, int] = {}
@@ -306,6 +316,18 @@ def load_users(path: Path) -> tuple[UserConfig, ...]:
         except ValueError as exc:
             raise ConfigError(source, str(exc), line=number, field="user") from None
         words = [word for word in re.split(r"[\s,]+", rest) if word]
+        settings: dict[str, object] = {}
+        for word in [w for w in words if "=" in w]:
+            key, _, value = word.partition("=")
+            parse = _USER_KEYS.get(key.lower())
+            if parse is None:
+                raise ConfigError(source, f"unknown key {quote(key)} for user {quote(name)} "
+                                  f"(known: {', '.join(_USER_KEYS)})", line=number, field=key)
+            try:
+                settings[key.lower()] = parse(value)
+            except ValueError as exc:
+                raise ConfigError(source, str(exc), line=number, field=key) from None
+        words = [w for w in words if "=" not in w]
         if not words:
             raise ConfigError(source, f"missing role for user {quote(name)} (known: {known})",
                               line=number, field="roles")
@@ -322,7 +344,8 @@ def load_users(path: Path) -> tuple[UserConfig, ...]:
             raise ConfigError(source, f"duplicate user {quote(name)} (first defined on line "
                               f"{first_seen[name]})", line=number, field="user")
         first_seen[name] = number
-        users.append(UserConfig(name=name, roles=frozenset(roles), line=number))
+        users.append(UserConfig(name=name, roles=frozenset(roles), line=number,
+                                **settings))  # type: ignore[arg-type]
     return tuple(users)
 
 

@@ -20,6 +20,9 @@ class UserRecord:
     name: str
     roles: frozenset[Role]
     retired: bool
+    share: float = 1.0
+    max_running: int | None = None
+    max_cores: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -30,11 +33,13 @@ def list_users(conn: sa.Connection, *, include_retired: bool = False) -> list[Us
     roles: dict[int, set[Role]] = {}
     for user_id, role in conn.execute(sa.select(user_roles.c.user_id, user_roles.c.role)):
         roles.setdefault(user_id, set()).add(role)
-    query = sa.select(users.c.id, users.c.name, users.c.retired).order_by(users.c.name)
+    query = sa.select(users.c.id, users.c.name, users.c.retired, users.c.share,
+                      users.c.max_running, users.c.max_cores).order_by(users.c.name)
     if not include_retired:
         query = query.where(users.c.retired.is_(False))
     return [UserRecord(id=r.id, name=r.name, roles=frozenset(roles.get(r.id, ())),
-                       retired=r.retired) for r in conn.execute(query)]
+                       retired=r.retired, share=r.share, max_running=r.max_running,
+                       max_cores=r.max_cores) for r in conn.execute(query)]
 
 
 def _roles_word(roles: frozenset[Role]) -> str:
@@ -53,7 +58,7 @@ def sync_users(conn: sa.Connection, wanted: Sequence[UserConfig], now: dt.dateti
         old = existing.pop(cfg.name, None)
         if old is None:
             inserted = conn.execute(sa.insert(users).values(
-                name=cfg.name, retired=False, created_at=now, updated_at=now))
+                name=cfg.name, retired=False, created_at=now, updated_at=now, **_limits(cfg)))
             user_id = inserted.inserted_primary_key[0]
             _set_roles(conn, user_id, cfg.roles)
             changes.append(ConfigChange(EventKind.USER, cfg.name,
@@ -70,6 +75,13 @@ def sync_users(conn: sa.Connection, wanted: Sequence[UserConfig], now: dt.dateti
             changes.append(ConfigChange(
                 EventKind.USER, cfg.name,
                 f"roles {_roles_word(old.roles)} -> {_roles_word(cfg.roles)}"))
+        if (old.share, old.max_running, old.max_cores) != tuple(_limits(cfg).values()):
+            conn.execute(sa.update(users).where(users.c.id == old.id)
+                         .values(updated_at=now, **_limits(cfg)))
+            changes.append(ConfigChange(
+                EventKind.USER, cfg.name,
+                f"share {cfg.share:g}, max_running {cfg.max_running or '-'}, "
+                f"max_cores {cfg.max_cores or '-'}"))
     for gone in existing.values():
         if not gone.retired:
             conn.execute(sa.update(users).where(users.c.id == gone.id)
@@ -77,6 +89,10 @@ def sync_users(conn: sa.Connection, wanted: Sequence[UserConfig], now: dt.dateti
             changes.append(ConfigChange(EventKind.USER, gone.name,
                                         "retired (no longer in etc/users)"))
     return changes
+
+
+def _limits(cfg: UserConfig) -> dict[str, object]:
+    return {"share": cfg.share, "max_running": cfg.max_running, "max_cores": cfg.max_cores}
 
 
 def _set_roles(conn: sa.Connection, user_id: int, roles: frozenset[Role]) -> None:

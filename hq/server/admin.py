@@ -246,6 +246,7 @@ async def reload_configuration(server: Server) -> ReloadReply:
         lambda conn: (list_users(conn, include_retired=True),
                       list_hosts(conn, include_retired=True)), what="reload")
     server.users = {u.name: u for u in users}
+    server.users_changed()
     changed = apply_host_records(server.cluster, hosts)
     for name in changed:
         host = server.cluster.hosts.get(name)

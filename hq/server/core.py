@@ -26,7 +26,7 @@ from hq.server.health import Health
 from hq.server.journal import Journal
 from hq.server.links import Links
 from hq.server.notifications import Notifier
-from hq.server.scheduler import Policy
+from hq.server.scheduler import Policy, UserLimits
 from hq.server.state import Cluster
 from hq.server.store import Store
 
@@ -62,7 +62,7 @@ class Server:
         self.cluster.retry_after_s = self.config.retry_unreachable_s
         self.cluster.facts_timeout_s = self.config.monitor_timeout_s
         self.journal = Journal(self.cluster, self.store, self.clock)
-        self.journal.users_by_name = {name: u.id for name, u in self.users.items()}
+        self.users_changed()
         self.cluster.usage.half_life_s = self.config.fairshare_half_life_s
         self.links = Links()
         self.dispatcher = Dispatcher(self.cluster, self.journal, self.links, self.policy,
@@ -71,6 +71,18 @@ class Server:
                              self.config, self.clock)
         self.notifier = Notifier(self.journal, self.store, self.links, self.clock,
                                  self.cluster.database_id)
+
+    def users_changed(self) -> None:
+        """etc/users as loaded (at start and at each reload): ids, shares and limits."""
+        self.journal.users_by_name = {name: u.id for name, u in self.users.items()}
+        self.cluster.user_limits = _limits_of(self.users)
+        self.cluster.shares = {name: u.share for name, u in self.users.items()
+                               if u.share != 1.0}
+
+
+def _limits_of(users: dict[str, UserRecord]) -> dict[str, UserLimits]:
+    return {name: UserLimits(u.max_running, u.max_cores) for name, u in users.items()
+            if u.max_running is not None or u.max_cores is not None}
 
 
 def monitor_hosts(server: Server) -> MonitorHosts:

@@ -160,8 +160,8 @@ class Dispatcher:
             return []
         running = cluster.running_per_user()
         keys = cluster.usage.keys({owner: cores for owner, (_n, cores) in running.items()},
-                                  self.clock.now().timestamp())
-        return place_jobs(pending, slots, running, self.policy, keys)
+                                  self.clock.now().timestamp(), cluster.shares)
+        return place_jobs(pending, slots, running, self.policy, keys, cluster.user_limits)
 
     def _queue_ahead(self, usable: list[Host], blocked: dict[str, frozenset[str]],
                      batches: dict[tuple[str, str], list[Job]]) -> None:

@@ -78,6 +78,14 @@ class PendingJob:
     gpus: int = 0               # GPUs it needs
 
 
+@dataclass(frozen=True, slots=True)
+class UserLimits:
+    """One user's limits from etc/users (None: the policy's, or none)."""
+
+    max_running: int | None = None
+    max_cores: int | None = None
+
+
 @dataclass(frozen=True)
 class Policy:
     """Scheduler knobs from etc/hq-server.cfg [scheduler]."""
@@ -236,19 +244,21 @@ def _queues(pending: Sequence[PendingJob]) -> dict[str, list[PendingJob]]:
 
 def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
                running_per_user: Mapping[str, tuple[int, int]],
-               policy: Policy, share_keys: Mapping[str, float] | None = None
-               ) -> list[Placement]:
+               policy: Policy, share_keys: Mapping[str, float] | None = None,
+               user_limits: Mapping[str, UserLimits] | None = None) -> list[Placement]:
     """One scheduling round: the placements to make now, in the order they were decided.
 
     ``pending`` comes in submission order (ids ascending); ``running_per_user`` maps owner to
-    (running jobs, running cores). Ordering, fit and backfill rules: see the module docstring.
+    (running jobs, running cores); ``user_limits`` holds the limits of etc/users, over the
+    policy's. Ordering, fit and backfill rules: see the module docstring.
     """
     cluster = _Cluster(hosts, policy.load_factor)
     if not cluster.order:
         return []  # nothing free: answer before looking at a single pending job
     limit = policy.max_running_per_user
     running = {owner: jobs for owner, (jobs, _) in running_per_user.items()}
-    # the heap key per owner: running cores with fair share, a constant (FIFO by id) without
+    held = {owner: cores for owner, (_, cores) in running_per_user.items()}
+    limits = user_limits or {}
     # with fair share the key is each owner's share key (hq.server.usage: decayed usage and
     # the cores held now, RUNNING_CORE_S each), or their running cores when none is given
     per_core = RUNNING_CORE_S if share_keys is not None else 1
@@ -267,9 +277,13 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
     heapq.heapify(heap)
     while heap:
         key, _, pos, owner, jobs = heap[0]
-        if limit and running.get(owner, 0) >= limit:
+        own = limits.get(owner)
+        most = own.max_running if own is not None and own.max_running is not None else limit
+        if most and running.get(owner, 0) >= most:
             heapq.heappop(heap)   # none of the owner's jobs this round
             continue
+        cores_left = None if own is None or own.max_cores is None \
+            else own.max_cores - held.get(owner, 0)
         # skip, without a heap operation each, the owner's jobs that cannot fit, as long as
         # the next one has the same priority (ids ascend there, so the owner's turn only
         # comes later); the last of a priority goes through the heap like any other job,
@@ -287,12 +301,17 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
             heapq.heapreplace(heap, (key, jobs[pos].id, pos, owner, jobs))
             continue
         job = jobs[pos]
-        at = -1 if job.cores > cluster.max_avail or misses.covers(job) else cluster.pick(job)
-        if at < 0:
-            misses.add(job)
+        if cores_left is not None and job.cores > cores_left:
+            at = -2   # over the owner's cores: a shape others' jobs may still fit
         else:
+            at = -1 if job.cores > cluster.max_avail or misses.covers(job) \
+                else cluster.pick(job)
+        if at == -1:
+            misses.add(job)
+        elif at >= 0:
             placements.append(Placement(job.id, cluster.take(at, job)))
             running[owner] = running.get(owner, 0) + 1
+            held[owner] = held.get(owner, 0) + job.cores
             if policy.fair_share:
                 key = share[owner] = key + job.cores * per_core
             if not cluster.order or cluster.max_avail < smallest:
@@ -305,7 +324,8 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
 
 
 def pending_reason(job: PendingJob, hosts: Sequence[HostSlot], all_hosts: Collection[str],
-                   running_per_user: Mapping[str, tuple[int, int]], policy: Policy) -> str:
+                   running_per_user: Mapping[str, tuple[int, int]], policy: Policy,
+                   limits: UserLimits | None = None) -> str:
     """A short reason, for display, why ``job`` is still pending.
 
     ``hosts`` are the hosts that may take jobs now (as for ``place_jobs``), ``all_hosts`` the
@@ -329,8 +349,14 @@ def pending_reason(job: PendingJob, hosts: Sequence[HostSlot], all_hosts: Collec
         if not candidates:
             return f"no host it may use has {job.gpus} GPU{'' if job.gpus == 1 else 's'}"
     limit = policy.max_running_per_user
-    if limit and running_per_user.get(job.owner, (0, 0))[0] >= limit:
+    if limits is not None and limits.max_running is not None:
+        limit = limits.max_running
+    jobs_held, cores_held = running_per_user.get(job.owner, (0, 0))
+    if limit and jobs_held >= limit:
         return f"user limit of {limit} running jobs reached"
+    if limits is not None and limits.max_cores is not None \
+            and cores_held + cores > limits.max_cores:
+        return f"user limit of {limits.max_cores} cores reached"
     candidates = [h for h in candidates if h.free_cores >= cores]
     if not candidates:
         return f"waiting for {cores} free core{'' if cores == 1 else 's'}"

@@ -21,7 +21,7 @@ from hq.constraints import satisfied
 from hq.job import OUTCOME_FIELDS, Job, Submission
 from hq.protocol.messages import HostAddress
 from hq.server.dependencies import Dependencies
-from hq.server.scheduler import HostSlot, PendingJob
+from hq.server.scheduler import HostSlot, PendingJob, UserLimits
 from hq.server.usage import Usage
 from hq.states import HostState, JobState, check_host_transition, check_job_transition
 
@@ -156,6 +156,8 @@ class Cluster:
         self.pending_queues: dict[QueueKey, dict[int, Job]] = {}
         self.deps = Dependencies()
         self.usage = Usage()
+        self.user_limits: dict[str, UserLimits] = {}   # etc/users max_running=, max_cores=
+        self.shares: dict[str, float] = {}             # etc/users share=
         self._lacking: dict[str, frozenset[str]] = {}   # constraint -> hosts that lack it
         # (job, the job it waited for, how that ended) found doomed when loading
         self.doomed_at_start: list[tuple[int, int, JobState]] = []

@@ -43,9 +43,13 @@ class Usage:
         self.changed.clear()
         return rows
 
-    def keys(self, running_cores: Mapping[str, int], now: float) -> dict[str, float]:
-        """The scheduler's fair-share key per user: decayed usage + the cores held now."""
+    def keys(self, running_cores: Mapping[str, int], now: float,
+             shares: Mapping[str, float] | None = None) -> dict[str, float]:
+        """The scheduler's fair-share key per user: decayed usage + the cores held now, over
+        the user's share (etc/users share=2: twice as much before others go first)."""
         keys = {user: self.of(user, now) for user in self.values}
         for user, cores in running_cores.items():
             keys[user] = keys.get(user, 0.0) + cores * RUNNING_CORE_S
+        if shares:
+            keys = {user: value / shares.get(user, 1.0) for user, value in keys.items()}
         return keys

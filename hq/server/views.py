@@ -66,4 +66,5 @@ def why_pending(server: Server, job: Job) -> str:
     if not slots:
         return "no host is taking jobs (all inactive, drained or unreachable)"
     return pending_reason(cluster.pending_view(job), slots, list(cluster.hosts),
-                          cluster.running_per_user(), server.policy)
+                          cluster.running_per_user(), server.policy,
+                          cluster.user_limits.get(job.owner))

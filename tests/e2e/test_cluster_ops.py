@@ -186,3 +186,20 @@ def test_accounting_counts_what_ended_from_the_report_views(running_hq):
     assert "no job ended between" in later.stdout
     bad = hq.admin("accounting", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "--since yesterday-ish" in bad.stderr
+
+
+def test_limits_of_etc_users_hold_and_are_named(installed_hq):
+    import getpass
+
+    hq = installed_hq
+    (hq.inst.etc / "users").write_text(f"{getpass.getuser()} admin max_running=1\n")
+    assert hq.dbadmin("--add-standard-entries").returncode == 0
+    hq.start_server()
+    first = hq.submit_id("sleep 30")
+    second = hq.submit_id("true")
+    hq.wait_for(first, {"running"})
+    eventually(lambda: hq.show(second)["state_reason"] == "user limit of 1 running jobs reached",
+               what="the limit named as the reason")
+    assert hq.show(second)["state"] == "pending"
+    assert hq.client("cancel", str(first)).returncode == 0
+    assert hq.wait_for(second, {"done", "failed"}, timeout=30)["state"] == "done"

@@ -272,6 +272,15 @@ def test_users_with_tabs_spaces_comments_and_capital_roles(inst: Installation) -
     assert users[1].roles == frozenset({Role.USER})
 
 
+def test_users_may_have_a_share_and_limits_after_their_roles(inst: Installation) -> None:
+    path = write(inst.users_file, "alice user share=2 max_cores=64 max_running=100\n"
+                                  "bob\tuser\n")
+    alice, bob = load_users(path)
+    assert (alice.share, alice.max_cores, alice.max_running, alice.roles) == (
+        2.0, 64, 100, frozenset({Role.USER}))
+    assert (bob.share, bob.max_cores, bob.max_running) == (1.0, None, None)
+
+
 def test_an_empty_users_file_has_no_users(inst: Installation) -> None:
     assert load_users(write(inst.users_file, "# nobody yet\n\n")) == ()
 
@@ -287,6 +296,10 @@ def test_an_empty_users_file_has_no_users(inst: Installation) -> None:
                        "'.', '-' (not first), at most 32 characters"),
     ("a" * 33 + "\tuser\n", f":1: user: invalid user name \"{'a' * 33}\": use letters, digits, "
                             "'_', '.', '-' (not first), at most 32 characters"),
+    ("alice user shares=2\n", ':1: shares: unknown key "shares" for user "alice" (known: '
+                              "share, max_running, max_cores)"),
+    ("alice user max_cores=0\n", ':1: max_cores: not a positive integer: "0"'),
+    ("alice max_running=3\n", ':1: roles: missing role for user "alice" (known: admin, user)'),
     ("alice\tuser\nbob\tuser\nalice\tadmin\n",
      ':3: user: duplicate user "alice" (first defined on line 1)'),
 ])

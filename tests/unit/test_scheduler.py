@@ -389,3 +389,20 @@ def test_pending_reason_agrees_with_place_jobs_for_load():
     pending = job(1, cores=8)
     assert ids([pending], [slot]) == [1]
     assert pending_reason(pending, [slot], ["node01"], {}, Policy()) == "waiting for its turn"
+
+
+# --- limits per user (etc/users) -------------------------------------------------------------
+
+def test_per_user_limits_override_the_policy():
+    from hq.server.scheduler import UserLimits
+
+    pending = [job(1, "alice"), job(2, "alice"), job(3, "alice", cores=2), job(4, "bob"),
+               job(5, "bob"), job(6, "bob")]
+    limits = {"alice": UserLimits(max_cores=2), "bob": UserLimits(max_running=1)}
+    placed_ids = [p.job_id for p in place_jobs(pending, [host(cores=8)], {}, Policy(), None,
+                                               limits)]
+    # alice: two 1-core jobs fill her 2 cores, her 2-core one waits; bob: one job
+    assert sorted(placed_ids) == [1, 2, 4]
+    reason = pending_reason(job(3, "alice", cores=2), [host(cores=8)], NAMES,
+                            {"alice": (2, 2)}, Policy(), UserLimits(max_cores=2))
+    assert reason == "user limit of 2 cores reached"

@@ -110,6 +110,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", "attempt", name=op.f("pk_job_attempts")),
         **TABLE_ARGS,
     )
+    op.add_column("users", sa.Column("share", sa.Float(), nullable=False, server_default="1",
+                                     comment="fair share weight from etc/users (share=2)"))
+    op.add_column("users", sa.Column(
+        "max_running", sa.Integer(), nullable=True,
+        comment="most jobs at once (etc/users max_running=); NULL: the server default"))
+    op.add_column("users", sa.Column(
+        "max_cores", sa.Integer(), nullable=True,
+        comment="most cores at once (etc/users max_cores=); NULL: no limit"))
     op.create_table(
         "user_usage",
         sa.Column("user_id", sa.Integer(), nullable=False),
@@ -127,6 +135,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS report_jobs")
     op.drop_table("user_usage")
+    for column in ("max_cores", "max_running", "share"):
+        op.drop_column("users", column)
     op.drop_table("job_attempts")
     for column in ("state_reason", "state"):
         op.drop_column("exec_servers", column)
