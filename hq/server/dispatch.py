@@ -178,7 +178,7 @@ class Dispatcher:
         allotted = cluster.allotted_to()
         share = sum(h.cores for h in by_name.values()) / max(1, len(waiting | set(allotted)))
         limit = self.policy.max_running_per_user
-        running = cluster.running_per_user() if limit else {}
+        running = cluster.running_per_user() if limit or cluster.user_limits else {}
         # owner -> [pair, allotment, cores of its active jobs] of the exec-servers to fill
         targets: dict[str, list[list[Any]]] = defaultdict(list)
         for pair in cluster.queue_pairs:
@@ -191,12 +191,16 @@ class Dispatcher:
                 continue   # let its queue run dry: its cores go to the others' jobs
             targets[owner].append([pair, allot, cluster.pair_cores.get(pair, 0)])
         for owner, pairs in targets.items():
-            n_running = running.get(owner, (0, 0))[0]
+            n_running, n_cores = running.get(owner, (0, 0))
+            own = cluster.user_limits.get(owner)
+            most = own.max_running if own is not None and own.max_running is not None else limit
+            cores_cap = None if own is None else own.max_cores
             room = sum(allot * (1 + MAX_QUEUE_PER_CORE) - have for _p, allot, have in pairs)
             for job in cluster.pending_of(owner, max(0, min(room, MAX_QUEUED_PER_ROUND))):
                 depth = queue_depth(cluster.submissions.get(job.submission_id))
                 spec = job.spec
-                if depth == 0 or spec.memory_mb or spec.gpus or (limit and n_running >= limit):
+                if depth == 0 or spec.memory_mb or spec.gpus or (most and n_running >= most) \
+                        or (cores_cap is not None and n_cores + spec.cores > cores_cap):
                     break   # in order: no job passes the one that cannot be queued
                 # the exec-server with the most room for it, relative to its allotment: a
                 # user's queue is spread over the hosts it runs on, not piled on the first
@@ -214,6 +218,7 @@ class Dispatcher:
                 batches[best[0]].append(job)
                 best[2] += spec.cores
                 n_running += 1
+                n_cores += spec.cores
 
     def _send_runs(self, batches: dict[tuple[str, str], list[Job]]) -> None:
         for (owner, host_name), jobs in batches.items():
