@@ -84,8 +84,8 @@ lint: $(STAMP) ## ruff and the import-linter contracts
 	$(VE)/bin/ruff check .
 	$(VE)/bin/lint-imports
 
-clean: ## remove the virtualenv and its stamp (never var/ or etc/)
-	rm -rf $(VE) $(STAMP)
+clean: ## remove the virtualenv, its stamp and the built documentation (never var/ or etc/)
+	rm -rf $(VE) $(STAMP) doc/html doc/man doc/_build
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
