@@ -24,12 +24,15 @@ class names its reply class in ``Reply``.
 
 This module is the catalogue: every kind can be imported from here. The field types and base
 classes live in ``hq.protocol.fields``, the hello and welcome in ``hq.protocol.handshake``,
-the admin's requests in ``hq.protocol.admin_messages``; the rest are defined here.
+the admin's requests in ``hq.protocol.admin_messages``, the shapes of a job (JobInfo, RunJob,
+...) in ``hq.protocol.job_messages``, host and exec-server reports in
+``hq.protocol.host_messages``, exec-servers' job reports in ``hq.protocol.job_events``,
+array workflows in ``hq.protocol.workflow_messages``; the rest are defined here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 
@@ -107,6 +110,48 @@ from hq.protocol.handshake import (  # noqa: F401 (the catalogue: every kind is 
     Role,
     Welcome,
 )
+from hq.protocol.host_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    EXEC_SERVER_STATES,
+    ExecServerReport,
+    Heartbeat,
+    HostFacts,
+    HostReach,
+    HostStateReport,
+    MonitorHosts,
+)
+from hq.protocol.job_events import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    JobEnded,
+    JobEvent,
+    JobEvents,
+    JobStarted,
+    QueuedJob,
+    RunningJob,
+    Sync,
+    SyncReply,
+    SyncRequest,
+)
+from hq.protocol.job_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    MAX_ARRAY_CAP,
+    MAX_DEPENDENCIES,
+    Attempt,
+    AttemptInfo,
+    DependencyInfo,
+    DependencyRef,
+    JobInfo,
+    JobWaitState,
+    RunJob,
+    SubmissionEnv,
+    check_environment,
+    validate_jobs,
+)
+from hq.protocol.workflow_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    JobSpecs,
+    JobSpecsReply,
+    Resubmit,
+    SubmitReply,
+    UpdateArray,
+    UpdateArrayReply,
+)
 from hq.states import JobState
 
 # --- what the commands ask (cli -> user-server -> hq-server) ------------------------------------
@@ -133,25 +178,6 @@ class ReserveSubmission(Request, tag="reserve", kw_only=True):
     name it), and the database it is for (version 2)."""
 
     reply_type = ReserveReply
-
-
-class SubmitReply(Reply, tag="reply", kw_only=True):
-    ids: list[JobId]
-    submission_id: JobId
-
-
-MAX_DEPENDENCIES = 1000   # --dependency items of one submission (an array counts as one)
-MAX_ARRAY_CAP = 1_000_000
-
-
-class DependencyRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One job (or array) a submission names in ``--dependency`` (version 2): ``id`` is a
-    job, or an array's id for the whole array; ``index`` names one element of that array
-    (``42_7``). ``aftercorr``: element i of the new array after element i of ``id``."""
-
-    kind: Literal["afterok", "afterany", "afternotok", "aftercorr"]
-    id: JobId
-    index: Count | None = None
 
 
 class Submit(Request, tag="submit", kw_only=True):
@@ -214,32 +240,6 @@ class SubmitPart(Request, tag="submit_part", kw_only=True):
         validate_jobs(self.jobs)
 
 
-def validate_jobs(jobs: list[JobSpec]) -> None:
-    if len(jobs) == 1:
-        jobs[0].validate()
-        return
-    for n, spec in enumerate(jobs, 1):
-        try:
-            spec.validate()
-        except InvalidSpec as err:
-            raise InvalidSpec(f"job {n} of {len(jobs)}: {err}") from None
-
-
-def check_environment(environment: dict[str, str]) -> None:
-    """An environment a job can be started with: names without ``=`` or NUL, values without
-    NUL, all of it valid text (a lone surrogate is what undecodable bytes become)."""
-    for name, value in environment.items():
-        if not name or "=" in name or "\0" in name or "\0" in value:
-            raise InvalidSpec(f"environment variable {name[:100]!r}: a name must be non-empty "
-                              "and without '=' or NUL, a value without NUL")
-        try:
-            name.encode()
-            value.encode()
-        except UnicodeEncodeError:
-            raise InvalidSpec(f"environment variable {name[:100]!r} is not valid UTF-8 "
-                              "text") from None
-
-
 class ClusterSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     active: bool
     hosts: Count
@@ -260,73 +260,6 @@ class Status(Request, tag="status", kw_only=True):
     """My jobs by state, others' as counts, the cluster in numbers."""
 
     reply_type = StatusReply
-
-
-class DependencyInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One job another one waits for, and how that one is doing."""
-
-    id: JobId
-    kind: Word
-    state: JobState
-
-
-class AttemptInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One earlier run of a job that may run again after a failure (--retries)."""
-
-    attempt: Count
-    state: JobState
-    reason: Text | None = None
-    host: HostName | None = None
-    exit_code: ExitCode | None = None
-    signal: SignalNumber | None = None
-    started_at: Epoch | None = None
-    ended_at: Epoch | None = None
-
-
-class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Everything about one job that its owner may see (built by ``hq.server.views``)."""
-
-    id: JobId
-    name: Name | None
-    owner: UserName
-    state: JobState
-    state_reason: Text | None
-    host: HostName | None
-    cores: Count
-    memory_mb: Count | None
-    priority: int
-    group: Name | None
-    info_text: Name | None
-    submission_id: JobId
-    array_index: Count | None
-    command: str
-    shell: str
-    cwd: str
-    stdout: str                    # resolved, absolute
-    stderr: str
-    log_path: str | None
-    excluded_hosts: list[HostName]
-    time_limit_s: Count | None
-    requeue: bool
-    pid: Pid | None
-    exit_code: ExitCode | None
-    signal: SignalNumber | None
-    submitted_at: Epoch | None
-    started_at: Epoch | None
-    ended_at: Epoch | None
-    cpu_time_s: Annotated[float, msgspec.Meta(ge=0)] | None
-    max_rss_kb: Count | None
-    restart_count: Count
-    # workflows (version 2)
-    array_id: JobId | None = None
-    constraint: Name | None = None
-    gpus: Count = 0
-    gpu_ids: Name | None = None
-    retries: Count = 0
-    retry_count: Count = 0
-    resubmit_of: JobId | None = None
-    dependencies: list[DependencyInfo] = msgspec.field(default_factory=list)
-    attempts: list[AttemptInfo] = msgspec.field(default_factory=list)
 
 
 class JobsReply(Reply, tag="reply", kw_only=True):
@@ -386,14 +319,6 @@ class Release(Request, tag="release", kw_only=True):
     reply_type = ChangesReply
 
 
-class JobWaitState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: JobId
-    state: JobState
-    exit_code: ExitCode | None = None
-    signal: SignalNumber | None = None
-    reason: Text | None = None     # why it ended as it did (version 2)
-
-
 class WaitReply(Reply, tag="reply", kw_only=True):
     jobs: list[JobWaitState]
     finished: bool
@@ -407,70 +332,12 @@ class Wait(Request, tag="wait", kw_only=True):
     reply_type = WaitReply
 
 
-class UpdateArrayReply(Reply, tag="reply", kw_only=True):
-    array_id: JobId
-    cap: Count | None
-
-
-class UpdateArray(Request, tag="update_array", kw_only=True):
-    """Change an array of mine: how many of its jobs may run at once (0: no cap)."""
-
-    array: JobId
-    cap: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_CAP)]
-    reply_type = UpdateArrayReply
-
-
-class JobSpecsReply(Reply, tag="reply", kw_only=True):
-    jobs: list[RunJob]                       # the specs as stored, signatures included
-    submissions: dict[str, SubmissionEnv]    # by submission id
-    database: Word
-
-
-class JobSpecs(Request, tag="job_specs", kw_only=True):
-    """The stored specs of jobs of mine (for a resubmission; the user-server checks their
-    signatures before it signs them again)."""
-
-    ids: Annotated[list[JobId], msgspec.Meta(max_length=PART_JOBS)]
-    reply_type = JobSpecsReply
-
-
-class Resubmit(Request, tag="resubmit", kw_only=True):
-    """Submit these jobs of mine again, one submission (command -> user-server only, which
-    fetches their specs, checks them and sends a ``Submit`` with ``resubmit_of``)."""
-
-    ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=PART_JOBS)]
-    hold: bool = False
-    reply_type = SubmitReply
-
-
 USER_REQUESTS = (Ping, Submit, SubmitPart, Status, Jobs, Show, Cancel, Hold, Release, Wait,
                  UpdateArray, JobSpecs, Resubmit)
 """What a command may ask its user-server, which forwards it to hq-server."""
 
 
 # --- jobs on their way to a host and back ---------------------------------------------------
-
-Attempt = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
-
-
-class RunJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: JobId
-    submission_id: JobId
-    spec: JobSpec
-    # which dispatch of the job this is (one more each time hq-server hands it out): a report
-    # about an earlier one, or a second order for it, is told from this one (version 2)
-    attempt: Attempt = 0
-    # the array it is an element of (its first job's id): HQ_ARRAY_ID and %A in its paths
-    array_id: JobId | None = None
-    # on a host with GPUs, the devices it was given (CUDA_VISIBLE_DEVICES); None: no GPUs
-    gpus: Annotated[list[Annotated[str, msgspec.Meta(max_length=128)]],
-                    msgspec.Meta(max_length=64)] | None = None
-
-
-class SubmissionEnv(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    environment: Environment
-    umask: Umask
-
 
 class Run(Message, tag="run", kw_only=True):
     """Start these jobs on ``host`` (hq-server -> user-server, which checks every signature,
@@ -537,157 +404,12 @@ class Superseded(Message, tag="superseded", kw_only=True):
     by_pid: Pid
 
 
-class JobStarted(msgspec.Struct, tag_field="event", tag="started", frozen=True,
-                 forbid_unknown_fields=True):
-    id: JobId
-    pid: Pid
-    at: Epoch
-    attempt: Attempt = 0
-
-
-class JobEnded(msgspec.Struct, tag_field="event", tag="ended", frozen=True, kw_only=True,
-               forbid_unknown_fields=True):
-    """How a job ended; ``reason`` says why when it did not just exit: ``cancelled``,
-    ``time limit``, ``lease expired ...``, ``cannot start: ...``, ``refused: ...``."""
-
-    id: JobId
-    at: Epoch
-    started_at: Epoch | None = None
-    pid: Pid | None = None
-    exit_code: ExitCode | None = None
-    signal: SignalNumber | None = None
-    cpu_time_s: Annotated[float, msgspec.Meta(ge=0, le=1e12)] | None = None
-    max_rss_kb: Count | None = None
-    reason: Text | None = None
-    attempt: Attempt = 0
-
-
-JobEvent = JobStarted | JobEnded
-
-
-class JobEvents(Message, tag="job_events", kw_only=True):
-    """Jobs that started or ended (exec-server -> user-server, which adds ``host`` and
-    forwards to hq-server)."""
-
-    events: Annotated[list[JobEvent], msgspec.Meta(max_length=MAX_EVENTS)]
-    host: HostName | None = None
-
-
-class RunningJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: JobId
-    pid: Pid
-    started_at: Epoch
-    attempt: Attempt = 0
-
-
-class QueuedJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A job waiting at an exec-server for a core."""
-
-    id: JobId
-    attempt: Attempt = 0
-
-
-class SyncReply(Reply, tag="reply", kw_only=True):
-    """An exec-server's whole view of its user's jobs."""
-
-    running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_VIEW)]
-    ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_VIEW)]
-    # version 2: the jobs waiting for a core (None from an exec-server of version 1, which
-    # keeps no queue: every job it is handed starts at once)
-    queued: Annotated[list[QueuedJob], msgspec.Meta(max_length=MAX_VIEW)] | None = None
-
-
-class SyncRequest(Request, tag="sync", kw_only=True):
-    """User-server -> exec-server: report everything (first thing on every new link)."""
-
-    reply_type = SyncReply
-
-
-class Sync(Message, tag="sync", kw_only=True):
-    """User-server -> hq-server: an exec-server's whole view after (re)connecting, and the
-    jobs still on their way to it (``delivering``)."""
-
-    host: HostName
-    running: Annotated[list[RunningJob], msgspec.Meta(max_length=MAX_VIEW)]
-    ended: Annotated[list[JobEnded], msgspec.Meta(max_length=MAX_VIEW)]
-    delivering: ViewIds = msgspec.field(default_factory=list)
-    # version 2: the jobs waiting there for a core; ``queues`` says that this exec-server
-    # keeps such a queue (hq-server hands it jobs ahead of free cores only then)
-    queued: Annotated[list[QueuedJob], msgspec.Meta(max_length=MAX_VIEW)] = \
-        msgspec.field(default_factory=list)
-    queues: bool = False
-
-
-class HostStateReport(Message, tag="host_state", kw_only=True):
-    """A user-server could (``up``) or could not (``unreachable``) reach a host;
-    ``user_only``: only this user cannot (host key, login)."""
-
-    host: HostName
-    state: Literal["up", "unreachable"]
-    reason: Text | None = None
-    user_only: bool = False
-
-
-EXEC_SERVER_STATES = ("running", "connection lost", "heartbeat lost", "stopped", "idle timeout")
-
-
-class ExecServerReport(Message, tag="exec_server", kw_only=True):
-    """A user-server's exec-server on ``host`` came up (with its pid), was lost, or was let
-    go (``stopped``, ``idle timeout``: the user-server had nothing more for it) (version 2)."""
-
-    host: HostName
-    pid: Pid | None = None
-    state: Literal["running", "connection lost", "stopped", "idle timeout"]
-    reason: Text | None = None
-
-
 class Undeliverable(Message, tag="undeliverable", kw_only=True):
     """The user-server could not hand these jobs to ``host``."""
 
     host: HostName
     ids: IdList
     reason: Text = "unreachable"
-
-
-class Heartbeat(Message, tag="heartbeat", kw_only=True):
-    """An exec-server is alive (every heartbeat interval), with what it sees of its host."""
-
-    load1: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
-    free_memory_mb: Count | None = None
-    running: Count = 0
-    host: HostName | None = None
-
-
-class HostFacts(Message, tag="host_facts", kw_only=True):
-    """What a host is doing, measured by the host monitor (hq-server's own account): the only
-    source of facts about a host that affect everyone. ``cpu_busy``, ``hq_daemons`` and
-    ``hq_jobs`` are cores (1.0 = one core busy) over the last report interval."""
-
-    cores: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-    cpu_busy: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
-    hq_daemons: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
-    # the process trees of the exec-servers (hq's jobs); None from an older monitor
-    hq_jobs: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
-    load1: Annotated[float, msgspec.Meta(ge=0, le=1e6)]
-    memory_mb: Count
-    free_memory_mb: Count
-    host: HostName | None = None     # set by the monitor hub, for hq-server
-    gpus: Count | None = None        # GPUs found (hq.hardware); None from an older monitor
-
-
-class HostReach(Message, tag="host_reach", kw_only=True):
-    """The host monitor could (``up``) or could not (``unreachable``) reach a host."""
-
-    host: HostName
-    state: Literal["up", "unreachable"]
-    reason: Text | None = None
-
-
-class MonitorHosts(Message, tag="monitor_hosts", kw_only=True):
-    """hq-server -> monitor: the hosts to watch (again after every reload)."""
-
-    hosts: Annotated[list[HostAddress], msgspec.Meta(max_length=100_000)]
-    interval_s: Seconds
 
 
 class Lease(Message, tag="lease", kw_only=True):

@@ -1,0 +1,55 @@
+"""The requests of array workflows: changing an array's cap, fetching stored specs for a
+resubmission, and the resubmission itself (command -> user-server). Every kind is importable
+from ``hq.protocol.messages``, the catalogue."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from hq.protocol.fields import PART_JOBS, Count, JobId, Reply, Request, Word
+from hq.protocol.job_messages import MAX_ARRAY_CAP, RunJob, SubmissionEnv
+
+
+class SubmitReply(Reply, tag="reply", kw_only=True):
+    ids: list[JobId]
+    submission_id: JobId
+
+
+class UpdateArrayReply(Reply, tag="reply", kw_only=True):
+    array_id: JobId
+    cap: Count | None
+
+
+class UpdateArray(Request, tag="update_array", kw_only=True):
+    """Change an array of mine: how many of its jobs may run at once (0: no cap)."""
+
+    array: JobId
+    cap: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_CAP)]
+    reply_type = UpdateArrayReply
+
+
+class JobSpecsReply(Reply, tag="reply", kw_only=True):
+    jobs: list[RunJob]                       # the specs as stored, signatures included
+    submissions: dict[str, SubmissionEnv]    # by submission id
+    database: Word
+
+
+class JobSpecs(Request, tag="job_specs", kw_only=True):
+    """The stored specs of jobs of mine (for a resubmission; the user-server checks their
+    signatures before it signs them again)."""
+
+    ids: Annotated[list[JobId], msgspec.Meta(max_length=PART_JOBS)]
+    reply_type = JobSpecsReply
+
+
+class Resubmit(Request, tag="resubmit", kw_only=True):
+    """Submit these jobs of mine again, one submission (command -> user-server only, which
+    fetches their specs, checks them and sends a ``Submit`` with ``resubmit_of``)."""
+
+    ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=PART_JOBS)]
+    hold: bool = False
+    reply_type = SubmitReply
+
+
