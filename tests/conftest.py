@@ -19,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytest_plugins = ["fixtures.mariadb", "fixtures.installation", "fixtures.running_hq",
+                  "fixtures.config_files",
                   "fixtures.testground", "fixtures.cluster_hq"]
 
 
