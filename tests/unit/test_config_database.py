@@ -3,6 +3,7 @@ modes others may not read, and errors that never show the password."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
