@@ -43,6 +43,7 @@ from hq import auth, jobspec
 from hq.errors import HqError, ProtocolError, Unavailable
 from hq.execd import processes
 from hq.execd.journal import ExecJournal
+from hq.execd.launching import job_environment, launch_of
 from hq.execd.queue import JobQueue, Waiting
 from hq.execd.runner import (
     REASON_CANCELLED,
@@ -51,7 +52,6 @@ from hq.execd.runner import (
     REASON_WITHDRAWN,
     JobKey,
     JobRunner,
-    Launch,
     Outcome,
     RunningJob,
 )
@@ -99,9 +99,6 @@ RELAY_TIMEOUT_S = 120.0  # a command inside a job waiting on hq-server (e.g. hq-
 ACKED_MEMORY_S = 3600.0  # an acknowledged id is remembered this long ...
 ACKED_MEMORY_MAX = 100_000  # ... and at most this many, so memory stays bounded
 LEASE_KILL_GRACE_S = 1.0  # the server waits lease + grace (5 s): be well within it
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-# the array variables a job gets; never inherited from a submitting job
-ARRAY_VARIABLES = ("HQ_ARRAY_INDEX", "HQ_ARRAY_ID", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_JOB_ID")
 RUN_CHUNK = 64          # jobs started between two turns of the loop (reaping, heartbeats)
 
 
@@ -463,45 +460,9 @@ class ExecServer:
                                              submission_id=item.submission_id)):
             self._not_started(key, "refused: bad signature")
             return None
-        env = dict(submission.environment)
-        # HQ_EXECD_SOCKET: hq-submit inside the job reaches the user-server through us
-        env.update(HQ_JOB_ID=str(job_id), HQ_SUBMISSION_ID=submission_id, HQ_HOST=self.hostname,
-                   HQ_EXECD_SOCKET=str(self.socket_path))
-        # how every process of the job is found, whatever it does with sessions and groups
-        env[processes.MARKER] = processes.marker_value(self.installation, *key)
-        # Not inherited from a submitting job: only an array job has an index.
-        for name in ARRAY_VARIABLES:
-            env.pop(name, None)
-        # as many threads as cores asked for, unless the job says otherwise: a 1-core numpy
-        # job must not spread over every core of the host
-        # (one submitted from inside a job inherits what hq set there: that is not the user's)
-        if item.gpus is not None:
-            # a host with GPUs: the job sees the devices hq gave it, none when it asked for
-            # none (assignment, not enforcement: without root a job can still open others)
-            env["CUDA_VISIBLE_DEVICES"] = env["HQ_GPUS"] = ",".join(item.gpus)
-        parent = env.get("HQ_CPUS")
-        env["HQ_CPUS"] = str(spec.cores)
-        for name in THREAD_VARIABLES:
-            if env.get(name) in (None, parent):
-                env[name] = str(spec.cores)
-        if spec.array_index is not None:
-            array_id = str(item.array_id or job_id)
-            # and Slurm's names, for scripts written for Slurm; never SLURM_JOB_ID or
-            # SLURM_NTASKS, which switch MPI launchers and frameworks into Slurm mode
-            env.update(HQ_ARRAY_INDEX=str(spec.array_index), HQ_ARRAY_ID=array_id,
-                       SLURM_ARRAY_TASK_ID=str(spec.array_index), SLURM_ARRAY_JOB_ID=array_id)
-        launch = Launch(
-            key=key, command=spec.command, shell=spec.shell, cwd=spec.cwd, env=env,
-            umask=submission.umask, time_limit_s=spec.time_limit_s,
-            memory_limit_mb=spec.memory_mb,
-            stdout=jobspec.resolve_path(spec.stdout, job_id, spec.array_index, spec.cwd,
-                                       item.array_id),
-            stderr=jobspec.resolve_path(spec.stderr, job_id, spec.array_index, spec.cwd,
-                                       item.array_id))
-        log_path = None if not spec.log_path else (
-            jobspec.resolve_path(spec.log_path, job_id, spec.array_index, spec.cwd,
-                                       item.array_id),
-            submission.umask)
+        env = job_environment(item, key, submission, hostname=self.hostname,
+                              socket_path=self.socket_path, installation=self.installation)
+        launch, log_path = launch_of(item, key, submission, env)
         return Waiting(key, spec.cores, launch, log_path)
 
     def _start_waiting(self, database: str) -> None:
