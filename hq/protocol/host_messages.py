@@ -22,7 +22,6 @@ class HostStateReport(Message, tag="host_state", kw_only=True):
     user_only: bool = False
 
 
-EXEC_SERVER_STATES = ("running", "connection lost", "heartbeat lost", "stopped", "idle timeout")
 
 
 class ExecServerReport(Message, tag="exec_server", kw_only=True):

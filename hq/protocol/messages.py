@@ -110,8 +110,7 @@ from hq.protocol.handshake import (  # noqa: F401 (the catalogue: every kind is 
     Role,
     Welcome,
 )
-from hq.protocol.host_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
-    EXEC_SERVER_STATES,
+from hq.protocol.host_messages import (
     ExecServerReport,
     Heartbeat,
     HostFacts,

@@ -277,12 +277,7 @@ async def show(server: Server, session: Session, request: Show) -> ShowReply:
         lambda conn: (dependencies_of(conn, job.id),
                       list_attempts(conn, job.id) if job.spec.retries else []),
         what=f"job {job.id}")
-    cluster = server.cluster
-
-    def now(job_id: int, recorded: JobState) -> JobState:
-        held = cluster.jobs.get(job_id)   # memory may be ahead of the database
-        return recorded if held is None else held.state
-
+    now = server.cluster.state_now
     return ShowReply(job=job_info(
         server, job, [DependencyInfo(on, str(kind), now(on, state))
                       for on, kind, state in dependencies],

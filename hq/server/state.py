@@ -518,6 +518,12 @@ class Cluster:
         return sum(n for (who, state), n in self.counts.items()
                    if who == owner and not state.finished)
 
+    def state_now(self, job_id: int, recorded: JobState) -> JobState:
+        """A job's state: memory's where hq-server holds the job (it may be ahead of the
+        database), else the ``recorded`` one."""
+        job = self.jobs.get(job_id)
+        return recorded if job is None else job.state
+
     def own_job(self, owner: str, job_id: int) -> Job | None:
         """``owner``'s job ``job_id`` if hq-server holds it in memory; another user's job is
         None, exactly like one that does not exist."""

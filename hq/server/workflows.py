@@ -143,9 +143,7 @@ def _correlate(server: Server, ref: DependencyRef, target: Target, found: _Found
 
 
 def _state(server: Server, job_id: int, recorded: JobState) -> JobState:
-    """A named job's state: memory's where hq-server holds the job, else the database's."""
-    job = server.cluster.jobs.get(job_id)
-    return recorded if job is None else job.state
+    return server.cluster.state_now(job_id, recorded)
 
 
 def unmet(links: list[Link]) -> list[Link]:
