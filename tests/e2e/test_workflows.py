@@ -174,6 +174,9 @@ def test_retries_record_every_attempt(running_hq):
                        'test $n -ge 2 || exit $((n + 5))')
     info = hq.wait_for(job, {"done", "failed", "cancelled"}, timeout=60)
     assert info["state"] == "done" and info["retry_count"] == 2, info["state_reason"]
+    # the last run's record is written with the batch that follows its end
+    eventually(lambda: len(hq.show(job)["attempts"]) == 3, what="the last attempt's record")
+    info = hq.show(job)
     attempts = [(a["state"], a["exit_code"]) for a in info["attempts"]]
     assert attempts == [("failed", 5), ("failed", 6), ("done", 0)]
     rows = hq.db_rows(sa.select(job_attempts.c.attempt, job_attempts.c.exit_code)
