@@ -42,7 +42,7 @@ from hq.server.clock import Clock
 from hq.server.journal import Journal
 from hq.server.links import Links, UserLink
 from hq.server.retries import attempt_row, retry_reason
-from hq.server.scheduler import Placement, Policy, place_jobs
+from hq.server.scheduler import Placement, Policy, other_cores, place_jobs
 from hq.server.state import Cluster, ExecServerView, Host
 from hq.states import HostState, JobState
 
@@ -424,6 +424,8 @@ class Dispatcher:
         host = self.cluster.hosts.get(message.host or "")
         if host is None:
             return
+        timeout_s = self.cluster.facts_timeout_s
+        before = other_cores(host.other_work(self.clock.monotonic(), timeout_s))
         host.cpu_busy, host.hq_daemons = message.cpu_busy, message.hq_daemons
         host.hq_jobs = message.hq_jobs
         host.load1, host.free_memory_mb = message.load1, message.free_memory_mb
@@ -431,6 +433,11 @@ class Dispatcher:
         host.facts_at = self.clock.monotonic()
         host.last_heartbeat_at = self.clock.now()
         if host.state is not HostState.UP and self.journal.host_state(host, HostState.UP, None):
+            self.wake()
+        elif other_cores(host.other_work(host.facts_at, timeout_s)) < before:
+            # other work gave a core back: jobs the load rule held may go now, not at the
+            # next periodic round (a report that counted a moment of load, such as jobs that
+            # ended as it was taken, would otherwise hold a free host for PERIODIC_ROUND_S)
             self.wake()
 
     def on_host_reach(self, message: HostReach) -> None:

@@ -119,8 +119,14 @@ def load_headroom(host: HostSlot, load_factor: float) -> int:
     (the original hQ's rule); interactive work on every core leaves floor(0.1 * cores).
     """
     busy = host.cores - host.free_cores
-    other = math.floor((host.other_work or 0.0) + 0.5)
+    other = other_cores(host.other_work)
     return max(0, math.floor(load_factor * host.cores + _ROUNDING_SLACK) - busy - other)
+
+
+def other_cores(other_work: float | None) -> int:
+    """The whole cores the load rule keeps back for ``other_work`` (half a core rounds up;
+    unknown is none)."""
+    return math.floor((other_work or 0.0) + 0.5)
 
 
 class _Cluster:

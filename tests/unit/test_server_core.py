@@ -395,3 +395,29 @@ async def test_facts_about_a_host_come_from_the_monitor_only(core: Core):
     assert host.other_work(core.clock.monotonic(), 30.0) is None
     dispatcher.on_host_reach(HostReach(host="n1", state="unreachable", reason="ssh: refused"))
     assert host.state is HostState.UNREACHABLE and host.state_reason == "ssh: refused"
+
+
+@core_test()
+async def test_a_report_that_frees_a_core_from_other_work_starts_a_round(core: Core):
+    from hq.protocol.messages import HostFacts
+
+    dispatcher = core.server.dispatcher
+    await core.user_server("alice")
+    facts = dict(host="n1", cores=2, hq_daemons=0.0, load1=0.0, memory_mb=1000,
+                 free_memory_mb=500)
+    dispatcher.on_host_facts(HostFacts(cpu_busy=0.0, **facts))   # up: a round is due
+    dispatcher.round()
+    dispatcher._wake.clear()
+    # two cores of other work (a report taken while jobs ended counts their moment of CPU
+    # so): the load rule holds the jobs back
+    dispatcher.on_host_facts(HostFacts(cpu_busy=2.0, hq_jobs=0.0, **facts))
+    await core.submit("alice", "true", "true")
+    assert dispatcher.round() == 0
+    dispatcher._wake.clear()
+    # the same load again is no news; the next report with the cores free is: a round now,
+    # not at the next periodic one
+    dispatcher.on_host_facts(HostFacts(cpu_busy=2.0, hq_jobs=0.0, **facts))
+    assert not dispatcher._wake.is_set()
+    dispatcher.on_host_facts(HostFacts(cpu_busy=0.1, hq_jobs=0.0, **facts))
+    assert dispatcher._wake.is_set()
+    assert dispatcher.round() == 2
