@@ -27,6 +27,8 @@ from hq.states import HostState, JobState, check_host_transition, check_job_tran
 
 # Finished jobs kept in memory for quick show/wait answers; older ones are read from the DB.
 RECENT_FINISHED = 20_000
+# distinct (exclusions, constraint) pairs whose sets are shared; past it each job gets its own
+MAX_EXCLUSION_SETS = 10_000
 
 
 @dataclass(slots=True, eq=False)
@@ -159,6 +161,7 @@ class Cluster:
         self.user_limits: dict[str, UserLimits] = {}   # etc/users max_running=, max_cores=
         self.shares: dict[str, float] = {}             # etc/users share=
         self._lacking: dict[str, frozenset[str]] = {}   # constraint -> hosts that lack it
+        self._exclusions: dict[tuple[tuple[str, ...], str | None], frozenset[str]] = {}
         # (job, the job it waited for, how that ended) found doomed when loading
         self.doomed_at_start: list[tuple[int, int, JobState]] = []
         self._pending_views: dict[int, PendingJob] = {}
@@ -432,13 +435,25 @@ class Cluster:
         """The scheduler's view of a pending job (made once per wait in the queue)."""
         view = self._pending_views.get(job.id)
         if view is None:
-            excluded = frozenset(job.spec.excluded_hosts)
-            if job.spec.constraint:
-                excluded |= self.lacking(job.spec.constraint)
+            excluded = self.exclusions(tuple(job.spec.excluded_hosts), job.spec.constraint)
             view = self._pending_views[job.id] = PendingJob(
                 id=job.id, owner=job.owner, priority=job.spec.priority, cores=job.spec.cores,
                 memory_mb=job.spec.memory_mb, excluded_hosts=excluded, gpus=job.spec.gpus)
         return view
+
+    def exclusions(self, hosts: tuple[str, ...], constraint: str | None) -> frozenset[str]:
+        """The hosts a job with these exclusions and this constraint may not use, one set
+        shared by every job that asks the same: a constraint that 300 hosts lack would
+        otherwise cost each of 100,000 pending jobs its own 300-name set (~16 KB)."""
+        key = (hosts, constraint)
+        found = self._exclusions.get(key)
+        if found is None:
+            found = frozenset(hosts)
+            if constraint:
+                found |= self.lacking(constraint)
+            if len(self._exclusions) < MAX_EXCLUSION_SETS:
+                self._exclusions[key] = found
+        return found
 
     def lacking(self, constraint: str) -> frozenset[str]:
         """The hosts whose features do not meet ``constraint``: a job asking for it is
@@ -454,6 +469,7 @@ class Cluster:
     def hosts_changed(self) -> None:
         """Host configuration changed (reload): constraints are matched again."""
         self._lacking.clear()
+        self._exclusions.clear()
         self._pending_views.clear()
 
     def pending_of(self, owner: str, limit: int) -> list[Job]:

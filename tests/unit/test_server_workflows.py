@@ -205,6 +205,10 @@ async def test_a_constraint_places_jobs_only_on_hosts_with_the_features(core: Co
     assert run.host.name == "n2" and len(run.jobs) == 4
     info = (await requests.show(core.server, core.session("alice"), Show(id=ids[5]))).job
     assert info.constraint == "avx512" and info.state_reason == "waiting for 1 free core"
+    # the jobs left waiting share one set of the hosts they may not use (memory: one set per
+    # constraint, not one per job)
+    left = [cluster.pending_view(cluster.jobs[i]) for i in ids[4:]]
+    assert left[0].excluded_hosts == {"n1"} and left[0].excluded_hosts is left[1].excluded_hosts
     with pytest.raises(UsageError, match=r"no host has the feature\(s\) bigmem"):
         await core.submit("alice", "true", constraint="avx512&bigmem")
 
