@@ -497,6 +497,7 @@ class ServerConfig:
     fairshare_half_life_s: float = 7 * 86400.0   # past usage halves in this time
     host_key_policy: str = "reject"      # or "accept-new"
     memory_enforce: str = "kill"         # [execd]: a job over --memory: kill, warn or off
+    pin_cpus: bool = False               # [execd]: bind each job to CPUs of its own
     connect_timeout_s: float = 5.0
 
     @classmethod
@@ -559,6 +560,7 @@ _SERVER_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "fairshare_half_life_s": ("scheduler", "fairshare_half_life", _duration_s),
     "host_key_policy": ("ssh", "host_key_policy", _host_key_policy),
     "memory_enforce": ("execd", "memory_enforce", _memory_enforce),
+    "pin_cpus": ("execd", "pin_cpus", parse_bool),
     "connect_timeout_s": ("ssh", "connect_timeout", syntax.positive_number),
 }
 SERVER_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType(

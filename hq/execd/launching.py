@@ -66,7 +66,7 @@ def launch_of(item: RunJob, key: JobKey, submission: SubmissionEnv, env: dict[st
 
     launch = Launch(key=key, command=spec.command, shell=spec.shell, cwd=spec.cwd, env=env,
                     umask=submission.umask, time_limit_s=spec.time_limit_s,
-                    memory_limit_mb=spec.memory_mb, stdout=path(spec.stdout),
+                    memory_limit_mb=spec.memory_mb, cores=spec.cores, stdout=path(spec.stdout),
                     stderr=path(spec.stderr))
     log_path = None if not spec.log_path else (path(spec.log_path), submission.umask)
     return launch, log_path

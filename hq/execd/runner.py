@@ -4,7 +4,9 @@ A job is ``shell -c command`` in its own session and process group, started on P
 spawn path (``start_new_session`` and ``umask`` are handled by the C code; no ``preexec_fn``,
 so CPython may use vfork and the cost of a start does not grow with the daemon's size). Its
 output files are opened here first, never through a symlink, so a failure to start is an
-``Outcome`` with ``reason="cannot start: ..."`` instead of a half-started job.
+``Outcome`` with ``reason="cannot start: ..."`` instead of a half-started job. With
+``[execd] pin_cpus`` a job is bound to CPUs of its own (``hq.execd.pinning``), inherited from
+the spawning thread so the fast path stays.
 
 Children are reaped in one place: a SIGCHLD handler on the event loop that calls
 ``os.wait4(-1, WNOHANG)`` until nothing is left, which also yields each job's CPU time and
@@ -32,13 +34,14 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import psutil
 
 from hq.execd import memory, processes
 from hq.execd.outputs import OutputRefused, open_output
+from hq.execd.pinning import CpuPinner
 from hq.protocol.messages import JobEnded
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,7 @@ class Launch:
     stderr: str  # absolute path; the same file as stdout when equal
     time_limit_s: float | None = None
     memory_limit_mb: int | None = None   # --memory: enforced as memory_enforce says
+    cores: int = 1                       # -c: the CPUs it is bound to with pin_cpus
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class JobRunner:
                  clock: Callable[[], float] = time.time, memory_enforce: str = "kill") -> None:
         self.on_end = on_end
         self.memory_enforce = memory_enforce
+        self.pinner: CpuPinner | None = None   # [execd] pin_cpus: each job on its own CPUs
         self._memory_timer: asyncio.TimerHandle | None = None
         self.cancel_grace_s = cancel_grace_s
         self.time_limit_grace_s = time_limit_grace_s
@@ -176,19 +181,24 @@ class JobRunner:
         except _CannotStart as err:
             return self._cannot_start(launch, str(err))
         err_fd = out_fd
+        env = launch.env
+        cpus = None if self.pinner is None else self.pinner.choose(launch.key, launch.cores)
+        if cpus is not None:
+            env = {**env, "HQ_CPU_LIST": ",".join(map(str, cpus))}
         try:
             if launch.stderr != launch.stdout:
                 err_fd = _open_output(launch.stderr, launch.umask, "stderr")
-            process = subprocess.Popen(
-                shell_argv(launch.shell, launch.command), cwd=launch.cwd, env=launch.env,
-                stdin=self._devnull, stdout=out_fd, stderr=err_fd, start_new_session=True,
-                umask=launch.umask, close_fds=True)
+            with _bound_to(cpus):
+                process = subprocess.Popen(
+                    shell_argv(launch.shell, launch.command), cwd=launch.cwd, env=env,
+                    stdin=self._devnull, stdout=out_fd, stderr=err_fd, start_new_session=True,
+                    umask=launch.umask, close_fds=True)
         except _CannotStart as err:
-            return self._cannot_start(launch, str(err))
+            return self._not_started(launch, str(err))
         except OSError as err:
-            return self._cannot_start(launch, _describe_spawn_error(err, launch))
+            return self._not_started(launch, _describe_spawn_error(err, launch))
         except (ValueError, TypeError) as err:  # NUL bytes or non-strings in the environment
-            return self._cannot_start(launch, f"bad environment: {err}")
+            return self._not_started(launch, f"bad environment: {err}")
         finally:
             os.close(out_fd)
             if err_fd != out_fd:
@@ -231,6 +241,11 @@ class JobRunner:
                 log.warning("job %s: %s (memory_enforce = warn: left running)",
                             job.key[1], reason)
         self._watch_memory()
+
+    def _not_started(self, launch: Launch, text: str) -> Outcome:
+        if self.pinner is not None:
+            self.pinner.release(launch.key)
+        return self._cannot_start(launch, text)
 
     def _cannot_start(self, launch: Launch, text: str) -> Outcome:
         # One line, whatever the OS put into the message.
@@ -279,6 +294,8 @@ class JobRunner:
                 log.debug("pid %s: reaped, an orphan", pid)
                 continue
             del self.jobs[job.key]
+            if self.pinner is not None:
+                self.pinner.release(job.key)
             if job.limit_timer is not None:
                 job.limit_timer.cancel()
             # So that Popen's finaliser does not wait for a pid that may since have been reused.
@@ -445,6 +462,22 @@ def shell_argv(shell: str, command: str) -> list[str]:
 
 class _CannotStart(Exception):
     """A job cannot start; the message completes ``cannot start: ...``."""
+
+
+@contextlib.contextmanager
+def _bound_to(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """The calling thread bound to ``cpus`` meanwhile: a child it spawns inherits the binding
+    from its first instruction (binding the job's pid after the spawn would miss what the
+    job forks at once, and a preexec_fn would cost the fast vfork path)."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _check_directory(path: str) -> None:

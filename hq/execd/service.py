@@ -44,6 +44,7 @@ from hq.errors import HqError, ProtocolError, Unavailable
 from hq.execd import processes
 from hq.execd.journal import ExecJournal
 from hq.execd.launching import job_environment, launch_of
+from hq.execd.pinning import CpuPinner
 from hq.execd.queue import JobQueue, Waiting
 from hq.execd.runner import (
     REASON_CANCELLED,
@@ -111,6 +112,7 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     database: str = ""            # the controller's database ("": one of protocol 1)
     memory_enforce: str = "kill"  # a job over its --memory: kill, warn or off
+    pin_cpus: bool = False        # bind each job to CPUs of its own (hq.execd.pinning)
 
     def updated(self, given: ExecSettings | None) -> Settings:
         """These settings with a hello's (already type- and range-checked) ones applied."""
@@ -118,7 +120,7 @@ class Settings:
             return replace(self, database="")
         values = {name: getattr(given, name) for name in ("idle_timeout_s", "lease_s",
                                                            "heartbeat_interval_s",
-                                                           "memory_enforce")
+                                                           "memory_enforce", "pin_cpus")
                   if getattr(given, name) is not None}
         return replace(self, **values, database=given.database or "")
 
@@ -307,6 +309,10 @@ class ExecServer:
                 return
             self.settings = self.settings.updated(hello.settings)
             self.runner.memory_enforce = self.settings.memory_enforce
+            if self.settings.pin_cpus and self.runner.pinner is None:
+                self.runner.pinner = CpuPinner()
+            elif not self.settings.pin_cpus:
+                self.runner.pinner = None
         except (HqError, TimeoutError, OSError) as err:
             log.warning("exec-server %s: handshake refused: %s", self.hostname, err)
             if isinstance(err, HqError):

@@ -22,6 +22,7 @@ class ExecSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     heartbeat_interval_s: Seconds | None = None
     database: Word | None = None     # whose jobs this link speaks for (version 2)
     memory_enforce: Literal["kill", "warn", "off"] | None = None   # jobs over --memory
+    pin_cpus: bool | None = None     # bind each job to CPUs of its own
 
 
 class Hello(Message, tag="hello", kw_only=True):

@@ -133,7 +133,8 @@ class UserServer:
         return ExecSettings(idle_timeout_s=config.exec_server_idle_s, lease_s=config.lease_s,
                             heartbeat_interval_s=config.heartbeat_interval_s,
                             database=self.database,
-                            memory_enforce=config.memory_enforce)  # type: ignore[arg-type]
+                            memory_enforce=config.memory_enforce,  # type: ignore[arg-type]
+                            pin_cpus=config.pin_cpus)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

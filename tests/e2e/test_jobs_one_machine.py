@@ -7,6 +7,7 @@ import os
 import sys
 
 import psutil
+import pytest
 import sqlalchemy as sa
 from fixtures.running_hq import eventually
 
@@ -264,3 +265,23 @@ def test_a_job_past_its_memory_is_stopped_with_the_reason(running_hq):
     result = running_hq.submit("--memory", "100M", "--wait", grow)
     assert result.returncode != 0
     assert "failed (memory limit 100 MiB exceeded: " in result.stderr, result.stderr
+
+
+def test_pin_cpus_binds_concurrent_jobs_to_cpus_of_their_own(installed_hq):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a machine with 2 CPUs or more")
+    hq = installed_hq
+    (hq.inst.etc / "hq-server.cfg").write_text("[execd]\npin_cpus = yes\n")
+    hq.start_server()
+    # both run at once on the 2-core localhost (each waits for the other's file)
+    show = ("grep Cpus_allowed_list /proc/self/status; echo list=$HQ_CPU_LIST; touch $X; "
+            "for i in $(seq 100); do [ -e a ] && [ -e b ] && break; sleep 0.05; done")
+    ids = [hq.submit_id(show, cwd=hq.workdir, X=name) for name in ("a", "b")]
+    bound = []
+    for job_id in ids:
+        assert hq.wait_for(job_id, {"done", "failed"})["state"] == "done"
+        out = (hq.workdir / f"hq-{job_id}.out").read_text().splitlines()
+        allowed = out[0].split(":")[1].strip()
+        assert out[1] == f"list={allowed}", out
+        bound.append(allowed)
+    assert len(set(bound)) == 2 and all("," not in b and "-" not in b for b in bound), bound
