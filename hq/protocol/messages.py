@@ -27,7 +27,8 @@ classes live in ``hq.protocol.fields``, the hello and welcome in ``hq.protocol.h
 the admin's requests in ``hq.protocol.admin_messages``, the shapes of a job (JobInfo, RunJob,
 ...) in ``hq.protocol.job_messages``, host and exec-server reports in
 ``hq.protocol.host_messages``, exec-servers' job reports in ``hq.protocol.job_events``,
-array workflows in ``hq.protocol.workflow_messages``; the rest are defined here.
+array workflows in ``hq.protocol.workflow_messages``, the dashboard's ``Watch`` in
+``hq.protocol.watch_messages``; the rest are defined here.
 """
 
 from __future__ import annotations
@@ -142,6 +143,13 @@ from hq.protocol.job_messages import (  # noqa: F401 (the catalogue: every kind 
     SubmissionEnv,
     check_environment,
     validate_jobs,
+)
+from hq.protocol.watch_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    Watch,
+    WatchHost,
+    WatchJob,
+    WatchQueue,
+    WatchReply,
 )
 from hq.protocol.workflow_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
     JobSpecs,
@@ -332,7 +340,7 @@ class Wait(Request, tag="wait", kw_only=True):
 
 
 USER_REQUESTS = (Ping, Submit, SubmitPart, Status, Jobs, Show, Cancel, Hold, Release, Wait,
-                 UpdateArray, JobSpecs, Resubmit)
+                 UpdateArray, JobSpecs, Resubmit, Watch)
 """What a command may ask its user-server, which forwards it to hq-server."""
 
 
@@ -416,7 +424,7 @@ class Lease(Message, tag="lease", kw_only=True):
 
 
 UserRequest = (Ping | Submit | SubmitPart | Status | Jobs | Show | Cancel | Hold | Release | Wait
-               | UpdateArray | JobSpecs | Resubmit)
+               | UpdateArray | JobSpecs | Resubmit | Watch)
 
 
 class Relay(Request, tag="relay", kw_only=True):
@@ -430,7 +438,7 @@ class Relay(Request, tag="relay", kw_only=True):
 CLI_SENDS = UserRequest
 ADMIN_SENDS = (AdminInfo | AdminStatus | ListHosts | ListUsers | SetHostActive
                | SetClusterActive | Reload | Shutdown | DrainHosts | HostEvents | AdminCancel
-               | ListExecServers | Accounting)
+               | ListExecServers | Accounting | Watch)
 USERD_SENDS_SERVER = (UserRequest | ReserveSubmission | JobEvents | Sync | HostStateReport
                       | Undeliverable | Heartbeat | ExecServerReport)
 SERVER_SENDS_USERD = Run | CancelJobs | Withdraw | Ack | Superseded | SubmissionEnded

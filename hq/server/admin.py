@@ -49,8 +49,10 @@ from hq.protocol.messages import (
     ShutdownReply,
     UserInfo,
     UserServerInfo,
+    Watch,
 )
 from hq.server.core import Server, Session
+from hq.server.watch import watch
 
 log = logging.getLogger(__name__)
 
@@ -278,4 +280,5 @@ ADMIN_REQUESTS: dict[type, Any] = {
     SetHostActive: set_host_active, SetClusterActive: set_cluster_active, Reload: reload,
     Shutdown: shutdown, DrainHosts: drain_hosts, HostEvents: host_events,
     AdminCancel: admin_cancel, ListExecServers: execservers, Accounting: accounting,
+    Watch: watch,
 }

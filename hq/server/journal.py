@@ -37,6 +37,7 @@ from hq.db.jobs import insert_attempts, insert_submission, set_array_cap, update
 from hq.db.settings import CLUSTER_ACTIVE, set_setting
 from hq.db.users import save_usage
 from hq.job import Job, Submission
+from hq.server.changes import ChangeCounter
 from hq.server.clock import Clock
 from hq.server.dependencies import never_text
 from hq.server.state import Change, Cluster, Host
@@ -69,6 +70,7 @@ class Journal:
         self._piece: asyncio.Future[Any] | None = None
         # pulsed whenever jobs finish (the wait requests look again)
         self.finished = asyncio.Event()
+        self.changes = ChangeCounter()   # what the dashboards' Watch requests wait on
         self.users_by_name: dict[str, int] = {}   # user name -> id (set by the Server)
         # told when the last job of a submission ended (hq.server.notifications)
         self.submission_ended: Callable[[Submission], None] | None = None
@@ -183,6 +185,7 @@ class Journal:
         return self.store.write(lambda conn: None, what="commit barrier")
 
     def _schedule(self) -> None:
+        self.changes.bump()
         if self._piece is None:
             loop = asyncio.get_running_loop()
             self._piece = loop.create_future()
@@ -241,6 +244,7 @@ class Journal:
 
         await self.store.write(work, what=f"submission {sub.id} of {sub.owner}",
                                refuse_when_down=True)
+        self.changes.bump()
 
     def array_cap(self, sub: Submission) -> None:
         """An array's new cap (hq-client update --cap)."""
@@ -268,6 +272,7 @@ class Journal:
 
         await self.store.write(work, what="cluster activation", refuse_when_down=True)
         self.cluster.active = active
+        self.changes.bump()
         log.info("cluster: %s by %s", word, by)
 
     def exec_server(self, user_id: int, host: Host, pid: int | None, state: str,

@@ -54,10 +54,12 @@ from hq.protocol.messages import (
     UpdateArray,
     Wait,
     WaitReply,
+    Watch,
 )
 from hq.server.core import Server, Session
 from hq.server.memory import release_free_memory
 from hq.server.views import job_info, wait_state
+from hq.server.watch import watch
 from hq.server.workflows import (
     job_specs,
     never_met,
@@ -459,5 +461,5 @@ async def wait(server: Server, session: Session, request: Wait) -> WaitReply:
 USER_REQUESTS: dict[type, Handler] = {
     Ping: ping, ReserveSubmission: reserve, Submit: submit, SubmitPart: submit_part,
     Status: status, Jobs: jobs, Show: show, Cancel: cancel, Hold: hold, Release: release,
-    Wait: wait, UpdateArray: update_array, JobSpecs: job_specs,
+    Wait: wait, UpdateArray: update_array, JobSpecs: job_specs, Watch: watch,
 }
