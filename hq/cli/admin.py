@@ -356,6 +356,15 @@ def _host_commands() -> None:
 _host_commands()
 
 
+def _top_command() -> None:
+    from hq.cli.top import admin_top
+
+    cli.add_command(admin_top)
+
+
+_top_command()
+
+
 def main() -> None:
     """Entry point of hq-admin."""
     args = split_colon_form(sys.argv[1:], list(cli.commands))

@@ -360,6 +360,15 @@ def _array_commands() -> None:
 _array_commands()
 
 
+def _top_command() -> None:
+    from hq.cli.top import client_top
+
+    cli.add_command(client_top)
+
+
+_top_command()
+
+
 def main() -> None:
     """Entry point of hq-client."""
     sys.exit(run_program(cli, PROG))
