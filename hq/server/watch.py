@@ -5,9 +5,9 @@ A watch is answered at once when the journal's change counter differs from the c
 moment after the change so that a burst of job changes makes one answer. What it costs is
 bounded: at most ``MAX_PENDING_WATCHES`` wait per connection, a snapshot holds at most
 ``limit`` job rows, arrays and jobs files folded into one row each from counters hq-server
-keeps anyway, and pending reasons are worked out for each user's first
-``REASONS_PER_USER`` pending jobs only. Everything comes from memory; nothing is read
-from the database.
+keeps anyway, and pending reasons are worked out for each user's oldest
+``REASONS_PER_USER`` pending jobs only (among their oldest ``REASON_SCAN`` unfinished
+ones). Everything comes from memory; nothing is read from the database.
 
 What a caller sees: every host (a cluster-wide fact) and every user's job counts by state,
 as ``hq-client status`` shows; pending reasons and job rows only of the caller's own jobs.
@@ -17,6 +17,7 @@ An admin sees every user's.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import weakref
 
 from hq.errors import Busy
@@ -29,6 +30,7 @@ from hq.states import JobState
 MAX_WATCH_S = 60.0
 WATCH_COALESCE_S = 0.2
 REASONS_PER_USER = 50
+REASON_SCAN = 5_000
 COMMAND_CHARS = 200
 # a user's dashboards all come through their one user-server connection; an admin's each
 # on its own connection
@@ -90,7 +92,12 @@ def queue_rows(server: Server, only: str | None) -> list[WatchQueue]:
     for owner in sorted(counts):
         reasons: dict[str, int] = {}
         if only is None or owner == only:
-            for job in cluster.pending_of(owner, REASONS_PER_USER):
+            # the oldest pending jobs (a capped array's waiting ones are in no queue head),
+            # looking no further than REASON_SCAN of the user's unfinished jobs
+            pending = (job for job in itertools.islice(
+                cluster.unfinished_by_owner.get(owner, {}).values(), REASON_SCAN)
+                if job.state is JobState.PENDING)
+            for job in itertools.islice(pending, REASONS_PER_USER):
                 why = job.reason or why_pending(server, job)
                 reasons[why] = reasons.get(why, 0) + 1
         rows.append(WatchQueue(user=owner, counts=counts[owner], reasons=reasons))
@@ -111,6 +118,7 @@ def job_rows(server: Server, only: str | None, limit: int
             return rows, True
         rows.append(_unfinished_row(server, sub))
     finished: dict[int, list[Job]] = {}
+    more = False
     for job in reversed(cluster.recent_finished.values()):
         if only is not None and job.owner != only:
             continue
@@ -118,10 +126,10 @@ def job_rows(server: Server, only: str | None, limit: int
             continue   # counted in its submission's row
         if job.submission_id not in finished:
             if len(rows) + len(finished) == limit:
+                more = True
                 break
             finished[job.submission_id] = []
         finished[job.submission_id].append(job)
-    more = len(rows) + len(finished) == limit and bool(finished)
     for jobs in finished.values():
         rows.append(_finished_row(jobs))
     return rows, more

@@ -127,6 +127,12 @@ async def test_the_rows_are_capped_at_the_limit_and_say_there_is_more(core: Core
     assert [j.command for j in reply.jobs] == ["echo 4", "echo 3", "echo 2"]
     whole = await watch.watch(core.server, core.session("alice"), Watch(since=0, limit=10))
     assert len(whole.jobs) == 5 and not whole.more
+    # finished ones count towards the limit too
+    requests.cancel(core.server, core.session("alice"), requests.Cancel(ids=[1, 2]))
+    reply = await watch.watch(core.server, core.session("alice"), Watch(since=0, limit=3))
+    assert [j.command for j in reply.jobs] == ["echo 4", "echo 3", "echo 2"] and reply.more
+    reply = await watch.watch(core.server, core.session("alice"), Watch(since=0, limit=5))
+    assert [j.state for j in reply.jobs][3:] == ["cancelled", "cancelled"] and not reply.more
 
 
 @core_test()
