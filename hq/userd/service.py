@@ -27,7 +27,7 @@ import msgspec
 
 from hq.auth import job_signature_ok, load_signing_key, state_dir, user_name
 from hq.config import Installation, ServerConfig
-from hq.errors import HqError, PermissionDenied, Unavailable, UsageError
+from hq.errors import Busy, HqError, PermissionDenied, Unavailable, UsageError
 from hq.jobspec import submission_digest
 from hq.protocol import (
     MAX_FRAME,
@@ -67,6 +67,7 @@ from hq.protocol.messages import (
     Sync,
     SyncReply,
     Undeliverable,
+    Watch,
     Withdraw,
 )
 from hq.userd.execlink import ExecLink, is_user_problem
@@ -116,6 +117,7 @@ class UserServer:
         self.database: str | None = None   # hq-server's database identity, from its welcome
         self.ledger: Ledger | None = None
         self.streams: dict[Channel, _Stream] = {}   # a command's submission being streamed
+        self.watching: set[Channel] = set()   # command connections with a Watch waiting
         self.ledger_database: str | None = None
         self.started = time.monotonic()
         self.host_contact: dict[str, float] = {}   # host -> last word from its exec-server
@@ -181,12 +183,24 @@ class UserServer:
     async def _answer(self, channel: Channel, message: Request) -> None:
         """Answer one request of a command (directly, or relayed by an exec-server)."""
         request = message.request if isinstance(message, Relay) else message
+        watch = isinstance(request, Watch)
+        if watch:
+            # a dashboard's long poll: one waits per command connection, so that one
+            # command cannot take up the few hq-server keeps for this user-server
+            if channel in self.watching:
+                channel.reply_error(message, Busy("a watch request is waiting on this "
+                                                  "connection already"))
+                return
+            self.watching.add(channel)
         try:
             channel.reply(message, await self._forward(request, channel))
         except HqError as err:
             channel.reply_error(message, err)
         except (TimeoutError, ConnectionError) as err:
             channel.reply_error(message, Unavailable(f"hq-server did not answer: {err}"))
+        finally:
+            if watch:
+                self.watching.discard(channel)
 
     async def _forward(self, request: Request, client: Channel | None = None) -> Any:
         """Pass a command's request to hq-server (signing a submission's jobs first)."""

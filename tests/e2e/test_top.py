@@ -136,3 +136,32 @@ def test_the_admin_dashboard_shows_every_user_and_quits_at_once(running_hq, monk
 
     assert asyncio.run(drive()) < 5
     hq.client("cancel", str(napping))
+
+
+def test_one_watch_waits_per_command_connection_at_the_user_server(running_hq, monkeypatch):
+    """A second long poll on the same connection is refused at once (busy), so one command
+    cannot hold the few watches hq-server keeps for a user-server."""
+    from hq.cli.userd_link import connect_user_server
+    from hq.protocol.frames import decode_as
+    from hq.protocol.messages import Error, ReplyHeader, Watch
+
+    hq = running_hq
+    for name, value in hq.env().items():
+        monkeypatch.setenv(name, value)
+    with connect_user_server(hq.inst, "test") as client:
+        counter = client.request(Watch()).counter
+        for _ in range(20):    # until a second passes without a change (a new user-server's)
+            latest = client.request(Watch(since=counter, timeout_s=1)).counter
+            if latest == counter:
+                break
+            counter = latest
+        client.send(Watch(rid=101, since=counter, timeout_s=3))
+        client.send(Watch(rid=102, since=counter, timeout_s=3))
+        started = time.monotonic()
+        first = decode_as(ReplyHeader | Error, client._receive())
+        assert isinstance(first, Error) and first.rid == 102 and first.code == "busy", first
+        assert "waiting on this connection already" in first.message
+        assert time.monotonic() - started < 1
+        second = decode_as(ReplyHeader | Error, client._receive())
+        assert second.rid == 101 and not isinstance(second, Error)
+        assert time.monotonic() - started > 2      # it waited for its timeout: no change
