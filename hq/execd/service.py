@@ -32,20 +32,21 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import psutil
 
 from hq import auth, jobspec
-from hq.errors import HqError, ProtocolError, Unavailable
+from hq.errors import HqError, ProtocolError
 from hq.execd import processes
+from hq.execd.event_batch import EventBatch
+from hq.execd.job_notes import JobNotes
 from hq.execd.journal import ExecJournal
 from hq.execd.launching import job_environment, launch_of
 from hq.execd.pinning import CpuPinner
 from hq.execd.queue import JobQueue, Waiting
+from hq.execd.relay import serve_command
 from hq.execd.runner import (
     REASON_CANCELLED,
     REASON_LEASE,
@@ -56,6 +57,8 @@ from hq.execd.runner import (
     Outcome,
     RunningJob,
 )
+from hq.execd.settings import Settings
+from hq.execd.takeover import survey
 from hq.protocol import (
     MAX_FRAME,
     Channel,
@@ -65,20 +68,15 @@ from hq.protocol import (
     welcome,
 )
 from hq.protocol.messages import (
-    CLI_SENDS,
     USERD_SENDS_EXECD,
     Ack,
     CancelJobs,
-    ExecSettings,
     Heartbeat,
     Hello,
     JobEnded,
-    JobEvent,
-    JobEvents,
     JobStarted,
     Lease,
     QueuedJob,
-    Relay,
     Request,
     Run,
     RunJob,
@@ -93,36 +91,11 @@ from hq.protocol.messages import (
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 1000        # events per job_events message
-BATCH_DELAY_S = 0.001   # how long the first queued event waits for company
 HELLO_TIMEOUT_S = 10.0
-RELAY_TIMEOUT_S = 120.0  # a command inside a job waiting on hq-server (e.g. hq-client wait)
 ACKED_MEMORY_S = 3600.0  # an acknowledged id is remembered this long ...
 ACKED_MEMORY_MAX = 100_000  # ... and at most this many, so memory stays bounded
 LEASE_KILL_GRACE_S = 1.0  # the server waits lease + grace (5 s): be well within it
 RUN_CHUNK = 64          # jobs started between two turns of the loop (reaping, heartbeats)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the user-server's hello may set; the newest controller's values apply."""
-
-    idle_timeout_s: float = 300.0
-    lease_s: float | None = None  # no user-server contact this long: kill the jobs (§6)
-    heartbeat_interval_s: float = 2.0
-    database: str = ""            # the controller's database ("": one of protocol 1)
-    memory_enforce: str = "kill"  # a job over its --memory: kill, warn or off
-    pin_cpus: bool = False        # bind each job to CPUs of its own (hq.execd.pinning)
-
-    def updated(self, given: ExecSettings | None) -> Settings:
-        """These settings with a hello's (already type- and range-checked) ones applied."""
-        if given is None:
-            return replace(self, database="")
-        values = {name: getattr(given, name) for name in ("idle_timeout_s", "lease_s",
-                                                           "heartbeat_interval_s",
-                                                           "memory_enforce", "pin_cpus")
-                  if getattr(given, name) is not None}
-        return replace(self, **values, database=given.database or "")
 
 
 class ExecServer:
@@ -150,9 +123,8 @@ class ExecServer:
         self.last_contact: dict[str, float] = {}
         self.journal = ExecJournal(socket_path.with_suffix(".journal"))
         self._key: bytes | None = None
-        self.job_logs: dict[JobKey, tuple[str, int]] = {}  # job -> (its -l file, its umask)
-        self._queue: list[JobEvent] = []
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self.notes = JobNotes()   # the -l files of the jobs that asked for one
+        self.events = EventBatch(lambda: self.controller, self.journal.flush)
         self._stop: asyncio.Event | None = None
 
     # --- start and stop -------------------------------------------------------------------
@@ -243,52 +215,40 @@ class ExecServer:
 
     def take_over(self) -> None:
         """Start from what a predecessor left: the ends it could not hand over (journal),
-        and its running jobs (their markers in /proc), re-adopted, or killed when their lease
+        and its running jobs (``hq.execd.takeover``), re-adopted, or killed when their lease
         ran out. Runs before any connection is served."""
         self.ended, self.last_contact, journaled = self.journal.load()
         self.journal.open(self.ended, self.last_contact, journaled)
-        found: dict[JobKey, list[int]] = {}
-        for pid, marker in processes.marked_processes(self.installation).items():
-            parsed = processes.parse_marker(marker)
-            if parsed is not None:
-                found.setdefault(parsed[1], []).append(pid)
         now = self.clock()
-        for key, pids in found.items():
-            if key in self.ended or key in self.runner.jobs:
-                continue
-            if any(processes.is_exec_server(p.ppid) for pid in pids
-                   if (p := processes.process_info(pid)) is not None):
-                continue   # another exec-server of ours runs it (our runtime directory was
-                #            removed under it): its jobs are its own
-            leader = next(iter(processes.leaders(pids)), None)
-            info = processes.process_info(leader) if leader is not None else None
+
+        def lease_expired(key: JobKey) -> bool:
             lease = self._lease_of(key[0])
-            expired = lease is not None and now - self.last_contact.get(key[0], 0.0) > lease
-            if info is None or expired:
-                # its lease ran out (a copy of it may be about to start elsewhere), or only
-                # what it left behind is there: killed, and waited for, before anything runs
-                self.runner.kill_now(pids)
-                self._record_end(Outcome(key, now, pid=leader,
-                                         started_at=None if info is None else info.started_at,
-                                         reason=REASON_LEASE if expired else REASON_UNKNOWN_END))
-                log.warning("job %s: %s (left by the previous exec-server): killed", key[1],
-                            "its lease had run out" if expired else "its end was not seen")
-                continue
-            job = self.runner.adopt(key, info.pid, info.started_at,
-                                    processes.marker_value(self.installation, *key))
+            return lease is not None and now - self.last_contact.get(key[0], 0.0) > lease
+
+        verdict = survey(self.installation, journaled, {*self.ended, *self.runner.jobs},
+                         lease_expired)
+        for kill in verdict.kill:
+            # its lease ran out (a copy of it may be about to start elsewhere), or only what
+            # it left behind is there: killed, and waited for, before anything runs
+            self.runner.kill_now(kill.pids)
+            self._record_end(Outcome(kill.key, now, pid=kill.leader, started_at=kill.started_at,
+                                     reason=REASON_LEASE if kill.lease_expired
+                                     else REASON_UNKNOWN_END))
+            log.warning("job %s: %s (left by the previous exec-server): killed", kill.key[1],
+                        "its lease had run out" if kill.lease_expired
+                        else "its end was not seen")
+        for adopt in verdict.adopt:
+            job = self.runner.adopt(adopt.key, adopt.pid, adopt.started_at,
+                                    processes.marker_value(self.installation, *adopt.key))
             if job is not None:
-                self.waiting.running(key, journaled.get(key, (0, 0.0, 1))[2])
+                self.waiting.running(adopt.key, adopt.cores)
                 log.info("job %s: found running (pid %s), left by the previous exec-server",
-                         key[1], job.pid)
-        for key, (pid, started_at, _cores) in journaled.items():
-            if key in found or key in self.ended or key in self.runner.jobs:
-                continue
-            # started by the predecessor and gone, its end unseen: it may well have run to
-            # its end, so it is reported as ended (never run again), status unknown
-            self._record_end(Outcome(key, now, pid=pid, started_at=started_at,
+                         adopt.key[1], job.pid)
+        for lost in verdict.lost:
+            self._record_end(Outcome(lost.key, now, pid=lost.pid, started_at=lost.started_at,
                                      reason=REASON_UNKNOWN_END))
-            log.warning("job %s: %s (started by the previous exec-server, pid %s)", key[1],
-                        REASON_UNKNOWN_END, pid)
+            log.warning("job %s: %s (started by the previous exec-server, pid %s)",
+                        lost.key[1], REASON_UNKNOWN_END, lost.pid)
 
     # --- connections ----------------------------------------------------------------------
 
@@ -305,7 +265,8 @@ class ExecServer:
                 return
             channel.version = check_hello(hello, {"userd", "cli"})
             if hello.role == "cli":
-                await self._serve_command(channel)
+                await serve_command(channel, lambda: self.controller, self.hostname,
+                                    self._welcome(channel.version))
                 return
             self.settings = self.settings.updated(hello.settings)
             self.runner.memory_enforce = self.settings.memory_enforce
@@ -323,7 +284,7 @@ class ExecServer:
         channel.send(self._welcome(channel.version))
         old, self.controller = self.controller, channel
         self._contact()
-        self._drop_queue()  # the new controller asks for the whole view with sync
+        self.events.drop()  # the new controller asks for the whole view with sync
         log.info("exec-server %s: user-server (pid %s, protocol %d) connected%s; settings: "
                  "idle timeout %s s, heartbeat %s s, lease %s s", self.hostname, peer.pid,
                  channel.version, ", replacing the previous one" if old is not None else "",
@@ -338,7 +299,7 @@ class ExecServer:
             heartbeats.cancel()
             if self.controller is channel:
                 self.controller = None
-                self._drop_queue()
+                self.events.drop()
                 log.info("exec-server %s: user-server disconnected", self.hostname)
 
     def _contact(self) -> None:
@@ -361,31 +322,6 @@ class ExecServer:
 
     def _welcome(self, version: int) -> Any:
         return welcome(version, host=self.hostname, pid=os.getpid(), user=self.user)
-
-    async def _serve_command(self, channel: Channel) -> None:
-        """hq-submit or hq-client inside one of our jobs: pass its requests to the
-        user-server that controls us, and its answers back."""
-        channel.accept(CLI_SENDS)
-        channel.send(self._welcome(channel.version))
-        log.info("exec-server %s: relaying for a command inside a job", self.hostname)
-
-        async def relay(request: Request) -> None:
-            if self.controller is None:
-                channel.reply_error(request, Unavailable(
-                    f"no user-server is connected to the exec-server on {self.hostname}"))
-                return
-            try:
-                answer = await self.controller.request(
-                    Relay(request=msgspec.structs.replace(request, rid=None)),
-                    timeout=RELAY_TIMEOUT_S, reply_type=type(request).reply_type)
-            except HqError as err:
-                channel.reply_error(request, err)
-            except TimeoutError:
-                channel.reply_error(request, Unavailable("the user-server did not answer"))
-            else:
-                channel.reply(request, answer)
-
-        await channel.serve(relay)
 
     async def _heartbeats(self, channel: Channel) -> None:
         while not channel.closed.is_set():
@@ -493,20 +429,18 @@ class ExecServer:
 
     def _start(self, waiting: Waiting) -> None:
         key = waiting.key
-        if waiting.log_path is not None:
-            self.job_logs[key] = waiting.log_path
+        self.notes.expect(key, waiting.log_path)
         result = self.runner.start(waiting.launch)
         if isinstance(result, Outcome):
             log.warning("job %s: %s", key[1], result.reason)
             self._record_end(result)
             return
-        self._note(key, f"job {key[1]}: started on {self.hostname} at "
-                        f"{_when(result.started_at)}, pid {result.pid}")
+        self.notes.started(key, self.hostname, result.started_at, result.pid)
         log.debug("job %s: started pid %s", key[1], result.pid)
         self.journal.started(key, result.pid, result.started_at, waiting.cores)
         event = JobStarted(id=key[1], attempt=key[2], pid=result.pid, at=result.started_at)
         if key[0] == self.settings.database:
-            self._emit(event)
+            self.events.emit(event)
 
     def _cancel(self, message: CancelJobs) -> None:
         keys = self._keys_of(message.ids, message.attempts)
@@ -541,7 +475,7 @@ class ExecServer:
 
     def _sync(self, _message: SyncRequest) -> SyncReply:
         # The answer is the whole view, so anything still queued would only repeat it.
-        self._drop_queue()
+        self.events.drop()
         database = self.settings.database
         return SyncReply(running=[_running(job) for key, job in self.runner.jobs.items()
                                   if key[0] == database],
@@ -576,61 +510,16 @@ class ExecServer:
                 outcome.max_rss_kb)
         self._record_end(outcome)
 
-    def _note(self, key: JobKey, line: str) -> None:
-        """A line in the job's own log file (hq-submit -l), appended as the job's owner
-        would; a file that cannot be written is logged here, never a reason to fail."""
-        where = self.job_logs.get(key)
-        if where is None:
-            return
-        path, umask = where
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o666 & ~umask)
-            try:
-                os.write(fd, (line + "\n").encode())
-            finally:
-                os.close(fd)
-        except OSError as err:
-            log.warning("job %s: cannot write its log file %s: %s", key[1], path, err)
-
     def _record_end(self, outcome: Outcome) -> None:
-        how = (f"killed by signal {outcome.signal}" if outcome.signal is not None
-               else f"exit code {outcome.exit_code}" if outcome.exit_code is not None
-               else "did not run")
-        usage = "" if outcome.cpu_time_s is None else (
-            f"; cpu {outcome.cpu_time_s:.2f} s, peak memory {(outcome.max_rss_kb or 0) // 1024}"
-            " MiB")
         key = outcome.key
-        self._note(key, f"job {key[1]}: ended at {_when(outcome.ended_at)}, "
-                        f"{how}{f' ({outcome.reason})' if outcome.reason else ''}{usage}")
-        self.job_logs.pop(key, None)
+        self.notes.ended(key, outcome)
         event = outcome.event()
         self.ended[key] = event
         self.journal.ended(key, event)
         if key[0] == self.settings.database:
-            self._emit(event)
+            self.events.emit(event)
         self.waiting.ended(key)
         self._start_waiting(key[0])   # its cores go to the next waiting job, at once
-
-    def _emit(self, event: JobEvent) -> None:
-        if self.controller is None:
-            return  # kept in the view (running / ended) that sync reports
-        self._queue.append(event)
-        if len(self._queue) >= BATCH_MAX:
-            self._flush()
-        elif self._flush_timer is None:
-            self._flush_timer = asyncio.get_running_loop().call_later(BATCH_DELAY_S,
-                                                                      self._flush)
-
-    def _flush(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        if self._queue and self.controller is not None:
-            # a start is on disk before anyone hears of it: a successor then knows it ran
-            self.journal.flush()
-            self.controller.send(JobEvents(events=self._queue))
-        self._queue = []
 
     def _lease_of(self, database: str) -> float | None:
         """The lease of ``database``'s jobs: as its user-server set it, here or (from the
@@ -642,17 +531,6 @@ class ExecServer:
     def _started(self) -> dict[JobKey, tuple[int, float, int]]:
         return {key: (job.pid, job.started_at, self.waiting.cores_of(key))
                 for key, job in self.runner.jobs.items()}
-
-    def _drop_queue(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        self._queue = []
-
-
-def _when(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
-
 
 def _running(job: RunningJob) -> RunningJobInfo:
     return RunningJobInfo(id=job.key[1], attempt=job.key[2], pid=job.pid,

@@ -18,7 +18,8 @@ import pytest
 
 from hq import auth
 from hq.config import Installation, ServerConfig
-from hq.execd.service import ExecServer, Settings
+from hq.execd.service import ExecServer
+from hq.execd.settings import Settings
 from hq.jobspec import JobSpec, submission_digest
 from hq.protocol import Channel, hello
 from hq.protocol.messages import (
