@@ -68,7 +68,7 @@ sql-stop: ## stop the private MariaDB instance
 sql-status: ## is the private MariaDB instance running?
 	@scripts/hq-sql.sh status
 
-system-deps: ## Debian packages for the tests: MariaDB, openssh-server, iproute2 (root installs them)
+system-deps: ## Debian packages for the tests: MariaDB, openssh-server, iproute2, chromium (root installs them)
 	@scripts/install-system-deps.sh
 
 doc: $(STAMP) ## the documentation: web pages in doc/html/, man pages in doc/man/ (warnings are errors)

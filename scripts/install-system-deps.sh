@@ -1,16 +1,17 @@
 #!/bin/sh
-# install-system-deps.sh [venv|mariadb|ssh|net ...] : make sure the Debian packages hq needs exist.
+# install-system-deps.sh [venv|mariadb|ssh|net|chromium ...] : make sure the Debian packages hq needs exist.
 #   venv     python3-venv (Debian's /usr/bin/python3 -m venv)
 #   mariadb  mariadb-server + mariadb-client (/usr/sbin/mariadbd, mariadb-install-db, mariadb)
 #   ssh      openssh-server (/usr/sbin/sshd; the multi-host tests start their own sshd)
 #   net      iproute2 (ip; the multi-host tests build network namespaces)
+#   chromium chromium (headless; the test of hq-admin report's HTML page opens it)
 # No argument: all of them. A fast no-op when everything is there.
 # As root, installs what is missing with apt-get (no service is started: there is no init
 # system to start one, and hq starts its own private instances). As another user, prints the
 # apt-get line an administrator has to run and exits 1.
 set -eu
 
-[ $# -gt 0 ] || set -- venv mariadb ssh net
+[ $# -gt 0 ] || set -- venv mariadb ssh net chromium
 
 missing=""
 want() {  # want PACKAGE... : add to the list of packages to install (once each)
@@ -31,8 +32,10 @@ for part in "$@"; do
             [ -x /usr/sbin/sshd ] || want openssh-server ;;
         net)
             [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || want iproute2 ;;
+        chromium)
+            [ -x /usr/bin/chromium ] || want chromium ;;
         *)
-            echo "usage: $0 [venv|mariadb|ssh|net ...]" >&2
+            echo "usage: $0 [venv|mariadb|ssh|net|chromium ...]" >&2
             exit 2 ;;
     esac
 done
