@@ -61,10 +61,38 @@ def snapshot(server: Server, session: Session, limit: int) -> WatchReply:
     """What the dashboard shows, as of now, for this caller."""
     admin = session.role == "admin"
     me = session.user.name
-    rows, more = job_rows(server, None if admin else me, limit)
+    reasons = PendingReasons(server)
+    rows, more = job_rows(server, None if admin else me, limit, reasons)
     return WatchReply(counter=server.journal.changes.value, user=me, admin=admin,
                       cluster_active=server.cluster.active, hosts=host_rows(server),
-                      queue=queue_rows(server, None if admin else me), jobs=rows, more=more)
+                      queue=queue_rows(server, None if admin else me, reasons), jobs=rows,
+                      more=more)
+
+
+class PendingReasons:
+    """``why_pending`` for the jobs of one snapshot, worked out once per kind of job: the
+    elements of an array (and jobs that ask for the same) wait for the same reason, and
+    finding it looks at every host and every running job."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.known: dict[tuple[object, ...], str] = {}
+
+    def of(self, job: Job) -> str:
+        if job.reason is not None:
+            return job.reason
+        cluster = self.server.cluster
+        if cluster.deps.waits_for(job.id):
+            return why_pending(self.server, job)   # names its own jobs; found at once
+        sub = cluster.submissions.get(job.submission_id)
+        capped = sub is not None and bool(sub.cap) and sub.active >= (sub.cap or 0)
+        spec = job.spec
+        key = (job.owner, spec.cores, spec.memory_mb, spec.gpus, spec.constraint,
+               tuple(spec.excluded_hosts), job.submission_id if capped else None)
+        found = self.known.get(key)
+        if found is None:
+            found = self.known[key] = why_pending(self.server, job)
+        return found
 
 
 def host_rows(server: Server) -> list[WatchHost]:
@@ -81,7 +109,8 @@ def host_rows(server: Server) -> list[WatchHost]:
     return found
 
 
-def queue_rows(server: Server, only: str | None) -> list[WatchQueue]:
+def queue_rows(server: Server, only: str | None, reasons: PendingReasons
+               ) -> list[WatchQueue]:
     """Every user's counts by state; pending reasons of ``only``'s jobs (None: everyone's)."""
     cluster = server.cluster
     counts: dict[str, dict[str, int]] = {}
@@ -90,7 +119,7 @@ def queue_rows(server: Server, only: str | None) -> list[WatchQueue]:
             counts.setdefault(owner, {})[str(state)] = n
     rows = []
     for owner in sorted(counts):
-        reasons: dict[str, int] = {}
+        why_counts: dict[str, int] = {}
         if only is None or owner == only:
             # the oldest pending jobs (a capped array's waiting ones are in no queue head),
             # looking no further than REASON_SCAN of the user's unfinished jobs
@@ -98,13 +127,13 @@ def queue_rows(server: Server, only: str | None) -> list[WatchQueue]:
                 cluster.unfinished_by_owner.get(owner, {}).values(), REASON_SCAN)
                 if job.state is JobState.PENDING)
             for job in itertools.islice(pending, REASONS_PER_USER):
-                why = job.reason or why_pending(server, job)
-                reasons[why] = reasons.get(why, 0) + 1
-        rows.append(WatchQueue(user=owner, counts=counts[owner], reasons=reasons))
+                why = reasons.of(job)
+                why_counts[why] = why_counts.get(why, 0) + 1
+        rows.append(WatchQueue(user=owner, counts=counts[owner], reasons=why_counts))
     return rows
 
 
-def job_rows(server: Server, only: str | None, limit: int
+def job_rows(server: Server, only: str | None, limit: int, reasons: PendingReasons
              ) -> tuple[list[WatchJob], bool]:
     """The newest ``limit`` rows of ``only``'s jobs (None: everyone's), newest first: the
     unfinished submissions (one row each, from their counters), then the jobs finished
@@ -116,7 +145,7 @@ def job_rows(server: Server, only: str | None, limit: int
             continue
         if len(rows) == limit:
             return rows, True
-        rows.append(_unfinished_row(server, sub))
+        rows.append(_unfinished_row(server, sub, reasons))
     finished: dict[int, list[Job]] = {}
     more = False
     for job in reversed(cluster.recent_finished.values()):
@@ -135,13 +164,11 @@ def job_rows(server: Server, only: str | None, limit: int
     return rows, more
 
 
-def _unfinished_row(server: Server, sub: Submission) -> WatchJob:
+def _unfinished_row(server: Server, sub: Submission, reasons: PendingReasons) -> WatchJob:
     cluster = server.cluster
     first = cluster.jobs.get(sub.first_job_id or 0)
     if sub.job_count == 1 and first is not None:
-        reason = first.reason
-        if first.state is JobState.PENDING and reason is None:
-            reason = why_pending(server, first)
+        reason = reasons.of(first) if first.state is JobState.PENDING else first.reason
         return _job_row(first, reason=reason,
                         ended=int(first.state.finished), active=int(first.state.active))
     unfinished = cluster.unfinished_by_submission.get(sub.id, 0)
