@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -53,6 +53,33 @@ def is_local(address: str) -> bool:
     return address in LOCAL_NAMES or address in (socket.gethostname(), socket.getfqdn())
 
 
+# A frozen exec-server (scripts/makeFreezedVersion.py) at this path under HQPATH on a host runs
+# there instead of this Python, for hosts that cannot run the virtualenv; HQ_FROZEN=no in the
+# user-server's environment opts out. Over ssh the host itself decides (the file may exist there
+# only), with this fixed script; its arguments are HQPATH, HQ_FROZEN and the fallback command.
+FROZEN_EXEC_SERVER = ("var", "frozen", "hq-exec-server", "hq-exec-server")
+_REMOTE_CHOICE = ('f="$1/var/frozen/hq-exec-server/hq-exec-server"; frozen=$2; shift 2; '
+                  'if [ "$frozen" != no ] && [ -f "$f" ] && [ -x "$f" ]; then '
+                  'exec "$f" --bridge; fi; exec "$@"')
+
+
+def local_bridge_argv(environ: Mapping[str, str]) -> list[str]:
+    """The command that starts the bridge on this host: the frozen exec-server if there is
+    one (and HQ_FROZEN is not ``no``), else this Python."""
+    frozen = os.path.join(environ.get("HQPATH", ""), *FROZEN_EXEC_SERVER)
+    if environ.get("HQ_FROZEN") != "no" and os.path.isfile(frozen) and os.access(frozen, os.X_OK):
+        return [frozen, "--bridge"]
+    return [sys.executable, "-P", "-m", "hq.execd.main", "--bridge"]
+
+
+def remote_bridge_argv(environ: Mapping[str, str]) -> list[str]:
+    """The command that starts the bridge on another host (the same installation path there;
+    HQPATH is not secret, and settings travel in the hello on stdin, never on this line)."""
+    root = environ["HQPATH"]
+    return ["env", f"HQPATH={root}", "sh", "-c", _REMOTE_CHOICE, "sh", root,
+            environ.get("HQ_FROZEN", ""), sys.executable, "-P", "-m", "hq.execd.main", "--bridge"]
+
+
 class ExecLink:
     """One bridge process to one host's exec-server, and the runs waiting to go through it."""
 
@@ -81,7 +108,7 @@ class ExecLink:
 
     async def _start_local(self) -> Channel:
         self.process = await asyncio.wait_for(asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-m", "hq.execd.main", "--bridge",
+            *local_bridge_argv(os.environ),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=dict(os.environ), limit=MAX_FRAME,
             start_new_session=True), SPAWN_TIMEOUT_S)
@@ -98,8 +125,7 @@ class ExecLink:
         self.ssh = await asyncio.to_thread(open_ssh, target, **self.ssh_options)
         # The same installation path on every host (shared filesystem); HQPATH is not secret,
         # and settings travel in the hello on stdin, never on this command line.
-        argv = ["env", f"HQPATH={os.environ['HQPATH']}", sys.executable, "-P", "-m",
-                "hq.execd.main", "--bridge"]
+        argv = remote_bridge_argv(os.environ)
         reader, writer, self._close_remote = await open_remote_streams(self.ssh, argv,
                                                                         limit=MAX_FRAME)
         return Channel(reader, writer, f"exec-server on {self.host}",  # type: ignore[arg-type]
