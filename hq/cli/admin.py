@@ -365,6 +365,15 @@ def _top_command() -> None:
 _top_command()
 
 
+def _report_command() -> None:
+    from hq.cli.admin_report import report_command
+
+    cli.add_command(report_command)
+
+
+_report_command()
+
+
 def main() -> None:
     """Entry point of hq-admin."""
     args = split_colon_form(sys.argv[1:], list(cli.commands))
