@@ -21,6 +21,7 @@ from hq.cli.common import (
     run_program,
     verbosity_options,
 )
+from hq.cli.completion import host_names
 from hq.cli.jobview import counts_text, format_counts_table
 from hq.program import version_option
 from hq.protocol.messages import (
@@ -242,7 +243,7 @@ def _host_change(name: str, active: bool, as_json: bool, verb: str) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=host_names)
 @json_option
 def activatehost(name: str, as_json: bool) -> None:
     """Let hq start jobs on host NAME again.
@@ -253,7 +254,7 @@ def activatehost(name: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=host_names)
 @json_option
 def deactivatehost(name: str, as_json: bool) -> None:
     """Start no new jobs on host NAME; running jobs finish.

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from hq.cli.common import format_table, format_time, json_option, print_json
+from hq.cli.completion import host_names
 from hq.errors import UsageError
 from hq.protocol.messages import AdminCancel, DrainHosts, HostEvents, HostInfo
 
@@ -21,7 +22,7 @@ def _request(request: Any) -> Any:
 
 
 @click.command()
-@click.argument("hosts", nargs=-1, required=True, metavar="HOST...")
+@click.argument("hosts", nargs=-1, required=True, metavar="HOST...", shell_complete=host_names)
 @click.option("--reason", required=True, metavar="TEXT",
               help="Why (shown in lscluster and the host's events).")
 @json_option
@@ -38,7 +39,7 @@ def drain(hosts: tuple[str, ...], reason: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("hosts", nargs=-1, required=True, metavar="HOST...")
+@click.argument("hosts", nargs=-1, required=True, metavar="HOST...", shell_complete=host_names)
 @json_option
 def resume(hosts: tuple[str, ...], as_json: bool) -> None:
     """Let drained HOST... take jobs again.
@@ -59,7 +60,7 @@ def _switch(request: DrainHosts, as_json: bool, word: str) -> None:
 
 
 @click.command()
-@click.argument("host")
+@click.argument("host", shell_complete=host_names)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
               metavar="N", help="The newest N events.")
 @json_option

@@ -20,6 +20,7 @@ from hq.cli.common import (
     say,
     verbosity_options,
 )
+from hq.cli.completion import job_ids
 from hq.cli.jobview import STATE_ORDER, UNFINISHED_STATES
 from hq.cli.selection import Selection, parse_selected, selected_ids
 from hq.errors import UsageError
@@ -180,7 +181,7 @@ def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str |
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", shell_complete=job_ids)
 @json_option
 def show(job_id: str, as_json: bool) -> None:
     """Show everything about job ID.
@@ -199,7 +200,7 @@ def show(job_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, shell_complete=job_ids)
 @json_option
 def details(ids: tuple[str, ...], as_json: bool) -> int:
     """Show everything about jobs IDS (default: your unfinished jobs).
@@ -254,7 +255,7 @@ def _change(kind: type[Cancel | Hold | Release], ids: tuple[str, ...], arrays: t
 
 
 @cli.command()
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, shell_complete=job_ids)
 @array_option
 @json_option
 def cancel(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
@@ -271,7 +272,7 @@ def cancel(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
 
 
 @cli.command()
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, shell_complete=job_ids)
 @array_option
 @json_option
 def hold(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
@@ -286,7 +287,7 @@ def hold(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
 
 
 @cli.command()
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, shell_complete=job_ids)
 @array_option
 @json_option
 def release(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
@@ -301,7 +302,7 @@ def release(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int
 
 
 @cli.command()
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, shell_complete=job_ids)
 @array_option
 @json_option
 def wait(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
@@ -326,7 +327,7 @@ def wait(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", shell_complete=job_ids)
 @click.option("--stdout", "which", flag_value="stdout", default=True,
               help="The job's standard output (the default).")
 @click.option("--stderr", "which", flag_value="stderr", help="The job's standard error.")

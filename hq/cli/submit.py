@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hq.cli.common import CONTEXT_SETTINGS, print_json, run_program, say, verbosity_options
+from hq.cli.completion import host_names, job_ids
 from hq.errors import UsageError
 from hq.program import version_option
 
@@ -42,7 +43,8 @@ PROG = "hq-submit"
 @click.option("-l", "--logfile", metavar="FILE",
               help="File for hq's own notes about the job (start, end, host, usage).")
 @click.option("-E", "--excludeHosts", "--exclude-hosts", "exclude_hosts", multiple=True,
-              metavar="H1,H2", help="Hosts the job must not run on (comma list; repeatable).")
+              metavar="H1,H2", shell_complete=host_names,
+              help="Hosts the job must not run on (comma list; repeatable).")
 @click.option("-S", "--shell", metavar="PATH",
               help="Absolute path of the shell that runs COMMAND (default /bin/sh).")
 @click.option("-f", "--jobsFile", "--jobs-file", "jobs_file", metavar="FILE",
@@ -60,7 +62,8 @@ PROG = "hq-submit"
                    "afternotok:ID (failed or cancelled), afterany:ID (ended), aftercorr:ARRAY "
                    "(element i after element i); comma list, repeatable. An ID is a job, an "
                    "array (its id: all of it) or an element (42_7).")
-@click.option("--after", multiple=True, metavar="ID", help="Shorthand for -d afterok:ID.")
+@click.option("--after", multiple=True, metavar="ID", shell_complete=job_ids,
+              help="Shorthand for -d afterok:ID.")
 @click.option("--kill-on-invalid-dep", type=click.Choice(["yes", "no"]), default="yes",
               show_default=True,
               help="When a dependency can never be met (afterok on a job that failed): "
