@@ -14,17 +14,43 @@ PYTEST_ARGS ?=
 SPHINX_BUILD := $(VE)/bin/sphinx-build -E -W --keep-going -q
 # make runs each recipe line with sh; everything it creates is readable by every account
 UMASK := umask 022
+# shell completion scripts (click's) for the user-facing programs: hq.bash, hq.zsh, fish/PROG.fish
+COMPLETION := doc/completion
+COMPLETED := hq-submit hq-client hq-admin hq-dbadmin
+# `make frozen`: scripts/makeFreezedVersion.py's --programs and --form
+FROZEN_PROGRAMS ?= hq-exec-server
+FROZEN_FORM ?= onedir
 
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
-.PHONY: FORCE all help run sql sql-start sql-stop sql-status test lint doc system-deps clean
+.PHONY: FORCE all help run sql sql-start sql-stop sql-status test lint doc system-deps clean frozen
 
-all: $(STAMP) $(COMPILED) .hqrc ## virtualenv hqVE/ with the pinned packages and hq, and .hqrc (the default)
+all: $(STAMP) $(COMPILED) $(COMPLETION)/hq.bash .hqrc ## virtualenv hqVE/ with the pinned packages and hq, shell completion, .hqrc (the default)
 
 # hq's bytecode, compiled here once: the other accounts cannot write hq/__pycache__, and
 # without it each of their commands would compile hq's modules again (~25 ms a call).
 $(COMPILED): $(STAMP) $(shell find hq -name '*.py' 2>/dev/null)
 	@$(UMASK); $(VE)/bin/python -m compileall -q -j 0 hq >/dev/null && touch $@
+
+# click writes each script when the program runs with _PROG_COMPLETE=SHELL_source; .hqrc
+# sources the bash one for bash users (doc/user-guide.md: zsh and fish)
+$(COMPLETION)/hq.bash: $(COMPILED)
+	@$(UMASK); set -e; mkdir -p $(COMPLETION)/fish; \
+	for shell in bash zsh fish; do \
+	    rm -f $(COMPLETION)/hq.$$shell.tmp; \
+	    for prog in $(COMPLETED); do \
+	        var=_$$(echo $$prog | tr a-z- A-Z_)_COMPLETE; \
+	        env $$var=$${shell}_source HQPATH=$$(pwd -P) $(VE)/bin/python -P -m hq.cli.$${prog#hq-} \
+	            > $(COMPLETION)/$$prog.$$shell.tmp; \
+	        if [ $$shell = fish ]; then mv -f $(COMPLETION)/$$prog.fish.tmp $(COMPLETION)/fish/$$prog.fish; \
+	        else cat $(COMPLETION)/$$prog.$$shell.tmp >> $(COMPLETION)/hq.$$shell.tmp; \
+	            rm -f $(COMPLETION)/$$prog.$$shell.tmp; fi; \
+	    done; \
+	    if [ $$shell != fish ]; then mv -f $(COMPLETION)/hq.$$shell.tmp $(COMPLETION)/hq.$$shell; fi; \
+	done
+
+frozen: all ## self-contained programs in var/frozen/ (FROZEN_PROGRAMS=hq-exec-server, FROZEN_FORM=onedir)
+	@$(UMASK); $(VE)/bin/python scripts/makeFreezedVersion.py --programs $(FROZEN_PROGRAMS) --form $(FROZEN_FORM)
 
 $(STAMP): hqConf/requirements.txt pyproject.toml
 	@$(UMASK); set -e; \
@@ -47,7 +73,9 @@ $(STAMP): hqConf/requirements.txt pyproject.toml
 	  echo 'case ":$$PATH:" in *":$$HQPATH/bin:"*) ;; *) PATH=$$HQPATH/bin:$$PATH ;; esac'; \
 	  echo 'export HQPATH HQ_VE_PATH PATH'; \
 	  echo 'case ":$${MANPATH-}:" in *":$$HQPATH/doc/man:"*) ;; *) MANPATH=$$HQPATH/doc/man:$${MANPATH-} ;; esac'; \
-	  echo 'export MANPATH'; } > $@.tmp; \
+	  echo 'export MANPATH'; \
+	  echo '# completion for bash (other shells: doc/user-guide.md)'; \
+	  echo 'if [ -n "$${BASH_VERSION-}" ] && [ -r "$$HQPATH/$(COMPLETION)/hq.bash" ]; then . "$$HQPATH/$(COMPLETION)/hq.bash"; fi'; } > $@.tmp; \
 	if cmp -s $@.tmp $@; then rm -f $@.tmp; else \
 	    mv -f $@.tmp $@; echo "wrote .hqrc: '. $$hqpath/.hqrc' puts hq's commands on your PATH"; fi
 
@@ -85,7 +113,7 @@ lint: $(STAMP) ## ruff and the import-linter contracts
 	$(VE)/bin/lint-imports
 
 clean: ## remove the virtualenv, its stamp and the built documentation (never var/ or etc/)
-	rm -rf $(VE) $(STAMP) doc/html doc/man doc/_build
+	rm -rf $(VE) $(STAMP) doc/html doc/man doc/_build $(COMPLETION)
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
