@@ -94,13 +94,12 @@ def _by_user(ax: Any, report: Report, value: str, ylabel: str) -> None:
         _nothing(ax, "no job ended in this window")
         return
     days = sorted({d.day for d in report.user_days})
-    totals: dict[str, float] = {}
-    for d in report.user_days:
-        totals[d.owner] = totals.get(d.owner, 0.0) + getattr(d, "jobs" if value == "jobs"
-                                                             else "core_hours")
-    shown = sorted(totals, key=lambda u: (-totals[u], u))[:MAX_USERS]
+    owners = {d.owner for d in report.user_days}
+    # the same users, in the same order (so the same colours), on both per-user plots: the
+    # MAX_USERS with the most jobs
+    shown = sorted(sorted(owners, key=lambda u: (-_jobs_of(report, u), u))[:MAX_USERS])
     series: dict[str, list[float]] = {u: [0.0] * len(days) for u in shown}
-    if len(totals) > len(shown):
+    if len(owners) > len(shown):
         series["others"] = [0.0] * len(days)
     for d in report.user_days:
         key = d.owner if d.owner in shown else "others"
@@ -114,8 +113,14 @@ def _by_user(ax: Any, report: Report, value: str, ylabel: str) -> None:
     ax.tick_params(axis="x", labelrotation=30)
 
 
+def _jobs_of(report: Report, owner: str) -> int:
+    """How many jobs of ``owner`` ended in the report's window."""
+    return sum(d.jobs for d in report.user_days if d.owner == owner)
+
+
 def _user_jobs(ax: Any, report: Report) -> None:
     _by_user(ax, report, "jobs", "jobs")
+    _whole_numbers(ax.yaxis)
 
 
 def _user_core_hours(ax: Any, report: Report) -> None:
@@ -128,6 +133,7 @@ def _durations(ax: Any, labels: list[str], counts: list[int], empty: str) -> Non
         return
     ax.bar(labels, counts)
     ax.set_ylabel("jobs")
+    _whole_numbers(ax.yaxis)
     ax.tick_params(axis="x", labelsize="small")
 
 
@@ -146,7 +152,14 @@ def _failures(ax: Any, report: Report) -> None:
     shown = report.failures[:MAX_BARS][::-1]   # the most frequent on top
     ax.barh([_short(f.reason) for f in shown], [f.jobs for f in shown])
     ax.set_xlabel("failed jobs")
+    _whole_numbers(ax.xaxis)
     ax.tick_params(axis="y", labelsize="small")
+
+
+def _whole_numbers(axis: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _short(text: str, limit: int = 50) -> str:
