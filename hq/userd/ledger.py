@@ -12,25 +12,21 @@ it by then); and at most ``MAX_RELEASES`` times. A job that ran to an end is nev
 again, unless it failed and its signed spec asks for more runs (``--retries``): a run that
 exited non-zero or was killed by a signal may be handed over once more per retry it allows.
 
-The file is append-only (one line per change, gathered per turn of the event loop), read back
-at start, and rewritten with only the live entries when it has grown; beyond ``MAX_ENTRIES``
-the oldest finished entries are forgotten (a replay of one of those is the remaining risk,
-and the docs say so). Writes are not fsync'd: a crash of the user-server loses nothing, a
-crash of the whole machine may lose the last writes.
+The file is an ``hq.append_log.AppendLog`` (one line per change, gathered per turn of the
+event loop), read back at start, and rewritten with only the live entries when it has grown;
+beyond ``MAX_ENTRIES`` the oldest finished entries are forgotten (a replay of one of those is
+the remaining risk, and the docs say so). Writes are not fsync'd: a crash of the user-server
+loses nothing, a crash of the whole machine may lose the last writes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-log = logging.getLogger(__name__)
+from hq.append_log import AppendLog
 
 MAX_RELEASES = 20
 MAX_ENTRIES = 2_000_000
@@ -73,7 +69,6 @@ class _Cutoff(msgspec.Struct, tag="cutoff", array_like=True):
 
 _Line = _Release | _Settle | _Cutoff
 _decoder = msgspec.json.Decoder(_Line)
-_encoder = msgspec.json.Encoder()
 
 
 class Ledger:
@@ -86,9 +81,7 @@ class Ledger:
         # protocol-1 signatures (no submission in them) are accepted only below this
         # submission id: the first one this user got from hq-server since the upgrade
         self.v1_cutoff: int | None = None
-        self._pending: list[bytes] = []
-        self._lines = 0
-        self._fd: int | None = None
+        self._log = AppendLog(path, _decoder, "ledger")
         self._start = clock_start
 
     @classmethod
@@ -174,15 +167,7 @@ class Ledger:
     # --- the file ------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        for line in data.splitlines():
-            try:
-                item = _decoder.decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue   # torn by a crash
+        for item in self._log.read():
             if isinstance(item, _Release):
                 key = (item.submission, item.index)
                 old = self.entries.get(key)
@@ -199,47 +184,26 @@ class Ledger:
         self.by_job = {e.job_id: k for k, e in self.entries.items() if e.state == OUT}
 
     def _add(self, item: _Line) -> None:
-        if not self._pending:
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().call_soon(self.flush)
-        self._pending.append(_encoder.encode(item) + b"\n")
+        self._log.add(item)
 
     def flush(self) -> None:
-        if not self._pending or self._fd is None:
-            return
-        data, self._pending = b"".join(self._pending), []
-        try:
-            os.write(self._fd, data)
-        except OSError as err:
-            log.error("ledger %s: cannot write: %s", self.path, err)
-        self._lines += data.count(b"\n")
-        if self._lines > COMPACT_LINES:
+        self._log.flush()
+        if self._log.lines > COMPACT_LINES:
             self._rewrite()
 
     def _rewrite(self) -> None:
-        lines = [] if self.v1_cutoff is None else [_encoder.encode(_Cutoff(self.v1_cutoff))]
+        lines: list[_Line] = [] if self.v1_cutoff is None else [_Cutoff(self.v1_cutoff)]
         for (submission, index), entry in self.entries.items():
             # the failed runs before the last release, so that loading counts them again
             earlier_failures = entry.failures - (entry.state == FAILED)
             for n in range(entry.releases):
-                lines.append(_encoder.encode(_Release(submission, index, entry.host,
-                                                      entry.job_id, entry.attempt)))
+                lines.append(_Release(submission, index, entry.host, entry.job_id,
+                                      entry.attempt))
                 if n < earlier_failures and n < entry.releases - 1:
-                    lines.append(_encoder.encode(_Settle(submission, index, FAILED)))
+                    lines.append(_Settle(submission, index, FAILED))
             if entry.state != OUT:
-                lines.append(_encoder.encode(_Settle(submission, index, entry.state)))
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            os.write(fd, b"".join(line + b"\n" for line in lines))
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-        self._lines = len(lines)
+                lines.append(_Settle(submission, index, entry.state))
+        self._log.rewrite(lines)
 
     def _forget_oldest(self) -> None:
         """Keep the ledger bounded: drop the oldest finished entries (lowest submissions)."""
@@ -249,6 +213,4 @@ class Ledger:
 
     def close(self) -> None:
         self.flush()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._log.close()
