@@ -347,10 +347,15 @@ def test_forked_workers_sharing_their_pages_are_counted_once(tmp_path: Path):
     run(test)
 
 
-def test_warn_leaves_a_job_over_its_limit_running(tmp_path: Path):
+def test_warn_leaves_a_job_over_its_limit_running(tmp_path: Path, caplog):
     async def test() -> None:
         jobs = Jobs(memory_enforce="warn")
         jobs.start(launch(tmp_path, 3, GROW.replace("sleep(30)", "sleep(1.5)"),
                           memory_limit_mb=100))
         assert (await jobs.outcome(3, timeout=30)).reason is None
-    run(test)
+    with caplog.at_level("WARNING", logger="hq.execd.runner"):
+        run(test)
+    # the exec-server's log says so, once however long the job stays over
+    warned = [r.getMessage() for r in caplog.records if "memory_enforce = warn" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("job 3: memory limit 100 MiB exceeded"), \
+        warned
