@@ -61,8 +61,9 @@ def over_limit_reason(limit_mb: int, used_kb: int) -> str:
     return f"memory limit {size_text(limit_mb * 1024)} exceeded: {size_text(used_kb)}"
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (from /proc; a racing exit just leaves one out)."""
+def process_trees(pids: Iterable[int]) -> dict[int, list[int]]:
+    """Each of ``pids`` with its descendants, from one scan of /proc (a racing exit just
+    leaves one out): one scan per check, however many jobs have a limit."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -73,9 +74,12 @@ def process_tree(pid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, ()))
-    return tree
+    trees = {}
+    for pid in pids:
+        tree, todo = [], [pid]
+        while todo:
+            current = todo.pop()
+            tree.append(current)
+            todo.extend(children.get(current, ()))
+        trees[pid] = tree
+    return trees

@@ -226,8 +226,9 @@ class JobRunner:
         limited = [j for j in self.jobs.values() if j.memory_limit_mb and j.stop_reason is None]
         if not limited or self.memory_enforce == "off":
             return
+        trees = memory.process_trees(job.pid for job in limited)
         for job in limited:
-            used = memory.pss_kb(memory.process_tree(job.pid))
+            used = memory.pss_kb(trees[job.pid])
             job.peak_pss_kb = max(job.peak_pss_kb, used)
             limit = job.memory_limit_mb or 0
             if used <= limit * 1024:
