@@ -56,6 +56,7 @@ HQ_ENV_VARS = ("HQPATH", "HQ_VE_PATH", "HQ_DB_PORT", "HQ_DB_AUTH", "HQ_DB_OSUSER
 def clean_env(**extra: str) -> dict[str, str]:
     """Our environment without hq's variables (a developer may have sourced a .hqrc)."""
     env = {k: v for k, v in os.environ.items() if k not in HQ_ENV_VARS}
+    env["HQ_FROZEN"] = "no"   # these tests are about the virtualenv, whatever var/frozen/ holds
     env.update(extra)
     return env
 
