@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from hq.cli.common import json_option, print_json, say
-from hq.errors import UsageError
+from hq.errors import DatabaseError, UsageError
 
 
 @click.command("report")
@@ -75,12 +75,20 @@ def report_command(since: str, until_text: str | None, html_path: Path | None,
 def _load(since: dt.datetime, until: dt.datetime, now: dt.datetime):  # type: ignore[no-untyped-def]
     from hq.config import Installation, load_database
     from hq.db.engine import create_engine, database_errors, read_connection
+    from hq.db.migrate import require_head
     from hq.report.data import load_report
 
     config = load_database(Installation.locate())
+    if config.url is None and config.dialect == "sqlite" and config.sqlite_path is not None \
+            and not Path(config.sqlite_path).exists():
+        # opening it would create an empty database file, and a report only reads
+        raise DatabaseError(f"no database at {config.sqlite_path}: run "
+                            "'hq-dbadmin --create-tables --add-standard-entries'")
     with database_errors(config):
         engine = create_engine(config)
         try:
+            # the views of an older revision lack columns: say which command upgrades it
+            require_head(engine)
             with read_connection(engine) as conn:
                 return load_report(conn, since, until, now)
         finally:

@@ -197,3 +197,11 @@ def test_hq_admin_report_needs_an_output_and_refuses_a_linked_png_directory(repo
     assert result.returncode != 0
     assert "--png" in result.stderr and "symbolic link" in result.stderr
     assert list(elsewhere.iterdir()) == []
+
+
+def test_hq_admin_report_on_a_database_not_made_yet_names_the_command(hq_install, db_config):
+    result = admin(hq_install, "report", "--json")
+    assert result.returncode == 6
+    assert "run 'hq-dbadmin --create-tables --add-standard-entries'" in result.stderr
+    if db_config.dialect == "sqlite":
+        assert not db_config.sqlite_path.exists()     # a report writes no database file
