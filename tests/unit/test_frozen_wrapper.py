@@ -63,3 +63,42 @@ def test_a_build_that_is_not_executable_is_ignored(installation: Path) -> None:
     stand_in(frozen, "frozen")
     frozen.chmod(0o644)
     assert run("hq-client", installation)[0] == "virtualenv"
+
+
+# ---------------------------------------------------------------- the user-server's bridge
+
+def bridge(argv: list[str]) -> list[str]:
+    """Run a bridge command line as the host would (ssh runs it with the user's shell)."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_the_user_server_starts_a_hosts_frozen_exec_server_when_it_has_one(
+        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hq.userd import execlink
+
+    # the fallback is this Python: a stand-in for it shows which one ran
+    python = tmp_path / "python"
+    stand_in(python, "virtualenv")
+    monkeypatch.setattr(execlink.sys, "executable", str(python))
+    make = execlink.local_bridge_argv if where == "local" else execlink.remote_bridge_argv
+    root = tmp_path / "hq"
+    root.mkdir()
+    environ = {"HQPATH": str(root)}
+    assert bridge(make(environ)) == ["virtualenv", "-P", "-m", "hq.execd.main", "--bridge"]
+    stand_in(root / "var" / "frozen" / "hq-exec-server" / "hq-exec-server", "frozen")
+    assert bridge(make(environ)) == ["frozen", "--bridge"]
+    assert bridge(make({**environ, "HQ_FROZEN": "no"}))[0] == "virtualenv"
+    (root / "var" / "frozen" / "hq-exec-server" / "hq-exec-server").chmod(0o644)
+    assert bridge(make(environ))[0] == "virtualenv"
+
+
+def test_the_remote_bridge_command_line_carries_no_setting_but_the_path() -> None:
+    from hq.userd.execlink import remote_bridge_argv
+
+    argv = remote_bridge_argv({"HQPATH": "/shared/hq", "HQ_FROZEN": "no"})
+    # a fixed script; the path and the choice are its arguments, never spliced into it
+    assert argv[:4] == ["env", "HQPATH=/shared/hq", "sh", "-c"]
+    assert "/shared/hq" not in argv[4]
+    assert argv[5:8] == ["sh", "/shared/hq", "no"]
