@@ -8,6 +8,7 @@ times and failures, its start for waiting times.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -192,7 +193,7 @@ def histogram(durations: list[float]) -> Histogram:
     # to the millisecond first: SQLite's julianday arithmetic makes an hour 3599.99996 s
     durations = [round(d, 3) for d in durations]
     for d in durations:
-        counts[sum(1 for edge in DURATION_EDGES[1:] if d >= edge)] += 1
+        counts[bisect.bisect_right(DURATION_EDGES, d, lo=1) - 1] += 1
     ordered = sorted(durations)
     median = None
     if ordered:
