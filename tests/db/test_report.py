@@ -13,7 +13,7 @@ from fixtures.installation import hq_env, run_hq
 from fixtures.report_history import NOW, SINCE, UNTIL, write_history
 
 from hq.config import load_database
-from hq.db.engine import create_engine
+from hq.db.engine import create_engine, is_mysql
 from hq.db.types import UtcDateTime
 from hq.report.data import DURATION_EDGES, load_report
 from hq.report.figures import FIGURES
@@ -126,6 +126,26 @@ def test_cores_busy_per_host_over_time(history):
         for host, h in busy.items():
             assert int(covering.get(host, 0)) <= h.busy[i] <= int(touching.get(host, 0)), \
                 (host, start)
+        # and exactly what doc/admin-guide.md's query gives (NOW standing for the clock)
+        exact = {host: round(float(v), 4) for host, v in sql(history, _busy_sql(history),
+                                                              b=start, e=end, n=NOW)}
+        assert exact == {host: h.busy[i] for host, h in busy.items() if host in exact}
+
+
+def _busy_sql(engine) -> str:  # type: ignore[no-untyped-def]
+    """The admin guide's cores-busy query for one 900 s bin [:b, :e)."""
+    if is_mysql(engine):
+        held = ("TIMESTAMPDIFF(MICROSECOND, GREATEST(started_at, :b), "
+                "LEAST(COALESCE(ended_at, :n), :e)) / 1e6")
+    else:
+        held = ("(julianday(MIN(COALESCE(ended_at, :n), :e)) "
+                "- julianday(MAX(started_at, :b))) * 86400.0")
+    return f"""
+        SELECT host, SUM(cores * {held}) / 900 AS cores_busy FROM report_jobs
+        WHERE host IS NOT NULL AND started_at < :e
+          AND (ended_at > :b OR (ended_at IS NULL AND state IN ('dispatched', 'running')
+                                 AND :n > :b))
+        GROUP BY host"""
 
 
 def test_an_empty_window_has_no_numbers(history):
