@@ -115,6 +115,18 @@ class Installation:
         return cls(Path(os.path.abspath(value)))
 
 
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration_s(text: str) -> float:
+    """Seconds, or a number with one unit: ``90``, ``12h``, ``7d``."""
+    word = text.strip().lower()
+    scale = _UNIT_S.get(word[-1:])
+    number = word[:-1] if scale is not None else word
+    value = syntax.positive_number(number) * (scale or 1.0)
+    return value
+
+
 # ---------------------------------------------------------------------------- cluster.tab
 
 @dataclass(frozen=True)
@@ -133,6 +145,7 @@ class HostConfig:
     gpus: tuple[str, ...] = ()     # device ids (a count n is 0..n-1)
     info: str = ""
     active: bool = True            # an inactive host gets no new jobs
+    idle_timeout_s: float | None = None  # its exec-servers' idle timeout; None = the server's
     line: int = 0                  # where it was defined, for later messages
 
 
@@ -151,13 +164,14 @@ _CELL_PARSERS: dict[str, Callable[[str], object]] = {
     "ssh_port": syntax.port, "cores": syntax.core_count, "max_jobs": syntax.positive_int,
     "memory": parse_memory_mb, "os": str, "features": syntax.feature_set,
     "gpus": syntax.gpu_list, "info": str,
-    "active": parse_bool, "allow_info_server": parse_bool, "info_server_port": syntax.port,
+    "active": parse_bool, "idle_timeout": _duration_s,
+    "allow_info_server": parse_bool, "info_server_port": syntax.port,
 }
 _OBSOLETE_COLUMNS = frozenset({"allow_info_server", "info_server_port"})
 EXTENDED_CLUSTER_COLUMNS = tuple(c for c in _CELL_PARSERS if c not in _OBSOLETE_COLUMNS)
 """Column names of the extended cluster.tab format; ``host`` and ``cores`` are required."""
 _REQUIRED_COLUMNS = ("host", "cores")
-_HOST_FIELD_NAMES = {"host": "name", "memory": "memory_mb"}
+_HOST_FIELD_NAMES = {"host": "name", "memory": "memory_mb", "idle_timeout": "idle_timeout_s"}
 # The original hQ read every empty cell as False or 0. Its active column keeps that meaning,
 # so that a host an admin left blank stays switched off; other empty cells take our defaults.
 _ORIGINAL_EMPTY_CELLS: Mapping[str, object] = MappingProxyType({"active": False})
@@ -271,6 +285,16 @@ def load_cluster(path: Path) -> tuple[HostConfig, ...]:
         raise ConfigError(source, "no hosts defined: add one tab-separated line per host "
                           "below the header")
     return tuple(hosts)
+
+
+def exec_server_idle_s(inst: Installation, host: str, default: float) -> float:
+    """The idle timeout of ``host``'s exec-servers: its ``idle_timeout`` in etc/cluster.tab,
+    else ``default`` ([server] exec_server_idle_timeout). Read when an exec-server is started,
+    so an edit applies to the next one without a reload."""
+    for entry in load_cluster(inst.cluster_tab):
+        if entry.name == host and entry.idle_timeout_s is not None:
+            return entry.idle_timeout_s
+    return default
 
 
 # ---------------------------------------------------------------------------- users
@@ -506,18 +530,6 @@ class ServerConfig:
         return cls(socket_path=inst.var / "run" / "hq-server.sock",
                    pid_file=inst.var / "run" / "hq-server.pid",
                    log_file=inst.var / "log" / "hq-server.log")
-
-
-_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _duration_s(text: str) -> float:
-    """Seconds, or a number with one unit: ``90``, ``12h``, ``7d``."""
-    word = text.strip().lower()
-    scale = _UNIT_S.get(word[-1:])
-    number = word[:-1] if scale is not None else word
-    value = syntax.positive_number(number) * (scale or 1.0)
-    return value
 
 
 def _memory_enforce(text: str) -> str:

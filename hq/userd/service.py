@@ -25,9 +25,9 @@ from typing import Any
 
 import msgspec
 
-from hq.auth import job_signature_ok, load_signing_key, state_dir, user_name
-from hq.config import Installation, ServerConfig
-from hq.errors import Busy, HqError, PermissionDenied, Unavailable, UsageError
+from hq.auth import load_signing_key, state_dir, user_name
+from hq.config import Installation, ServerConfig, exec_server_idle_s
+from hq.errors import Busy, ConfigError, HqError, PermissionDenied, Unavailable, UsageError
 from hq.jobspec import submission_digest
 from hq.protocol import (
     MAX_FRAME,
@@ -128,11 +128,16 @@ class UserServer:
         self.ssh_options = {"policy": config.host_key_policy,
                             "connect_timeout": config.connect_timeout_s}
 
-    @property
-    def exec_settings(self) -> ExecSettings:
-        """What our exec-servers are told: timeouts, and whose jobs the link speaks for."""
+    def exec_settings(self, host: str) -> ExecSettings:
+        """What our exec-server on ``host`` is told: timeouts (its idle timeout from
+        etc/cluster.tab, else the server's), and whose jobs the link speaks for."""
         config = self.config
-        return ExecSettings(idle_timeout_s=config.exec_server_idle_s, lease_s=config.lease_s,
+        try:
+            idle_s = exec_server_idle_s(self.inst, host, config.exec_server_idle_s)
+        except ConfigError as err:   # a file mid-edit must not keep jobs from starting
+            log.warning("host %s: idle timeout from [server]: %s", host, err)
+            idle_s = config.exec_server_idle_s
+        return ExecSettings(idle_timeout_s=idle_s, lease_s=config.lease_s,
                             heartbeat_interval_s=config.heartbeat_interval_s,
                             database=self.database,
                             memory_enforce=config.memory_enforce,  # type: ignore[arg-type]
@@ -402,23 +407,9 @@ class UserServer:
         may still run it waits until that host's exec-server has told, or its lease has run
         out."""
         ledger = self._ledger_for(self.database or "")
-        signed, refused = [], []
-        digests: dict[str, str | None] = {}  # one hash of an environment per submission
-        for job in message.jobs:
-            sub_id = str(job.submission_id)
-            if sub_id not in digests:
-                sub = message.submissions.get(sub_id)
-                digests[sub_id] = None if sub is None else submission_digest(sub.environment,
-                                                                              sub.umask)
-            digest = digests[sub_id]
-            accept_v1 = ledger.v1_cutoff is None or job.submission_id < ledger.v1_cutoff
-            if digest is None or not job_signature_ok(
-                    self.key, job.spec, self.user, digest, database=self.database or "",
-                    submission_id=job.submission_id, accept_v1=accept_v1):
-                refused.append((job, "refused: bad signature"))
-            else:
-                signed.append(job)
-        good, waiting = [], []
+        signed, refused = self.signer.check_run(message, self.database or "", ledger.v1_cutoff)
+        good: list[RunJob] = []
+        waiting: list[tuple[RunJob, str]] = []
         link = None
         if signed:
             link = await self._ensure_link(host, None)
@@ -431,24 +422,10 @@ class UserServer:
                 self._to_server(Undeliverable(host=host, ids=[j.id for j in signed],
                                               reason=why))
                 signed = []
-        now = time.monotonic()
-        for job in signed:
-            key = (job.submission_id, -1 if job.spec.array_index is None
-                   else job.spec.array_index)
-            entry = ledger.entries.get(key)
-            where = entry.host if entry is not None else host
-            if ledger.repeats(key, host, job.attempt):
-                good.append(job)
-                continue
-            why = ledger.may_release(key, self._silent_for(where), self.config.lease_s,
-                                     job.spec.retries)
-            if why is None:
-                ledger.released(key, host, job.id, now, job.attempt)
-                good.append(job)
-            elif entry is not None and entry.state == "out" and entry.host != host:
-                waiting.append((job, entry.host))
-            else:
-                refused.append((job, why))
+        if signed:
+            good, waiting, unreleased = ledger.hand_over(signed, host, self._silent_for,
+                                                         self.config.lease_s, time.monotonic())
+            refused += unreleased
         if refused:
             log.warning("host %s: refusing jobs %s", host,
                         [(job.id, why) for job, why in refused[:20]])
@@ -492,7 +469,7 @@ class UserServer:
                 link.send(first)  # queued by the link itself until its first sync is done
             return link
         where = self.hosts.get(host) or HostAddress(name=host, address=host)
-        link = ExecLink(host, where.address, where.ssh_port, self.exec_settings,
+        link = ExecLink(host, where.address, where.ssh_port, self.exec_settings(host),
                         self.ssh_options, self._on_exec_message, self._on_link_lost)
         self.links[host] = link
         if first is not None:
@@ -534,7 +511,7 @@ class UserServer:
         self.host_contact[link.host] = time.monotonic()
         if self.ledger is not None:
             for event in state.ended:
-                self.ledger.ended(event.id, ran=_ran(event), failed=_failed(event))
+                self.ledger.ended_event(event)
             known = ({r.id for r in state.running} | {e.id for e in state.ended}
                      | {q.id for q in state.queued or ()} | set(delivering))
             for job_id in self.ledger.out_on(link.host):
@@ -568,7 +545,7 @@ class UserServer:
         if isinstance(message, JobEvents) and self.ledger is not None:
             for event in message.events:
                 if isinstance(event, JobEnded):
-                    self.ledger.ended(event.id, ran=_ran(event), failed=_failed(event))
+                    self.ledger.ended_event(event)
         self._to_server(msgspec.structs.replace(message, host=link.host))
 
     def _on_relay(self, link: ExecLink, message: Relay) -> None:
@@ -642,16 +619,6 @@ class UserServer:
             self.server.close()
         for task in list(self.tasks):
             task.cancel()
-
-
-def _ran(event: JobEnded) -> bool:
-    """Whether an ended job had run (never hand it over again) or came to nothing."""
-    return event.pid is not None and not (event.reason or "").startswith("lease expired")
-
-
-def _failed(event: JobEnded) -> bool:
-    """Whether a job that ran failed in a way ``--retries`` may run it again for."""
-    return not event.reason and (bool(event.exit_code) or event.signal is not None)
 
 
 FROM_SERVER = {Run: UserServer._on_run, CancelJobs: UserServer._on_order,

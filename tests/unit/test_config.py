@@ -195,7 +195,7 @@ ORIG_ROW = "node01\tnode01\t4\t4\tinfo\tFalse\t9999\tTrue\n"
     ("host\tmemory\nlocalhost\t4G\n", ':1: missing required column "cores"'),
     ("# hosts\nhost\tcores\tslots\nlocalhost\t4\t4\n",
      ":2: slots: unknown column (known: host, full_name, address, ssh_port, cores, max_jobs, "
-     "memory, os, features, gpus, info, active; start local columns with x_)"),
+     "memory, os, features, gpus, info, active, idle_timeout; start local columns with x_)"),
     ("host\tcores\tHost\nlocalhost\t4\tx\n", ":1: Host: duplicate column"),
     ("short_name\tfull_name\ttotal_number_slots\tactive\nn\tn\t4\tyes\n",
      ":1: an original hQ header must be exactly these tab-separated columns: short_name "
@@ -413,3 +413,23 @@ def test_importing_config_does_not_import_sqlalchemy() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.stdout.strip() == "False"
+
+
+def test_cluster_tab_idle_timeout_column_is_a_duration_and_optional(tmp_path):
+    path = tmp_path / "cluster.tab"
+    path.write_text("host\tcores\tidle_timeout\nquick\t2\t5\nslow\t2\t-\nhour\t1\t1h\n")
+    assert [(h.name, h.idle_timeout_s) for h in load_cluster(path)] == [
+        ("quick", 5.0), ("slow", None), ("hour", 3600.0)]
+    path.write_text("host\tcores\tidle_timeout\nquick\t2\tsoon\n")
+    assert error_of(load_cluster, path) == f'{path}:2: idle_timeout: not a positive number: "soon"'
+
+
+def test_exec_server_idle_timeout_of_a_host_falls_back_to_the_server_default(tmp_path):
+    from hq.config import Installation, exec_server_idle_s
+
+    inst = Installation(tmp_path)
+    inst.etc.mkdir()
+    inst.cluster_tab.write_text("host\tcores\tidle_timeout\nquick\t2\t3s\nslow\t2\t\n")
+    assert exec_server_idle_s(inst, "quick", 300.0) == 3.0
+    assert exec_server_idle_s(inst, "slow", 300.0) == 300.0
+    assert exec_server_idle_s(inst, "elsewhere", 300.0) == 300.0
