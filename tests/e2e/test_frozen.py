@@ -2,13 +2,17 @@
 (onedir), then run for real: ``hq-submit --help`` from the build, and a job submitted by the
 frozen hq-submit that runs under a frozen exec-server found in the installation's var/frozen/.
 
-The build takes ~40 s on a quiet machine (two programs, ~20 s each); the tests after it a few
-seconds per backend.
+The last test does the same over ssh on a test host (network namespaces, as root), where the
+user-server's bridge command lets the host pick its frozen exec-server.
+
+The build takes ~30-40 s (two programs, PyInstaller's cache warm or cold); the tests after it a
+few seconds each.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +79,20 @@ def test_hq_frozen_no_keeps_the_exec_server_on_the_virtualenv(frozen_builds, run
     assert hq.wait_for(job_id, {"done", "failed"})["state"] == "done"
     exe = (hq.workdir / f"hq-{job_id}.out").read_text().strip()
     assert Path(exe) == Path(psutil.Process(os.getpid()).exe()).resolve()
+
+
+@pytest.mark.root
+def test_a_job_on_a_host_over_ssh_runs_under_its_frozen_exec_server(frozen_builds, cluster_hq):
+    hq = cluster_hq
+    alice = hq.users.alice
+    # a copy every user can run, in the installation (the test hosts share this filesystem)
+    installed = hq.root / "var" / "frozen" / "hq-exec-server"
+    shutil.copytree(frozen_builds / "hq-exec-server", installed, symlinks=True)
+    work = hq.workdir(alice)
+    (job_id,) = hq.submit_ids(alice, "readlink /proc/$PPID/exe; hostname", cwd=work)
+    hq.wait_jobs([job_id], {"done", "failed"})
+    info = hq.show(alice, job_id)
+    assert info["state"] == "done", info
+    exe, hostname = (work / f"hq-{job_id}.out").read_text().splitlines()
+    assert Path(exe) == installed / "hq-exec-server"
+    assert hostname == info["host"] and hostname in dict(hq.hosts.hosts)
