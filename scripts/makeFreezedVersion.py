@@ -173,9 +173,8 @@ def build_zipapp(program: Program, dest: Path, work: Path) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="makeFreezedVersion.py", description=__doc__.split("\n\n")[0],
-        epilog="The programs in bin/ then run var/frozen/PROGRAM when it is newer than the "
-               "installed code; HQ_FROZEN=no makes them use the virtualenv.")
+        prog="makeFreezedVersion.py", description=__doc__.replace("``", "'"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--programs", default="hq-exec-server",
                         help="comma-separated programs to build, or 'all' "
                              f"(default hq-exec-server; known: {', '.join(PROGRAMS)})")
