@@ -21,12 +21,14 @@ loses nothing, a crash of the whole machine may lose the last writes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 from hq.append_log import AppendLog
+from hq.protocol.messages import JobEnded, RunJob
 
 MAX_RELEASES = 20
 MAX_ENTRIES = 2_000_000
@@ -122,6 +124,32 @@ class Ledger:
                     "ended there")
         return None
 
+    def hand_over(self, jobs: list[RunJob], host: str, silent_for: Callable[[str], float],
+                  lease_s: float, now: float
+                  ) -> tuple[list[RunJob], list[tuple[RunJob, str]], list[tuple[RunJob, str]]]:
+        """Of signed ``jobs`` for ``host``: those to hand over now (their release recorded),
+        those that must wait for another host (last handed there, maybe still there) with
+        that host, and the refused ones with the reason. ``silent_for(host)``: how long that
+        host's exec-server has not been heard."""
+        good, waiting, refused = [], [], []
+        for job in jobs:
+            key = (job.submission_id, -1 if job.spec.array_index is None
+                   else job.spec.array_index)
+            entry = self.entries.get(key)
+            if self.repeats(key, host, job.attempt):
+                good.append(job)
+                continue
+            why = self.may_release(key, silent_for(entry.host if entry is not None else host),
+                                   lease_s, job.spec.retries)
+            if why is None:
+                self.released(key, host, job.id, now, job.attempt)
+                good.append(job)
+            elif entry is not None and entry.state == OUT and entry.host != host:
+                waiting.append((job, entry.host))
+            else:
+                refused.append((job, why))
+        return good, waiting, refused
+
     def released(self, key: Key, host: str, job_id: int, now: float, attempt: int = 0) -> None:
         entry = self.entries.get(key)
         releases = 1 if entry is None else entry.releases + 1
@@ -140,6 +168,13 @@ class Ledger:
         key = self.by_job.pop(job_id, None)
         if key is not None:
             self._settle(key, (FAILED if failed else DONE) if ran else FREE)
+
+    def ended_event(self, event: JobEnded) -> None:
+        """An exec-server's ``ended`` event: whether the job ran (a lease kill of a job
+        counts as not run) and whether it failed in a way ``--retries`` may run it again for."""
+        ran = event.pid is not None and not (event.reason or "").startswith("lease expired")
+        failed = not event.reason and (bool(event.exit_code) or event.signal is not None)
+        self.ended(event.id, ran=ran, failed=failed)
 
     def came_to_nothing(self, job_id: int) -> None:
         """Never delivered, or not known to the exec-server it went to."""

@@ -11,7 +11,7 @@ import msgspec
 from hq.auth import job_signature_ok, sign_job, sign_notification
 from hq.errors import PermissionDenied, UsageError
 from hq.jobspec import JobSpec, submission_digest
-from hq.protocol.messages import JobSpecsReply, SubmissionEnded, Submit
+from hq.protocol.messages import JobSpecsReply, Run, RunJob, SubmissionEnded, Submit
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,30 @@ class Signer:
             self.key, self.user, database=ended.database, submission_id=ended.submission_id,
             notify=ended.notify, mail_user=ended.mail_user, mail_type=ended.mail_type)
         return hmac.compare_digest(expected, ended.signature)
+
+    def check_run(self, message: Run, database: str, v1_cutoff: int | None
+                  ) -> tuple[list[RunJob], list[tuple[RunJob, str]]]:
+        """The jobs of ``message`` (from hq-server, for an exec-server) that carry this user's
+        signature, and the others with the reason they are refused. A protocol-1 signature
+        (no submission in it) counts only below ``v1_cutoff``, the first submission this
+        user got since the upgrade."""
+        signed, refused = [], []
+        digests: dict[str, str | None] = {}  # one hash of an environment per submission
+        for job in message.jobs:
+            sub_id = str(job.submission_id)
+            if sub_id not in digests:
+                sub = message.submissions.get(sub_id)
+                digests[sub_id] = None if sub is None else submission_digest(sub.environment,
+                                                                              sub.umask)
+            digest = digests[sub_id]
+            accept_v1 = v1_cutoff is None or job.submission_id < v1_cutoff
+            if digest is not None and job_signature_ok(
+                    self.key, job.spec, self.user, digest, database=database,
+                    submission_id=job.submission_id, accept_v1=accept_v1):
+                signed.append(job)
+            else:
+                refused.append((job, "refused: bad signature"))
+        return signed, refused
 
     def sign_jobs(self, specs: list[JobSpec], digest: str, database: str,
                    submission_id: int) -> list[JobSpec]:
