@@ -321,18 +321,24 @@ _USER_KEYS: Mapping[str, Callable[[str], object]] = MappingProxyType({
     "max_cores": syntax.positive_int})
 
 
+GROUP_LINE_MARK = "@"
+"""etc/users lines that start with it (``@physics max_cores=128``) set a Unix group's limits;
+no user name starts with it, so the original format cannot hold one."""
+
+
 def load_users(path: Path) -> tuple[UserConfig, ...]:
     """Read etc/users: ``<user> <ROLE>[,<ROLE>...] [key=value...]`` per line, ``#`` comments;
     may be empty. The keys (``share``, ``max_running``, ``max_cores``) come after the roles,
-    so the original hQ format reads as before."""
+    so the original hQ format reads as before. ``@group`` lines are left to
+    ``hq.limits_config``."""
     source = str(path)
     users: list[UserConfig] = []
     first_seen: dict[str, int] = {}
     known = ", ".join(role.value for role in Role)
     for number, text in enumerate(read_text(path).splitlines(), 1):
         content = text.split("#", 1)[0].strip()
-        if not content:
-            continue
+        if not content or content.startswith(GROUP_LINE_MARK):
+            continue   # a group's limits: hq.limits_config reads those lines
         name, *more = content.split(None, 1)
         rest = more[0] if more else ""
         try:
@@ -575,6 +581,16 @@ _SERVER_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "pin_cpus": ("execd", "pin_cpus", parse_bool),
     "connect_timeout_s": ("ssh", "connect_timeout", syntax.positive_number),
 }
+class _AnyKey(frozenset[str]):
+    """Keys of a section named after users and groups; their own loader checks them."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+OPEN_SECTIONS: Mapping[str, frozenset[str]] = MappingProxyType({"limits": _AnyKey()})
+"""Sections of etc/hq-server.cfg read by another loader ([limits]: ``hq.limits_config``)."""
+
 SERVER_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType(
     {name: (section, key) for name, (section, key, _) in _SERVER_KEYS.items()})
 """ServerConfig field -> (section, key) of etc/hq-server.cfg that sets it."""
@@ -594,7 +610,8 @@ def load_server(inst: Installation) -> ServerConfig:
     for section, key, _ in _SERVER_KEYS.values():
         known.setdefault(section, set()).add(key)
     sections = syntax.read_ini(source, read_text(path),
-                               {name: frozenset(keys) for name, keys in known.items()})
+                               {**{name: frozenset(keys) for name, keys in known.items()},
+                                **OPEN_SECTIONS})
     changes: dict[str, object] = {}
     for name, (section, key, parse) in _SERVER_KEYS.items():
         entries = sections.get(section, {})

@@ -247,8 +247,7 @@ async def reload_configuration(server: Server) -> ReloadReply:
     users, hosts = await server.store.read(
         lambda conn: (list_users(conn, include_retired=True),
                       list_hosts(conn, include_retired=True)), what="reload")
-    server.users = {u.name: u for u in users}
-    server.users_changed()
+    server.users_changed({u.name: u for u in users})
     changed = apply_host_records(server.cluster, hosts)
     for name in changed:
         host = server.cluster.hosts.get(name)

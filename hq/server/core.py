@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from hq.config import Installation, ServerConfig
 from hq.db.users import UserRecord
+from hq.limits_config import Limit, Limits, load_limits
 from hq.protocol import Channel
 from hq.protocol.messages import MonitorHosts
 from hq.server.clock import Clock
@@ -26,7 +27,7 @@ from hq.server.health import Health
 from hq.server.journal import Journal
 from hq.server.links import Links
 from hq.server.notifications import Notifier
-from hq.server.scheduler import Policy, UserLimits
+from hq.server.scheduler import GroupLimits, Policy, UserLimits
 from hq.server.state import Cluster
 from hq.server.store import Store
 
@@ -72,17 +73,31 @@ class Server:
         self.notifier = Notifier(self.journal, self.store, self.links, self.clock,
                                  self.cluster.database_id)
 
-    def users_changed(self) -> None:
-        """etc/users as loaded (at start and at each reload): ids, shares and limits."""
-        self.journal.users_by_name = {name: u.id for name, u in self.users.items()}
-        self.cluster.user_limits = _limits_of(self.users)
-        self.cluster.shares = {name: u.share for name, u in self.users.items()
+    def users_changed(self, users: dict[str, UserRecord] | None = None) -> None:
+        """etc/users as loaded (at start and at each reload, then ``users`` replaces
+        ``self.users``): ids, shares, and limits with [limits] and group lines read again.
+        A ConfigError in those changes nothing."""
+        users = self.users if users is None else users
+        limits = load_limits(self.inst, (name for name, u in users.items() if not u.retired))
+        self.users = users
+        self.journal.users_by_name = {name: u.id for name, u in users.items()}
+        self.cluster.user_limits = _limits_of(users, limits)
+        self.cluster.group_limits = {name: GroupLimits(g.limit.max_running, g.limit.max_cores)
+                                     for name, g in limits.groups.items()}
+        self.cluster.shares = {name: u.share for name, u in users.items()
                                if u.share != 1.0}
 
 
-def _limits_of(users: dict[str, UserRecord]) -> dict[str, UserLimits]:
-    return {name: UserLimits(u.max_running, u.max_cores) for name, u in users.items()
-            if u.max_running is not None or u.max_cores is not None}
+def _limits_of(users: dict[str, UserRecord], limits: Limits) -> dict[str, UserLimits]:
+    """Each user's limits by the precedence rule of ``hq.limits_config``; users without
+    any are left out."""
+    result = {}
+    for name, u in users.items():
+        own = limits.of_user(name, Limit(u.max_running, u.max_cores))
+        groups = limits.groups_of(name)
+        if own.max_running is not None or own.max_cores is not None or groups:
+            result[name] = UserLimits(own.max_running, own.max_cores, groups)
+    return result
 
 
 def monitor_hosts(server: Server) -> MonitorHosts:

@@ -42,7 +42,14 @@ from hq.server.clock import Clock
 from hq.server.journal import Journal
 from hq.server.links import Links, UserLink
 from hq.server.retries import attempt_row, retry_reason
-from hq.server.scheduler import Placement, Policy, other_cores, place_jobs
+from hq.server.scheduler import (
+    Placement,
+    Policy,
+    group_limit_reached,
+    group_usage,
+    other_cores,
+    place_jobs,
+)
 from hq.server.state import Cluster, ExecServerView, Host
 from hq.states import HostState, JobState
 
@@ -161,7 +168,8 @@ class Dispatcher:
         running = cluster.running_per_user()
         keys = cluster.usage.keys({owner: cores for owner, (_n, cores) in running.items()},
                                   self.clock.now().timestamp(), cluster.shares)
-        return place_jobs(pending, slots, running, self.policy, keys, cluster.user_limits)
+        return place_jobs(pending, slots, running, self.policy, keys, cluster.user_limits,
+                          cluster.group_limits)
 
     def _queue_ahead(self, usable: list[Host], blocked: dict[str, frozenset[str]],
                      batches: dict[tuple[str, str], list[Job]]) -> None:
@@ -179,6 +187,9 @@ class Dispatcher:
         share = sum(h.cores for h in by_name.values()) / max(1, len(waiting | set(allotted)))
         limit = self.policy.max_running_per_user
         running = cluster.running_per_user() if limit or cluster.user_limits else {}
+        # group -> [jobs, cores] its members hold, queued-ahead ones included as they go
+        group_held = {group: list(held) for group, held in
+                      group_usage(running, cluster.user_limits).items()}
         # owner -> [pair, allotment, cores of its active jobs] of the exec-servers to fill
         targets: dict[str, list[list[Any]]] = defaultdict(list)
         for pair in cluster.queue_pairs:
@@ -195,12 +206,15 @@ class Dispatcher:
             own = cluster.user_limits.get(owner)
             most = own.max_running if own is not None and own.max_running is not None else limit
             cores_cap = None if own is None else own.max_cores
+            groups = own.groups if own is not None else ()
             room = sum(allot * (1 + MAX_QUEUE_PER_CORE) - have for _p, allot, have in pairs)
             for job in cluster.pending_of(owner, max(0, min(room, MAX_QUEUED_PER_ROUND))):
                 depth = queue_depth(cluster.submissions.get(job.submission_id))
                 spec = job.spec
                 if depth == 0 or spec.memory_mb or spec.gpus or (most and n_running >= most) \
-                        or (cores_cap is not None and n_cores + spec.cores > cores_cap):
+                        or (cores_cap is not None and n_cores + spec.cores > cores_cap) \
+                        or group_limit_reached(groups, cluster.group_limits, group_held,
+                                               spec.cores):
                     break   # in order: no job passes the one that cannot be queued
                 # the exec-server with the most room for it, relative to its allotment: a
                 # user's queue is spread over the hosts it runs on, not piled on the first
@@ -219,6 +233,10 @@ class Dispatcher:
                 best[2] += spec.cores
                 n_running += 1
                 n_cores += spec.cores
+                for group in groups:
+                    held = group_held.setdefault(group, [0, 0])
+                    held[0] += 1
+                    held[1] += spec.cores
 
     def _send_runs(self, batches: dict[tuple[str, str], list[Job]]) -> None:
         for (owner, host_name), jobs in batches.items():

@@ -80,10 +80,49 @@ class PendingJob:
 
 @dataclass(frozen=True, slots=True)
 class UserLimits:
-    """One user's limits from etc/users (None: the policy's, or none)."""
+    """One user's limits (None: the policy's, or none), and the Unix groups whose limits
+    (``group_limits`` of ``place_jobs``) bind the user's jobs too."""
 
     max_running: int | None = None
     max_cores: int | None = None
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLimits:
+    """What all members of one Unix group may hold at once, together (None: no limit)."""
+
+    max_running: int | None = None
+    max_cores: int | None = None
+
+
+def group_usage(running_per_user: Mapping[str, tuple[int, int]],
+                user_limits: Mapping[str, UserLimits]) -> dict[str, tuple[int, int]]:
+    """group -> (running jobs, running cores) of its members, for the groups in
+    ``user_limits``; a user in two groups counts in both."""
+    usage: dict[str, tuple[int, int]] = {}
+    for owner, (jobs, cores) in running_per_user.items():
+        own = user_limits.get(owner)
+        for group in own.groups if own is not None else ():
+            had_jobs, had_cores = usage.get(group, (0, 0))
+            usage[group] = (had_jobs + jobs, had_cores + cores)
+    return usage
+
+
+def group_limit_reached(groups: Sequence[str], group_limits: Mapping[str, GroupLimits],
+                        usage: Mapping[str, Sequence[int]], cores: int) -> str | None:
+    """The first limit of ``groups`` a job of ``cores`` would break, for display
+    (``group physics max_cores=4 reached``), or None."""
+    for group in groups:
+        limit = group_limits.get(group)
+        if limit is None:
+            continue
+        jobs_held, cores_held = usage.get(group, (0, 0))
+        if limit.max_running is not None and jobs_held >= limit.max_running:
+            return f"group {group} max_running={limit.max_running} reached"
+        if limit.max_cores is not None and cores_held + cores > limit.max_cores:
+            return f"group {group} max_cores={limit.max_cores} reached"
+    return None
 
 
 @dataclass(frozen=True)
@@ -251,12 +290,15 @@ def _queues(pending: Sequence[PendingJob]) -> dict[str, list[PendingJob]]:
 def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
                running_per_user: Mapping[str, tuple[int, int]],
                policy: Policy, share_keys: Mapping[str, float] | None = None,
-               user_limits: Mapping[str, UserLimits] | None = None) -> list[Placement]:
+               user_limits: Mapping[str, UserLimits] | None = None,
+               group_limits: Mapping[str, GroupLimits] | None = None) -> list[Placement]:
     """One scheduling round: the placements to make now, in the order they were decided.
 
     ``pending`` comes in submission order (ids ascending); ``running_per_user`` maps owner to
-    (running jobs, running cores); ``user_limits`` holds the limits of etc/users, over the
-    policy's. Ordering, fit and backfill rules: see the module docstring.
+    (running jobs, running cores); ``user_limits`` holds each user's limits, over the
+    policy's, and their groups; ``group_limits`` what each group's members may hold
+    together. A job starts only within its owner's limits and every one of the owner's
+    groups'. Ordering, fit and backfill rules: see the module docstring.
     """
     cluster = _Cluster(hosts, policy.load_factor)
     if not cluster.order:
@@ -265,6 +307,10 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
     running = {owner: jobs for owner, (jobs, _) in running_per_user.items()}
     held = {owner: cores for owner, (_, cores) in running_per_user.items()}
     limits = user_limits or {}
+    groups = group_limits or {}
+    # group -> [running jobs, running cores] of its members, kept up to date in the round
+    group_held = {group: list(held_now)
+                  for group, held_now in group_usage(running_per_user, limits).items()}
     # with fair share the key is each owner's share key (hq.server.usage: decayed usage and
     # the cores held now, RUNNING_CORE_S each), or their running cores when none is given
     per_core = RUNNING_CORE_S if share_keys is not None else 1
@@ -290,6 +336,17 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
             continue
         cores_left = None if own is None or own.max_cores is None \
             else own.max_cores - held.get(owner, 0)
+        if own is not None and own.groups:
+            # a group's counts only rise during a round: a full group stays full
+            capped = [(groups[g], group_held.setdefault(g, [0, 0])) for g in own.groups
+                      if g in groups]
+            if any(g.max_running is not None and n >= g.max_running for g, (n, _) in capped):
+                heapq.heappop(heap)
+                continue
+            for g, (_, cores_now) in capped:
+                if g.max_cores is not None:
+                    left = g.max_cores - cores_now
+                    cores_left = left if cores_left is None else min(cores_left, left)
         # skip, without a heap operation each, the owner's jobs that cannot fit, as long as
         # the next one has the same priority (ids ascend there, so the owner's turn only
         # comes later); the last of a priority goes through the heap like any other job,
@@ -318,6 +375,10 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
             placements.append(Placement(job.id, cluster.take(at, job)))
             running[owner] = running.get(owner, 0) + 1
             held[owner] = held.get(owner, 0) + job.cores
+            for g in own.groups if own is not None else ():
+                if g in group_held:
+                    group_held[g][0] += 1
+                    group_held[g][1] += job.cores
             if policy.fair_share:
                 key = share[owner] = key + job.cores * per_core
             if not cluster.order or cluster.max_avail < smallest:
@@ -331,11 +392,14 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
 
 def pending_reason(job: PendingJob, hosts: Sequence[HostSlot], all_hosts: Collection[str],
                    running_per_user: Mapping[str, tuple[int, int]], policy: Policy,
-                   limits: UserLimits | None = None) -> str:
+                   limits: UserLimits | None = None,
+                   group_limits: Mapping[str, GroupLimits] | None = None,
+                   group_held: Mapping[str, Sequence[int]] | None = None) -> str:
     """A short reason, for display, why ``job`` is still pending.
 
     ``hosts`` are the hosts that may take jobs now (as for ``place_jobs``), ``all_hosts`` the
-    names of every host in the cluster. Lasting reasons are reported before passing ones.
+    names of every host in the cluster, ``group_held`` what each group holds now
+    (``group_usage``). Lasting reasons are reported before passing ones.
     """
     cores, memory = job.cores, job.memory_mb
     if all_hosts and all(name in job.excluded_hosts for name in all_hosts):
@@ -363,6 +427,10 @@ def pending_reason(job: PendingJob, hosts: Sequence[HostSlot], all_hosts: Collec
     if limits is not None and limits.max_cores is not None \
             and cores_held + cores > limits.max_cores:
         return f"user limit of {limits.max_cores} cores reached"
+    if limits is not None and limits.groups and group_limits:
+        reached = group_limit_reached(limits.groups, group_limits, group_held or {}, cores)
+        if reached is not None:
+            return reached
     candidates = [h for h in candidates if h.free_cores >= cores]
     if not candidates:
         return f"waiting for {cores} free core{'' if cores == 1 else 's'}"

@@ -21,7 +21,7 @@ from hq.constraints import satisfied
 from hq.job import OUTCOME_FIELDS, Job, Submission
 from hq.protocol.messages import HostAddress
 from hq.server.dependencies import Dependencies
-from hq.server.scheduler import HostSlot, PendingJob, UserLimits
+from hq.server.scheduler import GroupLimits, HostSlot, PendingJob, UserLimits
 from hq.server.usage import Usage
 from hq.states import HostState, JobState, check_host_transition, check_job_transition
 
@@ -159,6 +159,7 @@ class Cluster:
         self.deps = Dependencies()
         self.usage = Usage()
         self.user_limits: dict[str, UserLimits] = {}   # etc/users max_running=, max_cores=
+        self.group_limits: dict[str, GroupLimits] = {}   # [limits] group.NAME, @NAME lines
         self.shares: dict[str, float] = {}             # etc/users share=
         self._lacking: dict[str, frozenset[str]] = {}   # constraint -> hosts that lack it
         self._exclusions: dict[tuple[tuple[str, ...], str | None], frozenset[str]] = {}

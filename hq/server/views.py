@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from hq.job import Job
 from hq.protocol.messages import AttemptInfo, DependencyInfo, JobInfo, JobWaitState
 from hq.server.core import Server
-from hq.server.scheduler import pending_reason
+from hq.server.scheduler import group_usage, pending_reason
 from hq.states import JobState
 
 
@@ -65,6 +65,7 @@ def why_pending(server: Server, job: Job) -> str:
     slots = [h.slot(now_m, cluster.facts_timeout_s) for h in cluster.usable_hosts(now_m)]
     if not slots:
         return "no host is taking jobs (all inactive, drained or unreachable)"
-    return pending_reason(cluster.pending_view(job), slots, list(cluster.hosts),
-                          cluster.running_per_user(), server.policy,
-                          cluster.user_limits.get(job.owner))
+    running = cluster.running_per_user()
+    return pending_reason(cluster.pending_view(job), slots, list(cluster.hosts), running,
+                          server.policy, cluster.user_limits.get(job.owner),
+                          cluster.group_limits, group_usage(running, cluster.user_limits))

@@ -334,9 +334,10 @@ def test_server_cfg_overrides(inst: Installation) -> None:
      "retry_unreachable, server_user, socket, ssh_address, "
      "user_server_idle_timeout)"),
     ("[server]\nlease = 30\n[schedular]\nfair_share = yes\n",
-     ":3: unknown section [schedular] (known: [server], [scheduler], [ssh], [execd])"),
+     ":3: unknown section [schedular] (known: [server], [scheduler], [ssh], [execd], "
+     "[limits])"),
     ("[DEFAULT]\nlease = 30\n", ":1: unknown section [DEFAULT] (known: [server], [scheduler], "
-                                "[ssh], [execd])"),
+                                "[ssh], [execd], [limits])"),
     ("[server]\nlease = -1\n", ':2: lease: not a positive number: "-1"'),
     ("[server]\nlease = 30 # seconds\n", ':2: lease: not a positive number: "30 # seconds"'),
     ("[server]\nheartbeat_timeout = nan\n", ':2: heartbeat_timeout: not a positive number: "nan"'),

@@ -406,3 +406,80 @@ def test_per_user_limits_override_the_policy():
     reason = pending_reason(job(3, "alice", cores=2), [host(cores=8)], NAMES,
                             {"alice": (2, 2)}, Policy(), UserLimits(max_cores=2))
     assert reason == "user limit of 2 cores reached"
+
+
+# --- limits per Unix group ([limits] group.NAME, @NAME in etc/users) --------------------------
+
+def _grouped(**users: tuple[str, ...]):
+    from hq.server.scheduler import UserLimits
+
+    return {name: UserLimits(groups=groups) for name, groups in users.items()}
+
+
+def test_a_group_core_limit_holds_across_two_members():
+    from hq.server.scheduler import GroupLimits
+
+    pending = [job(1, "alice", cores=2), job(2, "bob", cores=2), job(3, "alice", cores=2),
+               job(4, "bob", cores=2), job(5, "carol", cores=2)]
+    limits = _grouped(alice=("physics",), bob=("physics",))
+    placed_ids = [p.job_id for p in place_jobs(pending, [host(cores=16)], {}, Policy(), None,
+                                               limits, {"physics": GroupLimits(max_cores=4)})]
+    # alice and bob share 4 cores: two of their 2-core jobs; carol is in no group
+    assert sorted(placed_ids) == [1, 2, 5]
+
+
+def test_a_group_job_limit_counts_what_members_already_run():
+    from hq.server.scheduler import GroupLimits
+
+    pending = [job(1, "alice"), job(2, "bob"), job(3, "bob")]
+    limits = _grouped(alice=("physics",), bob=("physics",))
+    group = {"physics": GroupLimits(max_running=3)}
+    placed_ids = [p.job_id for p in place_jobs(pending, [host(cores=16)], {"alice": (2, 2)},
+                                               FIFO, None, limits, group)]
+    assert placed_ids == [1]   # alice's two running jobs and this one fill the group's 3
+    assert place_jobs(pending, [host(cores=16)], {"alice": (2, 2), "bob": (1, 1)}, FIFO,
+                      None, limits, group) == []
+
+
+def test_a_user_limit_tighter_than_the_group_limit_binds_first():
+    from hq.server.scheduler import GroupLimits, UserLimits
+
+    pending = [job(i, "alice") for i in range(1, 6)] + [job(i, "bob") for i in range(6, 9)]
+    limits = {"alice": UserLimits(max_running=1, groups=("physics",)),
+              "bob": UserLimits(groups=("physics",))}
+    placed_ids = [p.job_id for p in place_jobs(pending, [host(cores=16)], {}, FIFO, None,
+                                               limits, {"physics": GroupLimits(max_cores=10)})]
+    assert sorted(placed_ids) == [1, 6, 7, 8]   # alice's own 1 binds; the group's 10 does not
+
+
+def test_every_group_of_a_user_binds_and_a_smaller_job_may_still_fit():
+    from hq.server.scheduler import GroupLimits
+
+    pending = [job(1, "alice", cores=3), job(2, "alice", cores=1)]
+    limits = _grouped(alice=("physics", "lab"))
+    group = {"physics": GroupLimits(max_cores=8), "lab": GroupLimits(max_cores=2)}
+    placed_ids = [p.job_id for p in place_jobs(pending, [host(cores=16)], {}, FIFO, None,
+                                               limits, group)]
+    assert placed_ids == [2]   # lab's 2 cores: the 3-core job waits, the 1-core one passes
+
+
+def test_the_pending_reason_names_the_group_limit():
+    from hq.server.scheduler import GroupLimits, UserLimits, group_usage
+
+    limits = _grouped(alice=("physics",), bob=("physics",))
+    running = {"alice": (1, 2), "bob": (1, 2)}
+    held = group_usage(running, limits)
+    assert held == {"physics": (2, 4)}
+    reason = pending_reason(job(3, "alice", cores=2), [host(cores=16, free=12)], NAMES,
+                            running, Policy(), limits["alice"],
+                            {"physics": GroupLimits(max_cores=4)}, held)
+    assert reason == "group physics max_cores=4 reached"
+    reason = pending_reason(job(3, "alice"), [host(cores=16, free=12)], NAMES, running,
+                            Policy(), limits["alice"], {"physics": GroupLimits(max_running=2)},
+                            held)
+    assert reason == "group physics max_running=2 reached"
+    # the user's own limit is named first when both are reached
+    reason = pending_reason(job(3, "alice"), [host(cores=16, free=12)], NAMES, running,
+                            Policy(), UserLimits(max_running=1, groups=("physics",)),
+                            {"physics": GroupLimits(max_running=2)}, held)
+    assert reason == "user limit of 1 running jobs reached"
