@@ -15,6 +15,7 @@ from hq.protocol.fields import (
     Pid,
     Reply,
     Request,
+    Seconds,
     Text,
     UserName,
     Word,
@@ -86,6 +87,8 @@ class HostInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     detected_cores: Count | None = None
     detected_memory_mb: Count | None = None
     detected_gpus: Count | None = None
+    # its exec-servers' idle timeout: etc/cluster.tab idle_timeout, else the server's default
+    idle_timeout_s: Seconds | None = None
 
 
 class ListHostsReply(Reply, tag="reply", kw_only=True):

@@ -13,7 +13,7 @@ from typing import Any
 
 from hq import __version__
 from hq.db.events import host_events as events_of_host
-from hq.errors import NotFound
+from hq.errors import ConfigError, NotFound
 from hq.job import Job
 from hq.protocol.messages import (
     Accounting,
@@ -83,6 +83,7 @@ def status(server: Server, session: Session, request: AdminStatus) -> AdminStatu
 
 
 def lscluster(server: Server, session: Session, request: ListHosts) -> ListHostsReply:
+    idle_s = _idle_timeouts(server)
     hosts = []
     for host in sorted(server.cluster.hosts.values(), key=lambda h: h.name):
         if host.retired:
@@ -101,8 +102,22 @@ def lscluster(server: Server, session: Session, request: ListHosts) -> ListHosts
             gpus=len(host.gpus),
             detected_cores=host.detected[0] if host.detected else None,
             detected_memory_mb=host.detected[1] if host.detected else None,
-            detected_gpus=host.detected[2] if host.detected else None))
+            detected_gpus=host.detected[2] if host.detected else None,
+            idle_timeout_s=idle_s.get(host.name, server.config.exec_server_idle_s)))
     return ListHostsReply(hosts=hosts)
+
+
+def _idle_timeouts(server: Server) -> dict[str, float]:
+    """host -> idle_timeout of etc/cluster.tab, read now, as the user-servers read it when
+    they start an exec-server (the database has no column for it)."""
+    from hq.config import load_cluster
+
+    try:
+        return {h.name: h.idle_timeout_s for h in load_cluster(server.inst.cluster_tab)
+                if h.idle_timeout_s is not None}
+    except ConfigError as err:
+        log.warning("server: idle timeouts from [server]: %s", err)
+        return {}
 
 
 def lsusers(server: Server, session: Session, request: ListUsers) -> ListUsersReply:

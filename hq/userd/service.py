@@ -125,6 +125,7 @@ class UserServer:
         # meanwhile lists them as on their way, or hq-server would take them for lost
         self.in_flight: dict[str, set[int]] = {}
         self.link_failures: dict[str, str] = {}   # host -> why the last link to it failed
+        self.exec_busy: dict[str, float] = {}   # host -> last job sent, event or busy heartbeat
         self.ssh_options = {"policy": config.host_key_policy,
                             "connect_timeout": config.connect_timeout_s}
 
@@ -463,6 +464,7 @@ class UserServer:
 
     async def _ensure_link(self, host: str, first: Any) -> ExecLink | None:
         """The link to ``host``, made if needed; ``first`` is sent through it in order."""
+        self.exec_busy[host] = time.monotonic()   # a new link, too, waits for its heartbeat
         link = self.links.get(host)
         if link is not None:
             if first is not None:
@@ -533,6 +535,8 @@ class UserServer:
 
     def _on_exec_message(self, link: ExecLink, message: Any) -> None:
         self.host_contact[link.host] = now = time.monotonic()
+        if not isinstance(message, Heartbeat) or message.running:
+            self.exec_busy[link.host] = now
         if not isinstance(message, Heartbeat):
             # a heartbeat is contact, not work: else a user-server linked to an idle
             # exec-server would never be idle, and neither would the exec-server
@@ -590,6 +594,7 @@ class UserServer:
         running in the exec-servers, whose ends wait there for the next user-server.)"""
         while not self.stopping.is_set():
             await asyncio.sleep(IDLE_CHECK_S)
+            self._let_go_idle_exec_servers()
             idle = time.monotonic() - self.last_activity
             if self.clients or idle < self.config.user_server_idle_s:
                 continue
@@ -606,6 +611,21 @@ class UserServer:
                 log.info("user-server: idle for %.0f s with nothing to do, exiting", idle)
                 self.stop_reason = "idle timeout"
                 self.stopping.set()
+
+    def _let_go_idle_exec_servers(self) -> None:
+        """Let go of each exec-server that had no job for its host's idle timeout: reported
+        as ``idle timeout`` and not linked again until a job goes there; with no user-server
+        linked, it exits after that timeout by itself."""
+        now = time.monotonic()
+        for host, link in list(self.links.items()):
+            idle_s = link.settings.idle_timeout_s or self.config.exec_server_idle_s
+            if link.connected and not self.in_flight.get(host) \
+                    and now - self.exec_busy.setdefault(host, now) >= idle_s:
+                log.info("host %s: exec-server idle for %.0f s, letting it go", host,
+                         now - self.exec_busy[host])
+                del self.links[host]   # first: its end is then no loss to reconnect after
+                self._report_exec_server(link, "idle timeout")
+                link.close()
 
     async def close(self) -> None:
         if self.ledger is not None:
