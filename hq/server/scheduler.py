@@ -16,6 +16,10 @@ free GPUs the job asks for, and passes the load rule (``load_headroom``). Among 
 that fit, the one left with the most free cores wins (spreads the load); ties go to the
 first name.
 
+Limits. An owner at their ``max_running`` (their own, else the policy's), or in a group at its
+``max_running``, gets no job this round; a job over the cores left to its owner or to one of
+the owner's groups waits while smaller ones may pass. A group's counts are its members' sums.
+
 Backfill. A job that fits nowhere is skipped and later, smaller jobs may take what is left. No
 cores are reserved for the skipped job, so a wide job can wait behind a stream of narrow ones;
 priorities are the lever for that.
