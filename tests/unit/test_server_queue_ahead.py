@@ -218,3 +218,17 @@ async def test_a_users_queue_is_spread_over_its_hosts(core: Core):
     runs = {r.host.name: r for r in [await peer.next(Run), await peer.next(Run)]}
     assert {h: len(r.jobs) for h, r in runs.items()} == {"n1": 21, "n2": 21}
     assert {h: r.cores for h, r in runs.items()} == {"n1": 2, "n2": 2}
+
+
+@core_test()
+async def test_queued_ahead_jobs_count_toward_a_group_limit(core: Core):
+    from hq.server.scheduler import GroupLimits, UserLimits
+
+    # as hq.limits_config would make them for a group "physics" that alice is in
+    core.server.cluster.user_limits = {"alice": UserLimits(groups=("physics",))}
+    core.server.cluster.group_limits = {"physics": GroupLimits(max_running=12)}
+    ids, run = await queueing(core, "alice", 300)
+    # 2 start on the free cores, 10 more wait there: the group's 12, not the 202 the
+    # allotment would take
+    assert len(run.jobs) == 12 and [j.id for j in run.jobs] == ids[2:14]
+    assert core.server.dispatcher.round() == 0
