@@ -104,7 +104,8 @@ def _group_lines(path_text: str, source: str) -> list[tuple[str, int, Limit]]:
         content = text.split("#", 1)[0].strip()
         if not content.startswith(GROUP_LINE_MARK):
             continue
-        name, _, rest = content[len(GROUP_LINE_MARK):].partition(" ")
+        name, *more = content[len(GROUP_LINE_MARK):].split(None, 1) or [""]
+        rest = more[0] if more else ""
         if not _GROUP_NAME.fullmatch(name):
             raise ConfigError(source, f"invalid group name {quote(name)} after "
                               f"{GROUP_LINE_MARK}", line=number, field="group")

@@ -21,7 +21,7 @@ OTHER = next(p.pw_name for p in pwd.getpwall() if p.pw_gid != pwd.getpwuid(os.ge
 
 
 def test_group_lines_in_etc_users_leave_the_original_format_alone(inst: Installation):
-    write(inst.users_file, f"{ME} admin share=2\n@{MY_GROUP} max_cores=8 max_running=3\n"
+    write(inst.users_file, f"{ME} admin share=2\n@{MY_GROUP}\tmax_cores=8 max_running=3\n"
                            f"{OTHER} user\n")
     assert [u.name for u in load_users(inst.users_file)] == [ME, OTHER]
     limits = load_limits(inst, [ME, OTHER])
@@ -58,6 +58,7 @@ def test_no_files_no_limits(inst: Installation):
      'max_cores, as key=value)'),
     ("@{g} max_cores=none\n", None, 'etc/users:1: max_cores: not a positive integer: '
      '"none"'),
+    ("@\n", None, 'etc/users:1: group: invalid group name "" after @'),
     ("@{g}\n", None, "etc/users:1: no limit for group {g} (use max_running=N, max_cores=N)"),
     ("@{g} max_cores=2\n@{g} max_running=2\n", None,
      'etc/users:2: group: duplicate group "{g}" (first on line 1)'),
