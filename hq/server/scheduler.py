@@ -351,6 +351,9 @@ def place_jobs(pending: Sequence[PendingJob], hosts: Sequence[HostSlot],
                 if g.max_cores is not None:
                     left = g.max_cores - cores_now
                     cores_left = left if cores_left is None else min(cores_left, left)
+        if cores_left is not None and cores_left < 1:
+            heapq.heappop(heap)   # no core left to the owner: none of their jobs, at once
+            continue
         # skip, without a heap operation each, the owner's jobs that cannot fit, as long as
         # the next one has the same priority (ids ascend there, so the owner's turn only
         # comes later); the last of a priority goes through the heap like any other job,
