@@ -4,6 +4,7 @@
 #   - the cables hqvN and the bridge hqbr0
 #   - the state directory's files (host keys, sshd configs and logs, host list, known_hosts)
 #   - REMOVE_USERS="hqalice hqbob": kill those users' processes, then userdel -r
+#   - REMOVE_GROUP=hqteam: groupdel (the group users.sh puts every test user in)
 # Keeps the "unreachable 10.200.0.0/16" route of hosts.sh: a safety net that keeps 10.200.x
 # from ever leaving this machine (remove by hand: ip route del unreachable 10.200.0.0/16).
 set -uo pipefail
@@ -40,4 +41,7 @@ for u in ${REMOVE_USERS:-}; do
     for _ in $(seq 40); do [ -z "$(ps -o pid= -u "$u")" ] && break; sleep 0.05; done
     userdel -r "$u" 2>/dev/null && echo "user $u removed"
 done
+if [ -n "${REMOVE_GROUP:-}" ] && getent group "$REMOVE_GROUP" >/dev/null; then
+    groupdel "$REMOVE_GROUP" && echo "group $REMOVE_GROUP removed"
+fi
 exit 0

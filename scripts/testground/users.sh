@@ -6,7 +6,9 @@
 #     is shared by all test hosts, so this one file authorizes the user everywhere
 #   - the test hosts' keys in ~/.ssh/known_hosts (older lines for their addresses replaced),
 #     if hosts.sh has run; run users.sh again after hosts.sh made new host keys
-# Remove them with REMOVE_USERS="..." teardown.sh.
+# All of them are also in the group "hqteam" (supplementary; TEAM_GROUP=name to change it),
+# for limits per Unix group.
+# Remove them with REMOVE_USERS="..." teardown.sh (REMOVE_GROUP=hqteam removes the group).
 set -euo pipefail
 here=$(dirname "$0")
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -15,8 +17,11 @@ need_root
 [ $# -gt 0 ] || { echo "usage: $0 USER..." >&2; exit 2; }
 "$REPO/scripts/install-system-deps.sh" ssh   # ssh-keygen
 
+team=${TEAM_GROUP:-hqteam}
+getent group "$team" >/dev/null || groupadd "$team"
 for u in "$@"; do
     id "$u" >/dev/null 2>&1 || useradd -m -s /bin/bash "$u"
+    id -nG "$u" | tr ' ' '\n' | grep -qxF "$team" || usermod -aG "$team" "$u"
     # useradd leaves the password field "!" (locked). sshd without PAM refuses locked accounts
     # even for public-key logins; "*" means "no password can match" without "locked".
     case "$(getent shadow "$u" | cut -d: -f2)" in '!'*) usermod -p '*' "$u" ;; esac
