@@ -8,7 +8,7 @@ hq-server goes away it keeps the exec-servers and their jobs, reconnects, and re
 whole state again (``Sync``) so that nothing finished in the meantime is lost.
 
 What each peer may send and who handles it: ``FROM_SERVER`` and ``FROM_EXEC`` below (class ->
-handler); a command's requests are all passed on to hq-server (``_forward``).
+handler); a command's requests are all passed on to hq-server (``hq.userd.submitting``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,7 @@ import msgspec
 
 from hq.auth import load_signing_key, state_dir, user_name
 from hq.config import Installation, ServerConfig, exec_server_idle_s
-from hq.errors import Busy, ConfigError, HqError, PermissionDenied, Unavailable, UsageError
-from hq.jobspec import submission_digest
+from hq.errors import Busy, ConfigError, HqError, PermissionDenied, Unavailable
 from hq.protocol import (
     MAX_FRAME,
     Channel,
@@ -40,7 +37,6 @@ from hq.protocol import (
 )
 from hq.protocol.messages import (
     CLI_SENDS,
-    PART_JOBS,
     SERVER_SENDS_USERD,
     Ack,
     CancelJobs,
@@ -52,17 +48,12 @@ from hq.protocol.messages import (
     HostStateReport,
     JobEnded,
     JobEvents,
-    JobSpecs,
     Ping,
     Relay,
     Request,
-    ReserveSubmission,
-    Resubmit,
     Run,
     RunJob,
     SubmissionEnded,
-    Submit,
-    SubmitPart,
     Superseded,
     Sync,
     SyncReply,
@@ -74,6 +65,7 @@ from hq.userd.execlink import ExecLink, is_user_problem
 from hq.userd.ledger import Ledger
 from hq.userd.notify import act_on
 from hq.userd.signing import Signer
+from hq.userd.submitting import Submitting
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +73,6 @@ SERVER_WAIT_S = 10.0      # how long a command waits for a restarting hq-server
 IDLE_CHECK_S = 5.0
 REFUSED_RETRY_S = 10.0
 HELLO_TIMEOUT_S = 10.0
-
-
-@dataclass(eq=False)
-class _Stream:
-    """A submission a command streams in parts, as far as it came."""
-
-    submission_id: int
-    database: str
-    environment: dict[str, str]
-    umask: int
-    digest: str
-    parts: int = 0
-    jobs: int = 0
 
 
 class UserServer:
@@ -116,7 +95,7 @@ class UserServer:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.database: str | None = None   # hq-server's database identity, from its welcome
         self.ledger: Ledger | None = None
-        self.streams: dict[Channel, _Stream] = {}   # a command's submission being streamed
+        self.submitting = Submitting(self.signer, self._ledger_for)
         self.watching: set[Channel] = set()   # command connections with a Watch waiting
         self.ledger_database: str | None = None
         self.started = time.monotonic()
@@ -182,7 +161,7 @@ class UserServer:
                 channel.send(error_message(err))
             channel.close()
         finally:
-            self.streams.pop(channel, None)   # a submission left open is never stored
+            self.submitting.closed(channel)   # a submission left open is never stored
             self.clients -= 1
             self.last_activity = time.monotonic()
 
@@ -209,72 +188,8 @@ class UserServer:
                 self.watching.discard(channel)
 
     async def _forward(self, request: Request, client: Channel | None = None) -> Any:
-        """Pass a command's request to hq-server (signing a submission's jobs first)."""
-        server = await self._server()
-        timeout = float(getattr(request, "timeout_s", 0) or 0) + 60.0
-        if isinstance(request, SubmitPart) or (isinstance(request, Submit) and request.parts):
-            return await self._stream(server, request, client)
-        if isinstance(request, Resubmit):
-            stored = await server.request(JobSpecs(ids=request.ids), timeout=timeout)
-            request = self.signer.resubmission(stored, hold=request.hold,
-                                               submit_host=socket.gethostname()[:255])
-        if not isinstance(request, Submit):
-            return await server.request(request, timeout=timeout)
-        for attempt in (1, 2):
-            if server.version < 2:
-                request = self.signer.signed_v1(request)
-            else:
-                reserved = await server.request(ReserveSubmission(), timeout=timeout)
-                self._ledger_for(reserved.database).first_submission(reserved.submission_id)
-                request = self.signer.signed(request, reserved.database, reserved.submission_id)
-            try:
-                return await server.request(request, timeout=timeout + len(request.jobs) / 1000)
-            except UsageError as err:
-                # hq-server restarted between the reservation and the submission: once more
-                if attempt == 2 or "was not reserved" not in err.message:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _stream(self, server: Channel, request: SubmitPart | Submit,
-                      client: Channel | None) -> Any:
-        """A part of a streamed submission (see ``Submit``): the first reserves its id, each
-        is signed and passed on in order; the closing ``Submit`` has hq-server store all."""
-        if client is None:
-            raise UsageError("a streamed submission must come on one connection")
-        stream = self.streams.get(client)
-        if isinstance(request, SubmitPart):
-            if stream is None:
-                if request.environment is None or request.umask is None:
-                    raise UsageError("the first part of a submission must name its "
-                                     "environment and umask")
-                if server.version < 2:
-                    raise UsageError(f"hq-server is too old for a submission of more than "
-                                     f"{PART_JOBS:,} jobs: ask the hq admin to upgrade it")
-                reserved = await server.request(ReserveSubmission(), timeout=60.0)
-                self._ledger_for(reserved.database).first_submission(reserved.submission_id)
-                stream = self.streams[client] = _Stream(
-                    reserved.submission_id, reserved.database, request.environment,
-                    request.umask, submission_digest(request.environment, request.umask))
-            jobs = self.signer.sign_jobs(request.jobs, stream.digest, stream.database,
-                                   stream.submission_id)
-            reply = await server.request(SubmitPart(jobs=jobs,
-                                                    submission_id=stream.submission_id),
-                                         timeout=60.0 + len(jobs) / 1000)
-            stream.parts += 1
-            stream.jobs = reply.received
-            return reply
-        self.streams.pop(client, None)
-        if stream is None or stream.parts != request.parts:
-            raise UsageError(f"a submission closed after {request.parts} part(s), but "
-                             f"{0 if stream is None else stream.parts} came on this "
-                             "connection: submit again")
-        if (request.environment, request.umask) != (stream.environment, stream.umask):
-            raise UsageError("a streamed submission must keep the environment and umask of "
-                             "its first part")
-        signed = self.signer.signed(request, stream.database, stream.submission_id)
-        return await server.request(signed, timeout=60.0 + (stream.jobs + len(signed.jobs))
-                                    / 1000)
-
+        """Pass a command's request to hq-server (``hq.userd.submitting``)."""
+        return await self.submitting.forward(await self._server(), request, client)
 
     def _ledger_for(self, database: str) -> Ledger:
         if self.ledger is None or self.ledger_database != database:
