@@ -508,7 +508,8 @@ class UserServer:
         by hq-server, or with hq-server down, after the idle period whatever it is. (Jobs keep
         running in the exec-servers, whose ends wait there for the next user-server.)"""
         while not self.stopping.is_set():
-            await asyncio.sleep(IDLE_CHECK_S)
+            # a short idle timeout is checked as often as it needs (never more than twice a s)
+            await asyncio.sleep(min(IDLE_CHECK_S, max(0.5, self.config.user_server_idle_s / 2)))
             self._let_go_idle_exec_servers()
             idle = time.monotonic() - self.last_activity
             if self.clients or idle < self.config.user_server_idle_s:
