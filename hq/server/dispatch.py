@@ -505,10 +505,13 @@ class Dispatcher:
         if reason == WITHDRAWN and job.state is JobState.DISPATCHED:
             self._withdrawn(job)
             return
-        if reason == CANCELLED or job.cancel_requested:
+        ran_to_its_end = not reason and (event.exit_code is not None or event.signal is not None)
+        if reason == CANCELLED or (job.cancel_requested and not ran_to_its_end):
             new = JobState.CANCELLED
             reason = job.cancel_reason or reason
         elif event.exit_code == 0 and event.signal is None and not reason:
+            # (also when a cancel was on its way: it came too late, the job had ended by
+            # itself, and the database says what happened)
             new = JobState.DONE
         else:
             new = JobState.FAILED

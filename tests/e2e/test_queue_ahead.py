@@ -96,8 +96,11 @@ def test_withdrawn_and_cancelled_queued_jobs_never_start(running_hq):
     pending = [i for i, (s, _r) in states.items() if s == "pending"]
     assert pending, "nothing was withdrawn"
     assert not any(i in before for i in pending)
-    assert {states[i][0] for i in to_cancel} == {"cancelled"}
-    assert not any(i in before for i in to_cancel)
+    # the database's "dispatched" may lag the exec-server: a job picked as queued may have
+    # started (even ended) before the cancel reached it; one that had not never runs
+    for job_id in to_cancel:
+        expected = {"done", "cancelled"} if job_id in before else {"cancelled"}
+        assert states[job_id][0] in expected, (job_id, states[job_id])
     # a held job that was still waiting is held now and never ran; one that had started
     # meanwhile just ran (hold does not kill)
     for job_id in to_hold:

@@ -255,6 +255,11 @@ async def test_cancel_pending_at_once_and_running_through_its_exec_server(core: 
     core.server.dispatcher.on_sync(peer.link, Sync(
         host="n1", running=[RunningJob(id=ids[1], pid=8, started_at=1.0)], ended=[]))
     assert (await peer.next(CancelJobs)).ids == [ids[1]]
+    # ... but it ended by itself before the cancel reached it: recorded as what it was
+    core.server.dispatcher.on_job_events(peer.link, JobEvents(host="n1", events=[
+        JobEnded(id=ids[1], at=3.0, pid=8, started_at=1.0, exit_code=0)]))
+    await core.committed()
+    assert states(core, ids)[ids[1]] == "done"
 
 
 @core_test()
