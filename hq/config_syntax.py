@@ -261,3 +261,14 @@ def ini_value(source: str, entries: Mapping[str, IniValue], key: str,
         return parse(entry.text)
     except ValueError as exc:
         raise ConfigError(source, str(exc), line=entry.line, field=key) from None
+
+
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_s(text: str) -> float:
+    """Seconds, or a number with one unit: ``90``, ``12h``, ``7d``."""
+    word = text.strip().lower()
+    scale = _UNIT_S.get(word[-1:])
+    number = word[:-1] if scale is not None else word
+    return positive_number(number) * (scale or 1.0)
