@@ -88,9 +88,7 @@ def lscluster(server: Server, session: Session, request: ListHosts) -> ListHosts
     for host in sorted(server.cluster.hosts.values(), key=lambda h: h.name):
         if host.retired:
             continue
-        reason = host.state_reason
-        if host.drained:
-            reason = f"drained: {host.drain_reason or 'no reason given'}"
+        reason = host.display_reason()
         hosts.append(HostInfo(
             name=host.name, state=str(host.state), reason=reason, active=host.active,
             drained=host.drained, cores=host.cores, free_cores=host.cores - host.used_cores,

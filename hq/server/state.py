@@ -116,6 +116,12 @@ class Host:
             return "inactive"
         return str(self.state)
 
+    def display_reason(self) -> str | None:
+        """Why it is in that state: the drain reason first, then reachability's."""
+        if self.drained:
+            return f"drained: {self.drain_reason or 'no reason given'}"
+        return self.state_reason
+
     def address_info(self) -> HostAddress:
         return HostAddress(name=self.name, address=self.address, ssh_port=self.ssh_port)
 

@@ -100,9 +100,7 @@ def host_rows(server: Server) -> list[WatchHost]:
     for host in sorted(server.cluster.hosts.values(), key=lambda h: h.name):
         if host.retired:
             continue
-        reason = host.state_reason
-        if host.drained:
-            reason = f"drained: {host.drain_reason or 'no reason given'}"
+        reason = host.display_reason()
         found.append(WatchHost(name=host.name, state=host.display(), reason=reason,
                                cores=host.cores, cores_busy=host.used_cores,
                                running_jobs=len(host.jobs), load1=host.load1))
