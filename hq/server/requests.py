@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import fnmatch
 from collections.abc import Awaitable, Callable, Iterable
@@ -238,6 +239,10 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
                [(dependant, old, job.id) for job, old in zip(new, replaced, strict=True)
                 for dependant in cluster.deps.dependants.get(old, ())])
     await server.journal.submission(sub, owner.id, new, rows, rewired)
+    # the jobs named may have ended while the transaction committed: from here on (no await
+    # below) memory's states decide, or a dependant would wait for an end already gone by
+    links = [[dataclasses.replace(link, state=cluster.state_now(link.on, link.state))
+              for link in job_links] for job_links in links]
     cluster.add_submission(sub)
     for job, job_links in zip(new, links, strict=True):
         for link in unmet(job_links):

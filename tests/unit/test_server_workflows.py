@@ -129,6 +129,37 @@ async def test_a_failure_cancels_the_chain_behind_it_without_recursion(core: Cor
 
 
 @core_test()
+async def test_a_dependency_that_ends_while_the_dependant_is_being_stored_is_seen(core: Core):
+    # the flake of tests/e2e/test_workflows.py (aftercorr): the jobs named by --dependency
+    # ended while the new submission's transaction was committing, and their dependants then
+    # waited for ends that had already happened, for ever
+    await core.user_server("alice")
+    (ok,) = await submit(core, "alice", ["true"])
+    (bad,) = await submit(core, "alice", ["exit 1"])
+    assert core.server.dispatcher.round() == 2
+    journal = core.server.journal
+    storing = journal.submission
+
+    async def store_while_they_end(*args: Any, **kwargs: Any) -> None:
+        end(core, "alice", ok)
+        end(core, "alice", bad, exit_code=1)
+        await storing(*args, **kwargs)
+
+    journal.submission = store_while_they_end  # type: ignore[method-assign]
+    (after_ok,) = await submit(core, "alice", ["true"],
+                               dependencies=[DependencyRef("afterok", ok)])
+    (after_bad,) = await submit(core, "alice", ["true"],
+                                dependencies=[DependencyRef("afterok", bad)])
+    journal.submission = storing  # type: ignore[method-assign]
+    await core.committed()
+    cluster = core.server.cluster
+    assert not cluster.deps.blocks(after_ok) and state(core, after_ok) is JobState.PENDING
+    assert core.server.dispatcher.round() == 1
+    assert state(core, after_bad) is JobState.CANCELLED
+    assert cluster.jobs[after_bad].reason == f"dependency never satisfied: job {bad} failed"
+
+
+@core_test()
 async def test_kill_on_invalid_dep_no_keeps_the_job_pending_with_the_reason(core: Core):
     await core.user_server("alice")
     (a,) = await submit(core, "alice", ["exit 1"])
