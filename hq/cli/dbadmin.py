@@ -43,6 +43,12 @@ class Database:
             self._engine = create_engine(self.config)
         return self._engine
 
+    def close(self) -> None:
+        """Let go of the engine's connections (the command is done with the database)."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
     def errors(self):  # type: ignore[no-untyped-def]
         from hq.db.engine import database_errors
 
@@ -87,6 +93,7 @@ def cli(ctx: click.Context, create_tables: bool, add_standard_entries: bool,
     inst = Installation.locate()
     db = Database(inst)
     ctx.obj = db
+    ctx.call_on_close(db.close)
     if drop_tables and (create_tables or add_standard_entries):
         raise UsageError("--drop-tables cannot be combined with --create-tables or "
                          "--add-standard-entries")
