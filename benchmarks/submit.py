@@ -11,6 +11,8 @@ Per run, a fresh scratch installation (benchmarks/hqbench.py) and, in the same r
   figure is the submission alone, streamed in parts above 10,000 jobs), its wall time against
   the baseline of reading and parsing the same file in this process (``str.split``), and
   hq-server's RSS before and after (bytes per pending job);
+- ``hq-submit --hold --array 1-N true`` with N = --jobs: the same number of jobs as one array,
+  signed once as a whole and laid out into its elements by hq-server;
 - ``hq-client status`` and ``hq-client jobs --limit 20`` with those jobs pending;
 - ``hq-submit "true"`` with a warm user-server, --calls times (median), against
   ``python -c pass`` and ``python -c "import hq.cli.submit"`` (the interpreter's start and
@@ -62,13 +64,16 @@ def one_run(db: Database, count: int, calls: int) -> dict[str, float]:
                          env, work)
         time.sleep(2.0)   # (hq-server gives a burst's memory back a moment after)
         rss_after = rss(server)
+        # the same number of jobs as one --array: signed once, laid out by hq-server
+        array_s = timed([PY, "-m", "hq.cli.submit", "--hold", "-q", "--array",
+                         f"1-{count}", "true"], env, work)
         status_s = timed([PY, "-m", "hq.cli.client", "status"], env, work)
         jobs_s = timed([PY, "-m", "hq.cli.client", "jobs", "--limit", "20"], env, work)
         small = [timed([PY, "-m", "hq.cli.submit", "-q", "true"], env, work)
                  for _ in range(calls)]
         python = [timed([PY, "-c", "pass"], env, work) for _ in range(calls)]
         imports = [timed([PY, "-c", "import hq.cli.submit"], env, work) for _ in range(calls)]
-    return {"submit_s": submit_s, "parse_baseline_s": parse_s,
+    return {"submit_s": submit_s, "array_submit_s": array_s, "parse_baseline_s": parse_s,
             "rss_before": rss_before or 0, "rss_after": rss_after or 0,
             "bytes_per_pending_job": ((rss_after or 0) - (rss_before or 0)) / count,
             "status_s": status_s, "jobs_limit_20_s": jobs_s,
@@ -119,6 +124,8 @@ def main() -> int:
     say(f"  hq-submit -f                  {med['submit_s']:8.2f} s   "
         f"({args.jobs / med['submit_s']:,.0f} jobs/s; reading+splitting the file here: "
         f"{med['parse_baseline_s']:.2f} s, ratio {summary['submit_ratio_to_parse']:.0f})")
+    say(f"  hq-submit --array 1-{args.jobs:<9}{med['array_submit_s']:8.2f} s   "
+        f"({args.jobs / med['array_submit_s']:,.0f} jobs/s; the same jobs as one array)")
     say(f"  hq-server RSS per pending job {med['bytes_per_pending_job']:8.0f} bytes "
         f"({med['rss_before'] / 2**20:.0f} -> {med['rss_after'] / 2**20:.0f} MiB)")
     say(f"  hq-client status              {med['status_s'] * 1000:8.0f} ms")

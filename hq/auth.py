@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hq.config import Installation, ServerConfig
 from hq.errors import ConfigError, HqError, PermissionDenied
-from hq.jobspec import JobSpec, signed_text, signed_text_v1
+from hq.jobspec import JobSpec, as_signed, signed_text, signed_text_v1
 
 SIGNING_KEY_NAME = "job-signing.key"
 
@@ -155,12 +155,16 @@ def job_signature_ok(key: bytes, spec: JobSpec, owner: str, digest: str, *, data
     signature = spec.signature
     if not signature:
         return False
+    signed = as_signed(spec)   # an element of an array signed as a whole: the array's spec
+    if signed is None:
+        return False           # an index the owner never signed
     # Both kinds are 64 hex digits (the column's width): a version-1 one is tried only after
-    # the current one failed, and only where it may still count.
-    expected = sign_job(key, spec, owner, digest, database=database, submission_id=submission_id)
+    # the current one failed, and only where it may still count (it never signed an array).
+    expected = sign_job(key, signed, owner, digest, database=database,
+                        submission_id=submission_id)
     if hmac.compare_digest(expected, signature):
         return True
-    if not accept_v1:
+    if not accept_v1 or spec.array_indexes is not None:
         return False
     expected = hmac.new(key, signed_text_v1(spec, owner, digest), hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, signature)

@@ -28,6 +28,7 @@ class Submission:
     job_count: int = 0
     first_job_id: int | None = None     # the array id
     cap: int | None = None              # most of its jobs dispatched or running at once
+    array_indexes: str | None = None    # an array signed as a whole: its index set
     notify: str | None = None
     mail_user: str | None = None
     mail_type: str | None = None

@@ -23,6 +23,7 @@ from typing import Annotated
 
 import msgspec
 
+from hq import array_indexes
 from hq.errors import UsageError
 
 DEFAULT_SHELL = "/bin/sh"
@@ -72,7 +73,17 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     constraint: Annotated[str, msgspec.Meta(max_length=255)] | None = None   # host features
     gpus: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     array_index: Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)] | None = None
+    # a whole array signed at once (hq.array_indexes): its index set, in every element's spec
+    array_indexes: Annotated[str, msgspec.Meta(min_length=1, max_length=array_indexes.MAX_TEXT)
+                             ] | None = None
     signature: Annotated[str, msgspec.Meta(max_length=64)] | None = None   # the column's width
+
+    def elements(self) -> list[JobSpec]:
+        """The specs of the elements of an array signed as a whole (this spec, with
+        ``array_indexes`` and no index), in id order; their strings are this spec's."""
+        replace = msgspec.structs.replace
+        return [replace(self, array_index=i) for i in array_indexes.expand(
+            self.array_indexes or "")]
 
     def validate(self) -> None:
         """Raise InvalidSpec naming the option at fault: the semantic checks of a spec."""
@@ -113,6 +124,15 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             raise InvalidSpec(f"--retries must be from 0 to {MAX_RETRIES}, not {self.retries}")
         if self.array_index is not None and self.array_index < 0:
             raise InvalidSpec(f"array_index must not be negative, not {self.array_index}")
+        if self.array_indexes is not None:
+            try:
+                array_indexes.ranges(self.array_indexes)
+            except array_indexes.BadIndexSet as err:
+                raise InvalidSpec(f"--array {self.array_indexes}: {err}") from None
+            if self.array_index is not None \
+                    and not array_indexes.contains(self.array_indexes, self.array_index):
+                raise InvalidSpec(f"array index {self.array_index} is not in the array's "
+                                  f"index set {self.array_indexes}")
         for option, path in (("-o/--stdout", self.stdout), ("-O/--stderr", self.stderr),
                              ("-l/--logfile", self.log_path)):
             if path is not None and (not path or "\0" in path):
@@ -146,6 +166,17 @@ def submission_digest(environment: dict[str, str], umask: int) -> str:
     text = json.dumps({"environment": environment, "umask": umask}, sort_keys=True,
                       separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def as_signed(spec: JobSpec) -> JobSpec | None:
+    """What was signed for ``spec``: itself, or for an element of an array signed as a whole
+    (``array_indexes``) the array's spec, without the element's index; None for an element
+    whose index is not in the set that was signed."""
+    if spec.array_indexes is None or spec.array_index is None:
+        return spec
+    if not array_indexes.contains(spec.array_indexes, spec.array_index):
+        return None
+    return msgspec.structs.replace(spec, array_index=None)
 
 
 def signed_text(spec: JobSpec, owner: str, digest: str, *, database: str,

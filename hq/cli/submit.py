@@ -269,20 +269,25 @@ def apply_directives(ctx: click.Context, path: str, directives: dict[str, str],
 
 def array_specs(specs: list[JobSpec], text: str, cap: int | None, jobs_file: str | None
                 ) -> tuple[list[JobSpec], int | None]:
-    """``--array``: one spec per index of COMMAND's; the cap of %CAP or --array-cap."""
+    """``--array``: COMMAND's spec for the whole index set, signed once (a set too long to
+    sign as text: one spec per index); the cap of %CAP or --array-cap."""
     import msgspec
 
+    from hq import array_indexes
     from hq.cli.workflow_options import parse_array
 
     if jobs_file is not None:
         raise UsageError("--array and -f cannot be combined: a jobs file is an array "
                          "already (its line numbers are the indexes; --array-cap limits it)")
-    indexes, spec_cap = parse_array(text)
+    index_set, spec_cap = parse_array(text)
     if spec_cap is not None and cap is not None and spec_cap != cap:
         raise UsageError(f"--array {text} and --array-cap {cap} name two caps: give one")
     spec = specs[0]
     replace = msgspec.structs.replace
-    return [replace(spec, array_index=i) for i in indexes], cap or spec_cap
+    if len(index_set) <= array_indexes.MAX_TEXT:
+        return [replace(spec, array_indexes=index_set)], cap or spec_cap
+    return ([replace(spec, array_index=i) for i in array_indexes.expand(index_set)],
+            cap or spec_cap)
 
 
 def submit_and_report(request: Submit, *, wait: bool, parsable: bool, as_json: bool) -> int:
@@ -369,7 +374,7 @@ def send_submission(client: BlockingClient, request: Submit) -> SubmitReply:
     from hq.protocol.messages import PART_JOBS, SubmitPart
 
     jobs = request.jobs
-    timeout = 30.0 + len(jobs) / 1000
+    timeout = 30.0 + request.job_count() / 1000   # an array signed as a whole: all of it
     if len(jobs) <= PART_JOBS:
         return client.request(request, timeout=timeout)
     starts = range(0, len(jobs) - PART_JOBS, PART_JOBS)   # the last part closes it

@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import re
 
+from hq import array_indexes
 from hq.errors import UsageError
 from hq.protocol.messages import MAX_ARRAY_CAP, MAX_DEPENDENCIES, DependencyRef
 
-MAX_ARRAY = 1_000_000
-_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+)(?::([0-9]+))?)?")
 _KINDS = ("afterok", "afterany", "afternotok", "aftercorr")
 _TARGET = re.compile(r"([0-9]+)(?:_([0-9]+))?")
 
-ARRAY_FORMS = "1-500, 1-500:2 (every second), 1,3,7-9, with %CAP for the most at once: 1-500%20"
+ARRAY_FORMS = array_indexes.FORMS
 DEPENDENCY_FORMS = ("afterok:ID[:ID...][,afterany:ID][,afternotok:ID][,aftercorr:ARRAY]; "
                     "an ID is a job, an array (its id) or an element (42_7)")
 
 
-def parse_array(text: str) -> tuple[list[int], int | None]:
-    """``1-500:2%20`` -> (indexes in the order given, without repeats; the cap or None)."""
+def parse_array(text: str) -> tuple[str, int | None]:
+    """``1-500:2%20`` -> (the index set as it is signed, ``hq.array_indexes``; the cap or
+    None). Its indexes are ``hq.array_indexes.expand`` of the first."""
     spec, _, cap_text = text.strip().partition("%")
     cap = None
     if cap_text:
@@ -29,23 +29,11 @@ def parse_array(text: str) -> tuple[list[int], int | None]:
             raise UsageError(f"--array {text}: the cap after % must be a number from 1 to "
                              f"{MAX_ARRAY_CAP:,}")
         cap = int(cap_text)
-    indexes: dict[int, None] = {}
-    for item in spec.split(","):
-        match = _RANGE.fullmatch(item.strip())
-        if not match:
-            raise UsageError(f"--array {text}: {item.strip() or 'an empty item'!r} is not an "
-                             f"index or a range; use {ARRAY_FORMS}")
-        first = int(match[1])
-        last = first if match[2] is None else int(match[2])
-        step = 1 if match[3] is None else int(match[3])
-        if last < first or step < 1:
-            raise UsageError(f"--array {text}: a range goes upwards in steps of at least 1")
-        if len(indexes) + (last - first) // step >= MAX_ARRAY:
-            raise UsageError(f"--array {text}: more than {MAX_ARRAY:,} elements")
-        indexes.update(dict.fromkeys(range(first, last + 1, step)))
-    if max(indexes) > 2**31 - 1:
-        raise UsageError(f"--array {text}: an index is larger than {2**31 - 1}")
-    return list(indexes), cap
+    try:
+        array_indexes.ranges(spec)
+    except array_indexes.BadIndexSet as err:
+        raise UsageError(f"--array {text}: {err}") from None
+    return array_indexes.canonical(spec), cap
 
 
 def parse_dependency(texts: tuple[str, ...], after: tuple[str, ...]) -> list[DependencyRef]:

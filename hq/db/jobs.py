@@ -64,6 +64,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         requeue=row["requeue"], retries=row["retries"], constraint=row["constraint_expr"],
         gpus=row["gpus"],
         array_index=row["array_index"],
+        array_indexes=None if row["array_index"] is None else row.get("array_indexes"),
         signature=row["signature"])
     return Job(id=row["id"], submission_id=row["submission_id"], owner=row["owner"],
                owner_id=row["owner_id"], spec=spec, submitted_at=row["submitted_at"],
@@ -87,6 +88,7 @@ def insert_submission(conn: sa.Connection, submission: Submission, owner_id: int
         "submit_host": submission.submit_host, "environment": submission.environment,
         "umask": submission.umask, "job_count": submission.job_count,
         "first_job_id": submission.first_job_id, "array_cap": submission.cap,
+        "array_indexes": submission.array_indexes,
         "notify": submission.notify, "mail_user": submission.mail_user,
         "mail_type": submission.mail_type, "notify_signature": submission.notify_signature,
         "kill_on_invalid_dep": submission.kill_on_invalid_dep}])
@@ -191,7 +193,7 @@ def update_jobs(conn: sa.Connection, changes: Iterable[tuple[int, Mapping[str, A
 
 def _job_query() -> sa.Select[Any]:
     return (sa.select(jobs, users.c.name.label("owner"), hosts.c.name.label("host"),
-                      submissions.c.first_job_id)
+                      submissions.c.first_job_id, submissions.c.array_indexes)
             .join(users, users.c.id == jobs.c.owner_id)
             .join(submissions, submissions.c.id == jobs.c.submission_id)
             .outerjoin(hosts, hosts.c.id == jobs.c.host_id))
@@ -210,6 +212,7 @@ def load_unfinished(conn: sa.Connection) -> tuple[list[Submission], list[Job]]:
                                umask=r.umask, submitted_at=r.submitted_at,
                                submit_host=r.submit_host, job_count=r.job_count,
                                first_job_id=r.first_job_id, cap=r.array_cap,
+                               array_indexes=r.array_indexes,
                                notify=r.notify, mail_user=r.mail_user,
                                mail_type=r.mail_type,
                                notify_signature=r.notify_signature,

@@ -114,6 +114,9 @@ submissions = sa.Table(
               comment="its first job's id: the array id (Slurm's ArrayJobId)"),
     sa.Column("array_cap", sa.Integer, nullable=True,
               comment="most of its jobs dispatched or running at once (%CAP); NULL: no cap"),
+    sa.Column("array_indexes", sa.String(1024), nullable=True,
+              comment="an array signed as a whole (--array): its index set, e.g. 1-500:2, "
+                      "part of each element's signed spec; NULL: each job signed alone"),
     sa.Column("kill_on_invalid_dep", sa.Boolean, nullable=False, default=True,
               server_default="1",
               comment="cancel a job whose dependency can never be met (else it waits)"),

@@ -37,6 +37,7 @@ from typing import Annotated
 
 import msgspec
 
+from hq import array_indexes
 from hq.jobspec import InvalidSpec, JobSpec
 from hq.protocol.admin_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
     ADMIN_REQUESTS,
@@ -216,6 +217,11 @@ class Submit(Request, tag="submit", kw_only=True):
     mail_type: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     notify_signature: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     reply_type = SubmitReply
+
+    def job_count(self) -> int:
+        """How many jobs these specs are (an array signed as a whole is all its elements)."""
+        return sum(1 if spec.array_indexes is None or spec.array_index is not None
+                   else array_indexes.count(spec.array_indexes) for spec in self.jobs)
 
     def __post_init__(self) -> None:
         check_environment(self.environment)

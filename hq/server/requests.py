@@ -182,6 +182,8 @@ def submit_part(server: Server, session: Session, request: SubmitPart) -> PartRe
     if request.submission_id is None:
         raise UsageError("a part of a submission needs its reserved submission id")
     _reserved(server, session, request.submission_id)
+    if _array_of(request.jobs) is not None:
+        raise UsageError("a whole array is not streamed in parts: it is one spec")
     parts = server.cluster.submission_parts.setdefault(request.submission_id, [])
     check_quotas(server, session.user.name, len(parts) + len(request.jobs))
     check_fits(server, request.jobs, first=len(parts) + 1)
@@ -189,9 +191,26 @@ def submit_part(server: Server, session: Session, request: SubmitPart) -> PartRe
     return PartReply(received=len(parts), submission_id=request.submission_id)
 
 
+def _array_of(specs: list[JobSpec]) -> JobSpec | None:
+    """The spec of an array signed as a whole when ``specs`` is one (it comes alone)."""
+    wholes = [spec for spec in specs if spec.array_indexes is not None]
+    if not wholes:
+        return None
+    if len(specs) > 1 or wholes[0].array_index is not None:
+        raise UsageError("a spec with array_indexes is a whole array: it comes alone, "
+                         "without an array_index")
+    return wholes[0]
+
+
 async def submit(server: Server, session: Session, request: Submit) -> SubmitReply:
     cluster, owner = server.cluster, session.user
     specs = request.jobs
+    array = _array_of(specs)
+    if array is not None and request.parts:
+        raise UsageError("a whole array is not streamed in parts: it is one spec")
+    if array is not None:
+        check_fits(server, specs)   # what its elements share, once
+        specs = array.elements()
     if request.parts:
         if request.submission_id is None:
             raise UsageError("a streamed submission needs its reserved submission id")
@@ -200,14 +219,15 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
         check_fits(server, specs, first=len(received) + 1)
         specs = received + specs
     check_quotas(server, session.user.name, len(specs))
-    if not request.parts:
+    if not request.parts and array is None:
         check_fits(server, specs)
     if (request.notify or request.mail_user) and not request.notify_signature:
         raise UsageError("--notify and --mail-user need a user-server that signs them: "
                          "restart yours (hq-client status starts a new one)")
     links = await resolve_dependencies(server, session, request, specs)
     replaced = await resubmitted(server, session, request, len(specs))
-    specs = shared_strings(specs)
+    if array is None:
+        specs = shared_strings(specs)
     now = server.clock.now()
     state = JobState.HELD if request.hold else JobState.PENDING
     if request.submission_id is None:   # a user-server of protocol 1: signed without one
@@ -224,6 +244,7 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
                      umask=request.umask, submitted_at=now,
                      submit_host=request.submit_host or "unknown", job_count=len(specs),
                      first_job_id=first, cap=request.array_cap,
+                     array_indexes=None if array is None else array.array_indexes,
                      kill_on_invalid_dep=request.kill_on_invalid_dep, notify=request.notify,
                      mail_user=request.mail_user, mail_type=request.mail_type,
                      notify_signature=request.notify_signature)

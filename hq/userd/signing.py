@@ -62,10 +62,21 @@ class Signer:
             if digest is not None and job_signature_ok(
                     self.key, job.spec, self.user, digest, database=database,
                     submission_id=job.submission_id, accept_v1=accept_v1):
+                if job.spec.array_indexes is not None:
+                    job = self._as_element(job, digest, database)
                 signed.append(job)
             else:
                 refused.append((job, "refused: bad signature"))
         return signed, refused
+
+    def _as_element(self, job: RunJob, digest: str, database: str) -> RunJob:
+        """An element of an array signed as a whole, checked, as one job signed alone: what
+        exec-servers are given (one of an earlier hq knows no ``array_indexes``)."""
+        spec = msgspec.structs.replace(job.spec, array_indexes=None, signature=None)
+        signature = sign_job(self.key, spec, self.user, digest, database=database,
+                             submission_id=job.submission_id)
+        return msgspec.structs.replace(job, spec=msgspec.structs.replace(spec,
+                                                                         signature=signature))
 
     def sign_jobs(self, specs: list[JobSpec], digest: str, database: str,
                    submission_id: int) -> list[JobSpec]:
@@ -92,7 +103,9 @@ class Signer:
                                     database=stored.database, submission_id=sub_id):
                 raise PermissionDenied(f"job {job.id}: the stored spec does not carry your "
                                        "signature (changed in the database?): not resubmitted")
-        return Submit(jobs=[msgspec.structs.replace(job.spec, signature=None)
+        # signed again one by one: the new array is the indexes chosen, not the old set
+        return Submit(jobs=[msgspec.structs.replace(job.spec, signature=None,
+                                                    array_indexes=None)
                             for job in stored.jobs],
                       environment=env.environment, umask=env.umask, submit_host=submit_host,
                       hold=hold, resubmit_of=[job.id for job in stored.jobs])
@@ -104,7 +117,11 @@ class Signer:
         from hq.jobspec import signed_text_v1
 
         digest = submission_digest(request.environment, request.umask)
+        # such an hq-server knows no array signed as a whole: one spec per element
+        specs = [msgspec.structs.replace(element, array_indexes=None)
+                 for spec in request.jobs
+                 for element in (spec.elements() if spec.array_indexes is not None else [spec])]
         jobs = [msgspec.structs.replace(spec, signature=hmac.new(
                     self.key, signed_text_v1(spec, self.user, digest), hashlib.sha256).hexdigest())
-                for spec in request.jobs]
+                for spec in specs]
         return msgspec.structs.replace(request, jobs=jobs)

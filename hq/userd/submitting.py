@@ -79,7 +79,7 @@ class Submitting:
                 reserved = await self._reserve(server, timeout)
                 request = self.signer.signed(request, reserved.database, reserved.submission_id)
             try:
-                return await server.request(request, timeout=timeout + len(request.jobs) / 1000)
+                return await server.request(request, timeout=timeout + request.job_count() / 1000)
             except UsageError as err:
                 # hq-server restarted between the reservation and the submission: once more
                 if attempt == 2 or "was not reserved" not in err.message:

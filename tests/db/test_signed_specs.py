@@ -19,7 +19,7 @@ from hq.auth import job_signature_ok, sign_job
 from hq.db.jobs import insert_submission, load_unfinished
 from hq.db.model import users
 from hq.job import Job, Submission
-from hq.jobspec import JobSpec, submission_digest
+from hq.jobspec import JobSpec, as_signed, submission_digest
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 KEY = b"k" * 32
@@ -30,21 +30,25 @@ FULL = JobSpec(command="echo ü; exit 3", cwd="/home/alice/w", shell="/bin/bash"
                time_limit_s=60, estimated_time_s=30, estimated_memory_mb=50,
                stdout="/dev/null", stderr="e-%j", log_path="l-%a",
                excluded_hosts=("n1", "n2"), requeue=False, array_index=4)
+# an element of an array signed as a whole: its index set is stored with the submission
+ELEMENT = JobSpec(command="sim", cwd="/tmp", array_index=5, array_indexes="1-9:2")
 
 
-@pytest.mark.parametrize("spec", [PLAIN, FULL], ids=["defaults", "every-field"])
+@pytest.mark.parametrize("spec", [PLAIN, FULL, ELEMENT],
+                         ids=["defaults", "every-field", "array-element"])
 def test_a_spec_read_back_from_the_database_verifies(engine, spec):
     environment, umask = {"PATH": "/bin", "X": "y"}, 0o027
     digest = submission_digest(environment, umask)
     signed = JobSpec(**{**{f: getattr(spec, f) for f in spec.__struct_fields__},
-                        "signature": sign_job(KEY, spec, "alice", digest, database="db1",
-                                              submission_id=7)})
+                        "signature": sign_job(KEY, as_signed(spec), "alice", digest,
+                                              database="db1", submission_id=7)})
     with engine.begin() as conn:
         owner_id = conn.execute(sa.insert(users).values(
             name="alice", retired=False, created_at=T0, updated_at=T0)).inserted_primary_key[0]
         insert_submission(conn, Submission(id=7, owner="alice", environment=environment,
                                            umask=umask, submitted_at=T0, submit_host="head",
-                                           job_count=1),
+                                           job_count=1, first_job_id=1,
+                                           array_indexes=spec.array_indexes),
                           owner_id, [Job(id=1, submission_id=7, owner="alice",
                                          owner_id=owner_id, spec=signed, submitted_at=T0,
                                          eligible_at=T0)])

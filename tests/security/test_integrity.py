@@ -65,6 +65,30 @@ def test_a_finished_job_copied_in_the_database_does_not_run_again(running_hq):
     assert runs.read_text() == "ran\n"     # once, and only once
 
 
+def test_an_array_signed_as_a_whole_runs_only_the_indexes_it_was_signed_for(running_hq):
+    hq = running_hq
+    runs = hq.workdir / "runs"
+    ids = [int(i) for i in hq.submit("--parsable", "--hold", "--array", "1-3", "-o",
+                                     "/dev/null", f"echo $HQ_ARRAY_INDEX >> {runs}"
+                                     ).stdout.split()]
+    assert len(ids) == 3
+    hq.stop_server()
+    engine = create_engine(load_database(hq.inst))
+    try:
+        with engine.begin() as conn:   # one signature for the array: another index is not in it
+            conn.execute(sa.update(jobs).where(jobs.c.id == ids[1]).values(array_index=7))
+            assert conn.execute(sa.select(submissions.c.array_indexes).where(
+                submissions.c.first_job_id == ids[0])).scalar() == "1-3"
+    finally:
+        engine.dispose()
+    hq.start_server()
+    assert hq.client("release", f"{ids[0]}-{ids[2]}").returncode == 0
+    ends = {i: hq.wait_for(i, {"done", "failed"}) for i in ids}
+    assert [ends[i]["state"] for i in ids] == ["done", "failed", "done"]
+    assert "bad signature" in ends[ids[1]]["state_reason"]
+    assert sorted(runs.read_text().split()) == ["1", "3"]
+
+
 def test_a_recreated_database_never_confuses_a_running_exec_server(running_hq):
     hq = running_hq
     first = hq.submit_id("-o", "/dev/null", "true")

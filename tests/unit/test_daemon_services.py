@@ -295,6 +295,45 @@ def test_the_user_server_signs_every_job_with_the_users_key(tmp_path, home):
                                  submission_id=7, accept_v1=True)
 
 
+def test_an_array_is_signed_once_and_only_its_indexes_are_handed_over(tmp_path, home):
+    userd = user_server(tmp_path)
+    template = JobSpec(command="sim $HQ_ARRAY_INDEX", cwd="/tmp", array_indexes="1-9:2,20")
+    signed = userd.signer.signed(Submit(jobs=[template], environment=ENV, umask=0o022),
+                                 "db1", 7)
+    (array,) = signed.jobs
+    elements = array.elements()
+    assert [e.array_index for e in elements] == [1, 3, 5, 7, 9, 20]
+    assert {e.signature for e in elements} == {array.signature}   # one signature for all
+    key = auth.load_signing_key(create=False)
+    digest = submission_digest(ENV, 0o022)
+
+    def ok(job: JobSpec) -> bool:
+        return auth.job_signature_ok(key, job, userd.user, digest, database="db1",
+                                     submission_id=7, accept_v1=True)
+
+    assert all(ok(e) for e in elements)
+    # an index the owner did not sign, another set, or the set dropped: refused
+    assert not ok(msgspec.structs.replace(elements[0], array_index=2))
+    assert not ok(msgspec.structs.replace(elements[0], array_indexes="1-100"))
+    assert not ok(msgspec.structs.replace(elements[0], array_indexes=None))
+    assert not ok(msgspec.structs.replace(elements[0], command="rm -rf ~"))
+
+    def run(*specs: JobSpec) -> Run:
+        return Run(owner=userd.user, submissions={"7": SubmissionEnv(environment=ENV,
+                                                                     umask=0o022)},
+                   jobs=[RunJob(id=100 + n, submission_id=7, spec=spec, attempt=0,
+                                array_id=100) for n, spec in enumerate(specs)])
+
+    good, refused = userd.signer.check_run(
+        run(elements[2], msgspec.structs.replace(elements[0], array_index=4)), "db1", None)
+    assert [(j.id, why) for j, why in refused] == [(101, "refused: bad signature")]
+    (handed,) = good
+    # an exec-server gets the element signed alone: one of an earlier hq checks it as ever
+    assert handed.spec.array_indexes is None and handed.spec.array_index == 5
+    assert handed.spec.signature != array.signature and ok(handed.spec)
+    assert not ok(msgspec.structs.replace(handed.spec, array_index=7))
+
+
 def test_the_user_server_refuses_a_run_it_did_not_sign(tmp_path, home):
     async def body() -> None:
         userd = user_server(tmp_path)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 from fixtures.server_core import Core, core_test, settle, states
 
 from hq.db.model import job_dependencies
-from hq.errors import NotFound
+from hq.errors import NotFound, UsageError
 from hq.jobspec import JobSpec
 from hq.protocol.messages import (
     DependencyRef,
@@ -69,6 +70,37 @@ async def test_a_cap_bounds_what_each_round_takes_of_an_array(core: Core):
     assert core.server.dispatcher.round() == 3
     await core.committed()
     assert set(states(core, ids).values()) == {"dispatched", "done"}
+
+
+@core_test(hosts={"n1": 8})
+async def test_an_array_signed_as_a_whole_is_laid_out_into_its_elements(core: Core):
+    from hq.db.jobs import find_job
+    from hq.db.model import submissions
+
+    await core.user_server("alice")
+    array = JobSpec(command="sim", cwd="/tmp", signature="signed-by-test",
+                    array_indexes="2-6:2,9")
+    reply = await requests.submit(core.server, core.session("alice"), Submit(
+        jobs=[array], environment={"PATH": "/bin"}, umask=0o022, array_cap=2))
+    ids = reply.ids
+    assert len(ids) == 4 and ids == list(range(ids[0], ids[0] + 4))
+    jobs = core.server.cluster.jobs
+    assert [jobs[i].spec.array_index for i in ids] == [2, 4, 6, 9]
+    assert {jobs[i].array_id for i in ids} == {ids[0]}
+    assert core.server.dispatcher.round() == 2       # the cap holds for it as for any array
+    run = await core.peers["alice"].next(Run)
+    assert [(j.spec.array_index, j.spec.array_indexes, j.spec.signature) for j in run.jobs] \
+        == [(2, "2-6:2,9", "signed-by-test"), (4, "2-6:2,9", "signed-by-test")]
+    await core.committed()
+    assert core.rows(sa.select(submissions.c.array_indexes)
+                     .where(submissions.c.id == reply.submission_id))[0][0] == "2-6:2,9"
+    with core.engine.connect() as conn:
+        assert find_job(conn, ids[3]).spec == jobs[ids[3]].spec   # read back as signed
+    # such a spec comes alone, never streamed, never with an index of its own
+    for bad in ([array, array], [msgspec.structs.replace(array, array_index=2)]):
+        with pytest.raises(UsageError, match="whole array"):
+            await requests.submit(core.server, core.session("alice"), Submit(
+                jobs=bad, environment={"PATH": "/bin"}, umask=0o022))
 
 
 async def update_array_async(core: Core, user: str, array: int, cap: int) -> None:
