@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 
 MAX_ARRAY = 1_000_000      # elements of one array
 MAX_TEXT = 1024            # characters of a signed index set (a longer list is signed per job)
@@ -54,6 +55,23 @@ def ranges(text: str) -> list[Range]:
 def canonical(text: str) -> str:
     """``text`` as it is signed: the same items, without blanks."""
     return ",".join(item.strip() for item in text.split(","))
+
+
+def compact(numbers: Iterable[int]) -> str:
+    """Numbers written compactly, in order, each once: ``[42, 43, 44, 47]`` -> ``42-44,47``
+    (job ids, or an array's indexes as ``expand`` reads them)."""
+    parts: list[str] = []
+    start = previous = None
+    for number in sorted(set(numbers)):
+        if previous is not None and number == previous + 1:
+            previous = number
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = number
+    if start is not None:
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+    return ",".join(parts)
 
 
 def expand(text: str) -> list[int]:

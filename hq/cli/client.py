@@ -67,15 +67,17 @@ def fetch_jobs(client: BlockingClient, request: Jobs, limit: int | None) -> Jobs
     """All jobs ``request`` matches (the newest ``limit``), asked page by page: hq-server
     answers at most MAX_PAGE at a time, newest first, with ``more`` when older ones match."""
     found: list[Any] = []
+    arrays: list[Any] = []
     before = None
     while limit is None or len(found) < limit:
         want = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(found))
         page = client.request(msgspec.structs.replace(request, limit=want, before=before))
         found = page.jobs + found
+        arrays = arrays or page.arrays   # (a folded listing: on the first page)
         if not page.more or not page.jobs:
             break
         before = page.jobs[0].id
-    return JobsReply(jobs=found)
+    return JobsReply(jobs=found, arrays=arrays)
 
 
 def parse_one(text: str) -> Selection:
@@ -166,18 +168,21 @@ def jobs(states: tuple[str, ...], show_all: bool, group: str | None, name: str |
         raise UsageError("--all and --state cannot be combined")
     if wanted is None and not show_all:
         wanted = UNFINISHED
+    # the table of unfinished jobs has hq-server fold each array into one line (its cost is
+    # then what is shown, not one record per element); --json and --expand get every job
+    fold = not (as_json or expand) and wanted is not None and set(wanted) <= set(UNFINISHED)
     with _connect() as client:
-        data = fetch_jobs(client, Jobs(states=wanted, group=group, name=name, array=array),
-                          limit)
+        data = fetch_jobs(client, Jobs(states=wanted, group=group, name=name, array=array,
+                                       fold=fold), limit)
     if as_json:
         print_json(data)
-    elif not data.jobs:
+    elif not data.jobs and not data.arrays:
         say("no jobs" if show_all or states else
             "no unfinished jobs ('hq-client jobs --all' shows finished ones too)")
     else:
         from hq.cli.jobview import format_job_table
 
-        click.echo(format_job_table(data.jobs, expand=expand))
+        click.echo(format_job_table(data.jobs, expand=expand, arrays=data.arrays))
 
 
 @cli.command()

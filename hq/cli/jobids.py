@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from hq.array_indexes import compact
 from hq.errors import UsageError
 
 MAX_IDS = 1_000_000
@@ -37,22 +38,7 @@ def parse_ids(*words: str) -> list[int]:
 
 def format_ids(ids: Iterable[int]) -> str:
     """Ids written compactly: ``[42, 43, 44, 47]`` -> ``42-44,47``."""
-    parts: list[str] = []
-    run_start = previous = None
-    for job_id in sorted(set(ids)):
-        if previous is not None and job_id == previous + 1:
-            previous = job_id
-            continue
-        if run_start is not None:
-            parts.append(_run(run_start, previous))  # type: ignore[arg-type]
-        run_start = previous = job_id
-    if run_start is not None:
-        parts.append(_run(run_start, previous))  # type: ignore[arg-type]
-    return ",".join(parts)
-
-
-def _run(first: int, last: int) -> str:
-    return str(first) if first == last else f"{first}-{last}"
+    return compact(ids)
 
 
 _ELEMENTS = re.compile(r"([0-9]+)_(\*|[0-9]+|\[([^\]]*)\])")

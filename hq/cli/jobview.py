@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from hq.cli.common import format_table, format_time
-from hq.protocol.messages import JobInfo, StatusReply
+from hq.protocol.messages import ArrayLine, JobInfo, StatusReply
 from hq.states import JobState
 
 STATE_ORDER = tuple(state.value for state in JobState)
@@ -43,17 +43,24 @@ def job_reason(job: JobInfo) -> str:
     return job_result(job)
 
 
-def format_job_table(jobs: Sequence[JobInfo], *, expand: bool = False) -> str:
+def format_job_table(jobs: Sequence[JobInfo], *, expand: bool = False,
+                     arrays: Sequence[ArrayLine] = ()) -> str:
     """One line per job: id, state, name, cores, host, submitted, reason, command; an
-    array's jobs folded into one line with counts per state unless ``expand``."""
+    array's jobs folded into one line with counts per state unless ``expand`` (``arrays``:
+    lines hq-server folded already, placed at their first element's id)."""
     rows: list[tuple[object, ...]] = []
-    arrays: dict[int, list[JobInfo]] = {}
+    lines = sorted(arrays, key=lambda line: line.first)
+    at = 0
+    groups: dict[int, list[JobInfo]] = {}
     for job in jobs:
         if not expand and job.array_id is not None:
-            arrays.setdefault(job.array_id, []).append(job)
+            groups.setdefault(job.array_id, []).append(job)
     folded: set[int] = set()
     for job in jobs:
-        members = arrays.get(job.array_id) if job.array_id is not None else None
+        while at < len(lines) and lines[at].first < job.id:
+            rows.append(_folded_row(lines[at]))
+            at += 1
+        members = groups.get(job.array_id) if job.array_id is not None else None
         if members is not None and len(members) > 1:
             if job.array_id not in folded:
                 folded.add(job.array_id)  # type: ignore[arg-type]
@@ -64,8 +71,18 @@ def format_job_table(jobs: Sequence[JobInfo], *, expand: bool = False) -> str:
         rows.append((ident, job.state, job.name or "", job.cores, job.host or "",
                      format_time(job.submitted_at), job_reason(job),
                      _short(job.command, COMMAND_WIDTH)))
+    rows += [_folded_row(line) for line in lines[at:]]
     return format_table(("ID", "STATE", "NAME", "CORES", "HOST", "SUBMITTED", "REASON",
                          "COMMAND"), rows, right={3})
+
+
+def _folded_row(line: ArrayLine) -> tuple[object, ...]:
+    return (f"{line.id}_[{line.indexes}]", counts_text({str(s): n for s, n in
+                                                        line.counts.items()}),
+            line.name or "", line.cores, ",".join(line.hosts) + ("..." if line.more_hosts
+                                                                  else ""),
+            format_time(line.submitted_at), line.reason or "", _short(line.command,
+                                                                     COMMAND_WIDTH))
 
 
 def _array_row(members: Sequence[JobInfo]) -> tuple[object, ...]:

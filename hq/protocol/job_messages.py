@@ -106,6 +106,23 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     attempts: list[AttemptInfo] = msgspec.field(default_factory=list)
 
 
+class ArrayLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An array's matching elements as one line of ``jobs`` (``Jobs.fold``), made by
+    hq-server from memory, so that a listing costs one line, not one JobInfo per element."""
+
+    id: JobId                      # the array's id
+    first: JobId                   # the lowest id among the matching elements
+    indexes: Annotated[str, msgspec.Meta(max_length=4096)]   # theirs, compact (1-500,507)
+    counts: dict[JobState, Count]
+    name: Name | None
+    cores: Count
+    hosts: Annotated[list[HostName], msgspec.Meta(max_length=4)]   # where some run, 4 at most
+    more_hosts: bool = False
+    submitted_at: Epoch | None
+    reason: Text | None            # why its first pending or held element waits
+    command: Annotated[str, msgspec.Meta(max_length=4096)]
+
+
 class JobWaitState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: JobId
     state: JobState

@@ -134,6 +134,7 @@ from hq.protocol.job_events import (  # noqa: F401 (the catalogue: every kind is
 from hq.protocol.job_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
     MAX_ARRAY_CAP,
     MAX_DEPENDENCIES,
+    ArrayLine,
     Attempt,
     AttemptInfo,
     DependencyInfo,
@@ -278,6 +279,9 @@ class Status(Request, tag="status", kw_only=True):
 class JobsReply(Reply, tag="reply", kw_only=True):
     jobs: list[JobInfo]
     more: bool = False     # older jobs match too: ask again with ``before`` = the first id
+    # ``fold``: each array with more than one matching element, as one line (first page)
+    arrays: Annotated[list[ArrayLine], msgspec.Meta(max_length=MAX_PAGE)
+                      ] = msgspec.field(default_factory=list)
 
 
 class Jobs(Request, tag="jobs", kw_only=True):
@@ -291,6 +295,9 @@ class Jobs(Request, tag="jobs", kw_only=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] | None = None
     before: JobId | None = None
     array: JobId | None = None        # only the jobs of the array with this id (version 2)
+    # unfinished states only: arrays as lines (``JobsReply.arrays``), not in ``jobs`` and
+    # not counted in ``limit``
+    fold: bool = False
     reply_type = JobsReply
 
 

@@ -59,7 +59,7 @@ from hq.protocol.messages import (
 )
 from hq.server.core import Server, Session
 from hq.server.memory import release_free_memory
-from hq.server.views import job_info, wait_state
+from hq.server.views import array_line, job_info, wait_state
 from hq.server.watch import watch
 from hq.server.workflows import (
     job_specs,
@@ -341,6 +341,9 @@ async def jobs(server: Server, session: Session, request: Jobs) -> JobsReply:
                 and (request.name is None
                      or fnmatch.fnmatchcase(job.spec.name or "", request.name)))
 
+    if request.fold and request.ids is None and wanted is not None \
+            and not wanted & FINISHED_JOB_STATES:
+        return _folded(server, me, matches, limit, before, first_page=request.before is None)
     found: dict[int, Job] = {}
     if request.ids is not None:
         for job_id in request.ids:
@@ -371,6 +374,35 @@ async def jobs(server: Server, session: Session, request: Jobs) -> JobsReply:
     newest = sorted(found, reverse=True)
     page = sorted(newest[:limit])
     return JobsReply(jobs=[job_info(server, found[i]) for i in page], more=len(newest) > limit)
+
+
+def _folded(server: Server, me: str, matches: Callable[[Job], bool], limit: int,
+            before: int, *, first_page: bool) -> JobsReply:
+    """The caller's unfinished jobs that match, from memory: each array with more than one
+    of them as a line (on the first page), the other jobs the newest ``limit`` below
+    ``before``. Its cost is a pass over the caller's unfinished jobs, and the answer is as
+    long as what it shows, however large the arrays."""
+    singles: list[Job] = []
+    elements: dict[int, list[Job]] = {}
+    for job in reversed(server.cluster.unfinished_by_owner.get(me, {}).values()):
+        if not matches(job):
+            continue
+        if job.array_id is not None:
+            elements.setdefault(job.array_id, []).append(job)
+        elif job.id < before:
+            singles.append(job)
+    arrays = []
+    for members in elements.values():
+        members.reverse()   # in id order
+        if len(members) > 1:
+            if first_page:
+                arrays.append(array_line(server, members))
+        elif members[0].id < before:
+            singles.append(members[0])
+    singles.sort(key=lambda job: job.id, reverse=True)
+    page = sorted(singles[:limit], key=lambda job: job.id)
+    return JobsReply(jobs=[job_info(server, job) for job in page], more=len(singles) > limit,
+                     arrays=sorted(arrays, key=lambda line: line.first)[:MAX_PAGE])
 
 
 def status(server: Server, session: Session, request: Status) -> StatusReply:

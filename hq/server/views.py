@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Sequence
 
+from hq.array_indexes import compact
 from hq.job import Job
-from hq.protocol.messages import AttemptInfo, DependencyInfo, JobInfo, JobWaitState
+from hq.protocol.messages import ArrayLine, AttemptInfo, DependencyInfo, JobInfo, JobWaitState
 from hq.server.core import Server
 from hq.server.scheduler import group_usage, pending_reason
 from hq.states import JobState
@@ -38,6 +40,32 @@ def job_info(server: Server, job: Job, dependencies: Sequence[DependencyInfo] = 
         constraint=spec.constraint, gpus=spec.gpus, gpu_ids=job.gpu_ids,
         retry_count=job.retry_count, resubmit_of=job.resubmit_of,
         dependencies=list(dependencies), attempts=list(attempts))
+
+
+def array_line(server: Server, members: Sequence[Job]) -> ArrayLine:
+    """One line for the matching ``members`` of one array (in id order): counts per state,
+    where some run, and why its first waiting one waits (one reason looked up, not one per
+    element)."""
+    first = members[0]
+    counts = Counter(job.state for job in members)
+    hosts = sorted({job.host for job in members if job.host and job.state.active})
+    waiting = next((job for job in members if job.state in (JobState.PENDING, JobState.HELD)),
+                   None)
+    reason = None
+    if waiting is not None:
+        reason = waiting.reason
+        if waiting.state is JobState.PENDING and reason is None:
+            reason = why_pending(server, waiting)
+    indexes = compact(job.spec.array_index for job in members
+                      if job.spec.array_index is not None)
+    if len(indexes) > 4096:   # a scattered selection: its span is enough for a line
+        indexes = f"{min(j.spec.array_index or 0 for j in members)}-" \
+                  f"{max(j.spec.array_index or 0 for j in members)} (some)"
+    return ArrayLine(id=first.array_id or first.id, first=first.id, indexes=indexes,
+                     counts=dict(counts), name=first.spec.name, cores=first.spec.cores,
+                     hosts=hosts[:4], more_hosts=len(hosts) > 4,
+                     submitted_at=_epoch(first.submitted_at), reason=reason,
+                     command=first.spec.command[:4096])
 
 
 def wait_state(job: Job) -> JobWaitState:

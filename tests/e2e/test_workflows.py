@@ -65,6 +65,9 @@ def test_array_elements_are_named_by_index(running_hq):
     assert [hq.show(i)["array_index"] for i in ids] == [0, 5, 10, 15, 20]
     shown = _json(hq.client("show", f"{array}_10", "--json"))["job"]
     assert shown["id"] == ids[2]
+    # the table of unfinished jobs: one line for the array, folded by hq-server
+    (line,) = [row for row in hq.client("jobs").stdout.splitlines()[1:] if row.strip()]
+    assert line.split()[:3] == [f"{array}_[0,5,10,15,20]", "5", "held"]
     released = hq.client("release", f"{array}_[5,15]")
     assert released.returncode == 0, released.stderr
     assert released.stdout.splitlines() == [f"job {ids[1]}: released", f"job {ids[3]}: released"]

@@ -103,6 +103,46 @@ async def test_an_array_signed_as_a_whole_is_laid_out_into_its_elements(core: Co
                 jobs=bad, environment={"PATH": "/bin"}, umask=0o022))
 
 
+@core_test(hosts={"n1": 2})
+async def test_a_folded_listing_is_one_line_per_array_whatever_its_size(core: Core):
+    from hq.cli.jobview import format_job_table
+    from hq.protocol.messages import Jobs
+
+    await core.user_server("alice")
+    (single,) = await submit(core, "alice", ["sleep 1"])
+    array = JobSpec(command="sim", cwd="/tmp", signature="signed-by-test",
+                    array_indexes="1-20000", name="scan")
+    ids = (await requests.submit(core.server, core.session("alice"), Submit(
+        jobs=[array], environment={"PATH": "/bin"}, umask=0o022))).ids
+    (lone,) = await submit(core, "alice", ["true"], indexes=True)   # an array of one
+    await submit(core, "bob", ["true"] * 3, indexes=True)           # not alice's
+    assert core.server.dispatcher.round() == 2
+    requests.hold(core.server, core.session("alice"), requests.Hold(ids=ids[5:10]))
+    unfinished = [JobState.PENDING, JobState.HELD, JobState.DISPATCHED, JobState.RUNNING]
+    reply = await requests.jobs(core.server, core.session("alice"),
+                                Jobs(states=unfinished, fold=True))
+    assert [job.id for job in reply.jobs] == [single, lone] and not reply.more
+    (line,) = reply.arrays
+    assert (line.id, line.first, line.indexes, line.name) == (ids[0], ids[0], "1-20000", "scan")
+    assert line.counts == {JobState.DISPATCHED: 1, JobState.HELD: 5, JobState.PENDING: 19994}
+    assert line.hosts == ["n1"] and line.reason is not None
+    table = format_job_table(reply.jobs, arrays=reply.arrays).splitlines()
+    assert [row.split()[0] for row in table[1:]] == [str(single), f"{ids[0]}_[1-20000]",
+                                                     f"{lone}"]
+    assert "19994 pending, 5 held, 1 dispatched" in table[2]
+    # a page of its own for the other jobs: the arrays come with the first one only
+    reply = await requests.jobs(core.server, core.session("alice"),
+                                Jobs(states=unfinished, fold=True, limit=1))
+    assert [job.id for job in reply.jobs] == [lone] and reply.more and reply.arrays
+    reply = await requests.jobs(core.server, core.session("alice"),
+                                Jobs(states=unfinished, fold=True, limit=1, before=lone))
+    assert [job.id for job in reply.jobs] == [single] and not reply.arrays
+    # filters hold inside arrays: only the held ones
+    reply = await requests.jobs(core.server, core.session("alice"),
+                                Jobs(states=[JobState.HELD], fold=True))
+    assert reply.jobs == [] and reply.arrays[0].indexes == "6-10"
+
+
 async def update_array_async(core: Core, user: str, array: int, cap: int) -> None:
     update_array(core.server, core.session(user), UpdateArray(array=array, cap=cap))
     await core.committed()
