@@ -75,7 +75,7 @@ def report_command(since: str, until_text: str | None, html_path: Path | None,
 def _load(since: dt.datetime, until: dt.datetime, now: dt.datetime):  # type: ignore[no-untyped-def]
     from hq.config import Installation, load_database
     from hq.db.engine import create_engine, database_errors, read_connection
-    from hq.db.migrate import require_head
+    from hq.db.revision import require_head
     from hq.report.data import load_report
 
     config = load_database(Installation.locate())

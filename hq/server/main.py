@@ -37,7 +37,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     os.umask(0o077)
     raise_open_file_limit()
     from hq.db.engine import create_engine, database_errors, relocate_sqlite, run_in_transaction
-    from hq.db.migrate import require_head
+    from hq.db.revision import require_head
     from hq.db.settings import ensure_database_id
     from hq.server.admin import reload_configuration
     from hq.server.clock import SystemClock

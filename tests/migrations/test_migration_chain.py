@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -37,6 +38,24 @@ def test_upgrade_downgrade_upgrade_leaves_the_full_schema(db_config):
     migrate.upgrade(engine)
     assert _tables(engine) == HQ_TABLES
     assert migrate.schema_status(engine).at_head
+
+
+def test_the_quick_revision_check_knows_the_chains_head(db_config):
+    from hq.db import revision
+    from hq.errors import DatabaseError
+
+    engine = create_engine(db_config)
+    assert migrate.head_revision() == revision.HEAD   # bump it with every new migration
+    assert revision.stored_revision(engine) is None
+    with pytest.raises(DatabaseError, match="no hq schema"):
+        revision.require_head(engine)
+    migrate.upgrade(engine, "0003")
+    assert revision.stored_revision(engine) == "0003"
+    with pytest.raises(DatabaseError, match="hq-dbadmin upgrade"):
+        revision.require_head(engine)
+    migrate.upgrade(engine)
+    assert revision.stored_revision(engine) == migrate.current_revision(engine)
+    revision.require_head(engine)
 
 
 def test_autogenerate_finds_no_difference_between_models_and_migrations(db_config):
