@@ -41,6 +41,7 @@ from hq.protocol.messages import (
 )
 
 if TYPE_CHECKING:
+    from hq.jobspec import JobSpec
     from hq.protocol import BlockingClient
 
 PROGRAM = "hq.api"
@@ -92,8 +93,7 @@ class Client:
         indexes = None if array is None else list(dict.fromkeys(array))
         if indexes is not None and not indexes:
             raise UsageError("array: no indexes")
-        specs = [spec] if indexes is None else [
-            msgspec.structs.replace(spec, array_index=i) for i in indexes]
+        specs = [spec] if indexes is None else _array_specs(spec, indexes)
         for each in specs:
             each.validate()
         request = submit_request(specs, hold=hold)
@@ -166,3 +166,15 @@ class Client:
             reply = self._link.request(Cancel(ids=list(ids[start:start + MAX_IDS])))
             results.update({r.id: r.result for r in reply.results})
         return results
+
+
+def _array_specs(spec: JobSpec, indexes: list[int]) -> list[JobSpec]:
+    """As ``hq-submit --array``: one spec for the whole set, signed once, when its indexes
+    written as text (``1-500,507``) read back the same; else one spec per index."""
+    from hq import array_indexes
+
+    text = array_indexes.compact(indexes)
+    if len(text) <= array_indexes.MAX_TEXT and indexes == sorted(indexes):
+        return [msgspec.structs.replace(spec, array_indexes=text)]
+    return [msgspec.structs.replace(spec, array_index=i) for i in indexes]
+

@@ -50,3 +50,17 @@ def test_what_does_not_read_is_refused_with_its_reason(text, message):
 def test_the_signed_text_has_no_blanks_and_means_the_same():
     assert canonical(" 1-3 , 9 ") == "1-3,9"
     assert expand(canonical(" 1-3 , 9 ")) == expand(" 1-3 , 9 ")
+
+
+def test_the_python_api_signs_an_array_as_a_whole_when_its_text_reads_back_the_same():
+    from hq.api import _array_specs
+    from hq.jobspec import JobSpec
+
+    spec = JobSpec(command="sim", cwd="/tmp")
+    (whole,) = _array_specs(spec, [1, 2, 3, 7])
+    assert whole.array_indexes == "1-3,7" and whole.array_index is None
+    assert [e.array_index for e in whole.elements()] == [1, 2, 3, 7]
+    # an order the text cannot say: one spec per index, in that order
+    assert [s.array_index for s in _array_specs(spec, [3, 1, 2])] == [3, 1, 2]
+    scattered = list(range(0, 2000, 2))           # 1,000 items: too long to sign as text
+    assert len(_array_specs(spec, scattered)) == 1000
