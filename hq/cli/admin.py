@@ -178,17 +178,24 @@ def status(as_json: bool) -> None:
 
 
 def format_hosts(hosts: Sequence[HostInfo]) -> str:
-    """The ``lscluster`` table: host, state, active, free/total cores, jobs, load, reason."""
+    """The ``lscluster`` table: host, state, active, free/total cores, jobs, load, reason;
+    and IDLE, the exec-server idle timeout of etc/cluster.tab, when a host sets one."""
+    from hq.cli.jobview import format_duration
+
+    idle = any(host.idle_timeout_s is not None for host in hosts)
     rows = []
     for host in hosts:
         active = "drained" if host.drained else _yes(host.active)
         load = host.load1
-        rows.append((host.name, host.display or host.state, active,
-                     f"{host.free_cores}/{host.cores}",
-                     host.running_jobs, None if load is None else f"{load:.2f}",
-                     host.reason or ""))
-    return format_table(("HOST", "STATE", "ACTIVE", "FREE/CORES", "JOBS", "LOAD", "REASON"),
-                        rows, right={3, 4, 5})
+        row: tuple[object, ...] = (host.name, host.display or host.state, active,
+                                   f"{host.free_cores}/{host.cores}", host.running_jobs,
+                                   None if load is None else f"{load:.2f}")
+        if idle:
+            row += (format_duration(host.idle_timeout_s).replace(" ", ""),)
+        rows.append((*row, host.reason or ""))
+    header = ("HOST", "STATE", "ACTIVE", "FREE/CORES", "JOBS", "LOAD",
+              *(("IDLE",) if idle else ()), "REASON")
+    return format_table(header, rows, right={3, 4, 5})
 
 
 @cli.command()

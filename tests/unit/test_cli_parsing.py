@@ -395,6 +395,17 @@ def test_lscluster_table():
     assert lines[1].split() == ["node07", "up", "yes", "6/8", "2", "1.50"]
     assert lines[2].split() == ["node08", "unreachable", "drained", "8/8", "0", "-",
                                 "heartbeat", "lost"]
+    # a host with its own exec-server idle timeout (etc/cluster.tab): an IDLE column
+    text = format_hosts([
+        HostInfo(name="node07", state="up", active=True, drained=False, free_cores=6,
+                 running_jobs=2, load1=1.5, reason=None, idle_timeout_s=300, **common),
+        HostInfo(name="node08", state="up", active=True, drained=False, free_cores=8,
+                 running_jobs=0, load1=None, reason=None, **common)])
+    lines = text.splitlines()
+    assert lines[0].split() == ["HOST", "STATE", "ACTIVE", "FREE/CORES", "JOBS", "LOAD",
+                                "IDLE", "REASON"]
+    assert lines[1].split() == ["node07", "up", "yes", "6/8", "2", "1.50", "5m00s"]
+    assert lines[2].split() == ["node08", "up", "yes", "8/8", "0", "-", "-"]
 
 
 def test_start_failure_reason_is_the_last_line_without_the_program_prefix():
