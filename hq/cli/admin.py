@@ -178,8 +178,8 @@ def status(as_json: bool) -> None:
 
 
 def format_hosts(hosts: Sequence[HostInfo]) -> str:
-    """The ``lscluster`` table: host, state, active, free/total cores, jobs, load, reason;
-    and IDLE, the exec-server idle timeout of etc/cluster.tab, when a host sets one."""
+    """The ``lscluster`` table: host, state, active, free/total cores, jobs, load, IDLE (how
+    long an idle exec-server stays; an hq-server that does not say has no column), reason."""
     from hq.cli.jobview import format_duration
 
     idle = any(host.idle_timeout_s is not None for host in hosts)

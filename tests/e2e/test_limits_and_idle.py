@@ -91,6 +91,10 @@ def test_a_host_with_a_short_idle_timeout_lets_its_exec_server_go_first(cluster_
     shown = hq.hosts_view()
     assert shown[quick]["idle_timeout_s"] == 3.0
     assert shown[slow]["idle_timeout_s"] == 600.0   # [server] exec_server_idle_timeout
+    table = {line.split()[0]: line.split() for line in
+             hq.admin_cmd("lscluster").stdout.splitlines()}
+    idle = table["HOST"].index("IDLE")
+    assert (table[quick][idle], table[slow][idle]) == ("3s", "10m00s")
     work = hq.workdir(alice)
     on_quick = hq.submit_ids(alice, "-E", f"{slow},{third}", "true", cwd=work)
     on_slow = hq.submit_ids(alice, "-E", f"{quick},{third}", "true", cwd=work)
