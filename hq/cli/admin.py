@@ -35,6 +35,7 @@ from hq.protocol.messages import (
     SetClusterActive,
     SetHostActive,
     Shutdown,
+    UserInfo,
 )
 
 PROG = "hq-admin"
@@ -302,7 +303,7 @@ def deactivate(as_json: bool) -> None:
 @cli.command()
 @json_option
 def lsusers(as_json: bool) -> None:
-    """The users: roles, pending and running jobs, whether a user-server is up.
+    """The users: roles, pending and running jobs, whether a user-server is up, limits.
 
     Example: hq-admin lsusers
     """
@@ -311,9 +312,21 @@ def lsusers(as_json: bool) -> None:
         print_json(result)
         return
     rows = [(user.name, ",".join(user.roles) or "-", user.pending, user.running,
-             _yes(user.user_server), f"{user.usage_core_hours:.2f}") for user in result.users]
-    click.echo(format_table(("USER", "ROLES", "PENDING", "RUNNING", "USER-SERVER", "USAGE-CH"),
-                            rows, right={2, 3, 5}))
+             _yes(user.user_server), f"{user.usage_core_hours:.2f}", user_limits_text(user))
+            for user in result.users]
+    click.echo(format_table(("USER", "ROLES", "PENDING", "RUNNING", "USER-SERVER", "USAGE-CH",
+                             "LIMITS"), rows, right={2, 3, 5}))
+
+
+def user_limits_text(user: UserInfo) -> str:
+    """``max_running=10 max_cores=64 groups=physics``; ``-`` for a user with none of their
+    own (the defaults of hq-server.cfg apply)."""
+    words = [f"{key}={value}" for key, value in (("max_running", user.max_running),
+                                                 ("max_cores", user.max_cores))
+             if value is not None]
+    if user.groups:
+        words.append("groups=" + ",".join(user.groups))
+    return " ".join(words) or "-"
 
 
 @cli.command()

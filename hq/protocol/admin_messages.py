@@ -106,6 +106,11 @@ class UserInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     running: Count
     user_server: bool
     usage_core_hours: float = 0.0     # fair share's decayed past usage
+    # the user's own limits (etc/users, [limits]; None: the default's), and the Unix groups
+    # whose limits ([limits] group.NAME, @NAME lines) bind the user's jobs too
+    max_running: Count | None = None
+    max_cores: Count | None = None
+    groups: list[Word] = msgspec.field(default_factory=list)
 
 
 class ListUsersReply(Reply, tag="reply", kw_only=True):

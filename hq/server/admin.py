@@ -52,6 +52,7 @@ from hq.protocol.messages import (
     Watch,
 )
 from hq.server.core import Server, Session
+from hq.server.scheduler import UserLimits
 from hq.server.watch import watch
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,11 @@ def lsusers(server: Server, session: Session, request: ListUsers) -> ListUsersRe
         if user.retired:
             continue
         counts = server.cluster.counts_of(user.name)
+        limits = server.cluster.user_limits.get(user.name) or UserLimits()
         users.append(UserInfo(name=user.name, roles=sorted(str(r) for r in user.roles),
+                              max_running=limits.max_running, max_cores=limits.max_cores,
+                              groups=[g for g in limits.groups
+                                      if g in server.cluster.group_limits],
                               pending=counts.get("pending", 0) + counts.get("held", 0),
                               running=counts.get("running", 0) + counts.get("dispatched", 0),
                               user_server=user.name in server.links,

@@ -43,6 +43,11 @@ def test_a_group_limit_holds_across_two_users(cluster_hq):
                           + f"[limits]\ngroup.{TEAM_GROUP} = max_cores=2\n")
     reload = hq.admin_cmd("reload")
     assert reload.returncode == 0, reload.stderr
+    listed = {u["name"]: u for u in json.loads(hq.admin_cmd("lsusers", "--json").stdout)["users"]}
+    assert listed[alice.name]["groups"] == listed[bob.name]["groups"] == [TEAM_GROUP]
+    table = hq.admin_cmd("lsusers").stdout
+    assert any(line.split()[0] == alice.name and line.endswith(f"groups={TEAM_GROUP}")
+               for line in table.splitlines())
     ids = {user.name: hq.submit_ids(user, "--array", "1-2", "sleep 300", cwd=hq.workdir(user))
            for user in (alice, bob)}
     every = ids[alice.name] + ids[bob.name]

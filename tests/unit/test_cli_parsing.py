@@ -443,3 +443,17 @@ def test_every_program_says_its_version(program, no_installation):
     done = run(program, "--version", env=no_installation)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{program} (hq) {__version__}\n"
+
+
+def test_lsusers_limits_column():
+    from hq.cli.admin import user_limits_text
+    from hq.protocol.messages import UserInfo
+
+    def user(**limits: object) -> UserInfo:
+        return UserInfo(name="alice", roles=["user"], pending=0, running=0,
+                        user_server=False, **limits)  # type: ignore[arg-type]
+
+    assert user_limits_text(user()) == "-"
+    assert user_limits_text(user(max_running=10, groups=["physics"])) == \
+        "max_running=10 groups=physics"
+    assert user_limits_text(user(max_cores=64)) == "max_cores=64"
