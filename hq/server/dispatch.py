@@ -16,9 +16,8 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
 
-from hq.job import Job, Submission
+from hq.job import Job
 from hq.protocol.frames import printable
 from hq.protocol.messages import (
     Ack,
@@ -41,12 +40,11 @@ from hq.protocol.messages import (
 from hq.server.clock import Clock
 from hq.server.journal import Journal
 from hq.server.links import Links, UserLink
+from hq.server.queue_ahead import jobs_to_queue_ahead
 from hq.server.retries import attempt_row, retry_reason
 from hq.server.scheduler import (
     Placement,
     Policy,
-    group_limit_reached,
-    group_usage,
     other_cores,
     place_jobs,
 )
@@ -61,11 +59,6 @@ PERIODIC_ROUND_S = 5.0
 # Pending jobs a round looks at beyond the free cores, per queue: how far small jobs can pass
 # one that fits nowhere now.
 BACKFILL_DEPTH = 32
-# Queued ahead at an exec-server: about this many seconds of work per allotted core, judged by
-# the run times of the submission's jobs that ended; none while no job of it has ended.
-LOOKAHEAD_S = 1.0
-MAX_QUEUE_PER_CORE = 128
-MAX_QUEUED_PER_ROUND = 20_000   # a round's cost stays bounded; the next round goes on
 CANCELLED = "cancelled"
 WITHDRAWN = "withdrawn"   # hq.execd.runner.REASON_WITHDRAWN: a queued job given back unstarted
 TIME_LIMIT = "time limit"   # hq.execd.runner.REASON_TIME_LIMIT
@@ -77,15 +70,6 @@ def duration_text(seconds: int) -> str:
     minutes, secs = divmod(rest, 60)
     parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
     return "".join(parts) or "0s"
-
-
-def queue_depth(submission: Submission | None) -> int:
-    """How many of a submission's jobs may wait per allotted core at an exec-server: about
-    ``LOOKAHEAD_S`` of work, so that a long job is never stuck behind a busy host."""
-    mean = None if submission is None else submission.mean_run_time_s()
-    if mean is None:
-        return 0
-    return min(MAX_QUEUE_PER_CORE, int(LOOKAHEAD_S / max(mean, 1e-4) + 1e-6))
 
 
 def from_epoch(value: float | None) -> dt.datetime | None:
@@ -173,70 +157,12 @@ class Dispatcher:
 
     def _queue_ahead(self, usable: list[Host], blocked: dict[str, frozenset[str]],
                      batches: dict[tuple[str, str], list[Job]]) -> None:
-        """Hand short jobs to exec-servers ahead of a free core (DESIGN §7): each user's
-        exec-server that keeps a queue gets enough of that user's pending jobs to keep its
-        allotted cores busy for about ``LOOKAHEAD_S``; it starts the next one the moment a
-        core frees, with no message in between. Not for jobs that ask for memory, nor on
-        hosts with a job limit, nor for a user above a fair share while others wait."""
-        cluster = self.cluster
-        if not cluster.queue_pairs or not cluster.pending_queues:
-            return
-        by_name = {h.name: h for h in usable if h.max_jobs is None}
-        waiting = {key[0] for key in cluster.pending_queues if key[0] in self.links}
-        allotted = cluster.allotted_to()
-        share = sum(h.cores for h in by_name.values()) / max(1, len(waiting | set(allotted)))
-        limit = self.policy.max_running_per_user
-        running = cluster.running_per_user() if limit or cluster.user_limits else {}
-        # group -> [jobs, cores] its members hold, queued-ahead ones included as they go
-        group_held = {group: list(held) for group, held in
-                      group_usage(running, cluster.user_limits).items()}
-        # owner -> [pair, allotment, cores of its active jobs] of the exec-servers to fill
-        targets: dict[str, list[list[Any]]] = defaultdict(list)
-        for pair in cluster.queue_pairs:
-            owner, host_name = pair
-            allot = cluster.allotment(owner, host_name)
-            if allot <= 0 or owner not in waiting or host_name not in by_name \
-                    or host_name in blocked.get(owner, ()):
-                continue
-            if self.policy.fair_share and len(waiting) > 1 and allotted[owner] > share:
-                continue   # let its queue run dry: its cores go to the others' jobs
-            targets[owner].append([pair, allot, cluster.pair_cores.get(pair, 0)])
-        for owner, pairs in targets.items():
-            n_running, n_cores = running.get(owner, (0, 0))
-            own = cluster.user_limits.get(owner)
-            most = own.max_running if own is not None and own.max_running is not None else limit
-            cores_cap = None if own is None else own.max_cores
-            groups = own.groups if own is not None else ()
-            room = sum(allot * (1 + MAX_QUEUE_PER_CORE) - have for _p, allot, have in pairs)
-            for job in cluster.pending_of(owner, max(0, min(room, MAX_QUEUED_PER_ROUND))):
-                depth = queue_depth(cluster.submissions.get(job.submission_id))
-                spec = job.spec
-                if depth == 0 or spec.memory_mb or spec.gpus or (most and n_running >= most) \
-                        or (cores_cap is not None and n_cores + spec.cores > cores_cap) \
-                        or group_limit_reached(groups, cluster.group_limits, group_held,
-                                               spec.cores):
-                    break   # in order: no job passes the one that cannot be queued
-                # the exec-server with the most room for it, relative to its allotment: a
-                # user's queue is spread over the hosts it runs on, not piled on the first
-                best, best_room = None, 0.0
-                excluded = cluster.pending_view(job).excluded_hosts   # constraints included
-                for entry in pairs:
-                    (_owner, host_name), allot, have = entry
-                    free = allot * (1 + depth) - have - spec.cores
-                    if spec.cores <= allot and free >= 0 and host_name not in \
-                            excluded and (best is None or free / allot > best_room):
-                        best, best_room = entry, free / allot
-                if best is None:
-                    break
-                self._dispatch(job, best[0][1])
-                batches[best[0]].append(job)
-                best[2] += spec.cores
-                n_running += 1
-                n_cores += spec.cores
-                for group in groups:
-                    held = group_held.setdefault(group, [0, 0])
-                    held[0] += 1
-                    held[1] += spec.cores
+        """Hand short jobs to exec-servers ahead of a free core (``hq.server.queue_ahead``)."""
+        waiting = {key[0] for key in self.cluster.pending_queues if key[0] in self.links}
+        for job, pair in jobs_to_queue_ahead(self.cluster, self.policy, usable, blocked,
+                                             waiting):
+            self._dispatch(job, pair[1])
+            batches[pair].append(job)
 
     def _send_runs(self, batches: dict[tuple[str, str], list[Job]]) -> None:
         for (owner, host_name), jobs in batches.items():
