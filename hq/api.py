@@ -169,12 +169,12 @@ class Client:
 
 
 def _array_specs(spec: JobSpec, indexes: list[int]) -> list[JobSpec]:
-    """As ``hq-submit --array``: one spec for the whole set, signed once, when its indexes
-    written as text (``1-500,507``) read back the same; else one spec per index."""
-    from hq import array_indexes
+    """As ``hq-submit --array``: the indexes as text (``1-500,507``) when it reads back in
+    the same order; else one spec per index, in the order given."""
+    from hq.array_indexes import compact
+    from hq.jobspec import array_of
 
-    text = array_indexes.compact(indexes)
-    if len(text) <= array_indexes.MAX_TEXT and indexes == sorted(indexes):
-        return [msgspec.structs.replace(spec, array_indexes=text)]
+    if indexes == sorted(indexes):
+        return array_of(spec, compact(indexes))
     return [msgspec.structs.replace(spec, array_index=i) for i in indexes]
 

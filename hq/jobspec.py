@@ -125,14 +125,15 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         if self.array_index is not None and self.array_index < 0:
             raise InvalidSpec(f"array_index must not be negative, not {self.array_index}")
         if self.array_indexes is not None:
+            # submitted, it is a whole array; its elements (with an index) come only from
+            # hq-server, and what they may be is the user-server's check (as_signed)
+            if self.array_index is not None:
+                raise InvalidSpec("a spec with array_indexes is a whole array, without an "
+                                  "array_index of its own")
             try:
                 array_indexes.ranges(self.array_indexes)
             except array_indexes.BadIndexSet as err:
                 raise InvalidSpec(f"--array {self.array_indexes}: {err}") from None
-            if self.array_index is not None \
-                    and not array_indexes.contains(self.array_indexes, self.array_index):
-                raise InvalidSpec(f"array index {self.array_index} is not in the array's "
-                                  f"index set {self.array_indexes}")
         for option, path in (("-o/--stdout", self.stdout), ("-O/--stderr", self.stderr),
                              ("-l/--logfile", self.log_path)):
             if path is not None and (not path or "\0" in path):
@@ -166,6 +167,15 @@ def submission_digest(environment: dict[str, str], umask: int) -> str:
     text = json.dumps({"environment": environment, "umask": umask}, sort_keys=True,
                       separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def array_of(spec: JobSpec, index_set: str) -> list[JobSpec]:
+    """What to submit to run ``spec`` once per index of ``index_set`` (``hq.array_indexes``
+    text): one spec for the whole set, signed once, when the text fits its field; else one
+    spec per index."""
+    if len(index_set) <= array_indexes.MAX_TEXT:
+        return [msgspec.structs.replace(spec, array_indexes=index_set)]
+    return [msgspec.structs.replace(spec, array_index=i) for i in array_indexes.expand(index_set)]
 
 
 def as_signed(spec: JobSpec) -> JobSpec | None:

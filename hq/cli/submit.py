@@ -271,10 +271,8 @@ def array_specs(specs: list[JobSpec], text: str, cap: int | None, jobs_file: str
                 ) -> tuple[list[JobSpec], int | None]:
     """``--array``: COMMAND's spec for the whole index set, signed once (a set too long to
     sign as text: one spec per index); the cap of %CAP or --array-cap."""
-    import msgspec
-
-    from hq import array_indexes
     from hq.cli.workflow_options import parse_array
+    from hq.jobspec import array_of
 
     if jobs_file is not None:
         raise UsageError("--array and -f cannot be combined: a jobs file is an array "
@@ -282,12 +280,7 @@ def array_specs(specs: list[JobSpec], text: str, cap: int | None, jobs_file: str
     index_set, spec_cap = parse_array(text)
     if spec_cap is not None and cap is not None and spec_cap != cap:
         raise UsageError(f"--array {text} and --array-cap {cap} name two caps: give one")
-    spec = specs[0]
-    replace = msgspec.structs.replace
-    if len(index_set) <= array_indexes.MAX_TEXT:
-        return [replace(spec, array_indexes=index_set)], cap or spec_cap
-    return ([replace(spec, array_index=i) for i in array_indexes.expand(index_set)],
-            cap or spec_cap)
+    return array_of(specs[0], index_set), cap or spec_cap
 
 
 def submit_and_report(request: Submit, *, wait: bool, parsable: bool, as_json: bool) -> int:

@@ -146,13 +146,11 @@ def submit_part(server: Server, session: Session, request: SubmitPart) -> PartRe
 
 def _array_of(specs: list[JobSpec]) -> JobSpec | None:
     """The spec of an array signed as a whole when ``specs`` is one (it comes alone)."""
-    wholes = [spec for spec in specs if spec.array_indexes is not None]
-    if not wholes:
-        return None
-    if len(specs) > 1 or wholes[0].array_index is not None:
-        raise UsageError("a spec with array_indexes is a whole array: it comes alone, "
-                         "without an array_index")
-    return wholes[0]
+    if len(specs) == 1:
+        return specs[0] if specs[0].array_indexes is not None else None
+    if any(spec.array_indexes is not None for spec in specs):
+        raise UsageError("a spec with array_indexes is a whole array: it comes alone")
+    return None
 
 
 async def submit(server: Server, session: Session, request: Submit) -> SubmitReply:
@@ -161,9 +159,6 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
     array = _array_of(specs)
     if array is not None and request.parts:
         raise UsageError("a whole array is not streamed in parts: it is one spec")
-    if array is not None:
-        check_fits(server, specs)   # what its elements share, once
-        specs = array.elements()
     if request.parts:
         if request.submission_id is None:
             raise UsageError("a streamed submission needs its reserved submission id")
@@ -171,9 +166,11 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
         received = cluster.submission_parts.get(request.submission_id, [])
         check_fits(server, specs, first=len(received) + 1)
         specs = received + specs
-    check_quotas(server, session.user.name, len(specs))
-    if not request.parts and array is None:
-        check_fits(server, specs)
+    check_quotas(server, session.user.name, request.job_count() if array else len(specs))
+    if not request.parts:
+        check_fits(server, specs)   # a whole array: its one spec, which its elements share
+    if array is not None:
+        specs = array.elements()
     if (request.notify or request.mail_user) and not request.notify_signature:
         raise UsageError("--notify and --mail-user need a user-server that signs them: "
                          "restart yours (hq-client status starts a new one)")
