@@ -23,11 +23,9 @@ def job_info(server: Server, job: Job, dependencies: Sequence[DependencyInfo] = 
     """Everything about ``job`` that its owner may see; the one place that builds it.
     What it waits for and its earlier runs are read for ``show`` only."""
     spec = job.spec
-    reason = job.reason
-    if job.state is JobState.PENDING and reason is None:
-        reason = why_pending(server, job)
     return JobInfo(
-        id=job.id, name=spec.name, owner=job.owner, state=job.state, state_reason=reason,
+        id=job.id, name=spec.name, owner=job.owner, state=job.state,
+        state_reason=shown_reason(server, job),
         host=job.host, cores=spec.cores, memory_mb=spec.memory_mb, priority=spec.priority,
         group=spec.group, info_text=spec.info_text, submission_id=job.submission_id,
         array_index=spec.array_index, command=spec.command, shell=spec.shell, cwd=spec.cwd,
@@ -51,11 +49,7 @@ def array_line(server: Server, members: Sequence[Job]) -> ArrayLine:
     hosts = sorted({job.host for job in members if job.host and job.state.active})
     waiting = next((job for job in members if job.state in (JobState.PENDING, JobState.HELD)),
                    None)
-    reason = None
-    if waiting is not None:
-        reason = waiting.reason
-        if waiting.state is JobState.PENDING and reason is None:
-            reason = why_pending(server, waiting)
+    reason = None if waiting is None else shown_reason(server, waiting)
     indexes = compact(job.spec.array_index for job in members
                       if job.spec.array_index is not None)
     if len(indexes) > 4096:   # a scattered selection: its span is enough for a line
@@ -66,6 +60,14 @@ def array_line(server: Server, members: Sequence[Job]) -> ArrayLine:
                      hosts=hosts[:4], more_hosts=len(hosts) > 4,
                      submitted_at=_epoch(first.submitted_at), reason=reason,
                      command=first.spec.command[:4096])
+
+
+def shown_reason(server: Server, job: Job) -> str | None:
+    """The reason its owner is shown: the recorded one, or for a pending job without one,
+    why it waits now."""
+    if job.state is JobState.PENDING and job.reason is None:
+        return why_pending(server, job)
+    return job.reason
 
 
 def wait_state(job: Job) -> JobWaitState:
