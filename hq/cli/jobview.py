@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from hq.array_indexes import compact
 from hq.cli.common import format_table, format_time
 from hq.protocol.messages import ArrayLine, JobInfo, StatusReply
 from hq.states import JobState
@@ -47,33 +48,25 @@ def format_job_table(jobs: Sequence[JobInfo], *, expand: bool = False,
                      arrays: Sequence[ArrayLine] = ()) -> str:
     """One line per job: id, state, name, cores, host, submitted, reason, command; an
     array's jobs folded into one line with counts per state unless ``expand`` (``arrays``:
-    lines hq-server folded already, placed at their first element's id)."""
-    rows: list[tuple[object, ...]] = []
-    lines = sorted(arrays, key=lambda line: line.first)
-    at = 0
+    lines hq-server folded already). Lines are in id order, an array at its first job's."""
     groups: dict[int, list[JobInfo]] = {}
     for job in jobs:
         if not expand and job.array_id is not None:
             groups.setdefault(job.array_id, []).append(job)
-    folded: set[int] = set()
-    for job in jobs:
-        while at < len(lines) and lines[at].first < job.id:
-            rows.append(_folded_row(lines[at]))
-            at += 1
-        members = groups.get(job.array_id) if job.array_id is not None else None
-        if members is not None and len(members) > 1:
-            if job.array_id not in folded:
-                folded.add(job.array_id)  # type: ignore[arg-type]
-                rows.append(_array_row(members))
-            continue
-        ident = f"{job.id}" if job.array_id is None else f"{job.id} ({job.array_id}_" \
-            f"{job.array_index})"
-        rows.append((ident, job.state, job.name or "", job.cores, job.host or "",
-                     format_time(job.submitted_at), job_reason(job),
-                     _short(job.command, COMMAND_WIDTH)))
-    rows += [_folded_row(line) for line in lines[at:]]
+    folded = {array for array, members in groups.items() if len(members) > 1}
+    lines = [*arrays, *(array_line(groups[array]) for array in folded)]
+    entries = [(line.first, _folded_row(line)) for line in lines]
+    entries += [(job.id, _job_row(job)) for job in jobs if job.array_id not in folded]
+    entries.sort(key=lambda entry: entry[0])
     return format_table(("ID", "STATE", "NAME", "CORES", "HOST", "SUBMITTED", "REASON",
-                         "COMMAND"), rows, right={3})
+                         "COMMAND"), [row for _id, row in entries], right={3})
+
+
+def _job_row(job: JobInfo) -> tuple[object, ...]:
+    ident = f"{job.id}" if job.array_id is None else f"{job.id} ({job.array_id}_" \
+        f"{job.array_index})"
+    return (ident, job.state, job.name or "", job.cores, job.host or "",
+            format_time(job.submitted_at), job_reason(job), _short(job.command, COMMAND_WIDTH))
 
 
 def _folded_row(line: ArrayLine) -> tuple[object, ...]:
@@ -85,20 +78,21 @@ def _folded_row(line: ArrayLine) -> tuple[object, ...]:
                                                                      COMMAND_WIDTH))
 
 
-def _array_row(members: Sequence[JobInfo]) -> tuple[object, ...]:
+def array_line(members: Sequence[JobInfo]) -> ArrayLine:
+    """The line of an array's jobs (in id order) that came one by one, as hq-server folds
+    one (``hq.server.views.array_line``): why its first waiting job waits."""
     from collections import Counter
 
-    from hq.cli.jobids import format_ids
-
     first = members[0]
-    indexes = format_ids(m.array_index for m in members if m.array_index is not None)
-    states = Counter(str(m.state) for m in members)
     hosts = sorted({m.host for m in members if m.host and m.state in ("dispatched", "running")})
-    reasons = Counter(job_reason(m) for m in members if m.state in ("pending", "held"))
-    reason = reasons.most_common(1)[0][0] if reasons else ""
-    return (f"{first.array_id}_[{indexes}]", counts_text(states), first.name or "",
-            first.cores, ",".join(hosts[:3]) + ("..." if len(hosts) > 3 else ""),
-            format_time(first.submitted_at), reason, _short(first.command, COMMAND_WIDTH))
+    waiting = next((m for m in members if m.state in ("pending", "held")), None)
+    return ArrayLine(id=first.array_id or first.id, first=first.id,
+                     indexes=compact(m.array_index for m in members if m.array_index is not None),
+                     counts=dict(Counter(m.state for m in members)), name=first.name,
+                     cores=first.cores, hosts=hosts[:4], more_hosts=len(hosts) > 4,
+                     submitted_at=first.submitted_at,
+                     reason=None if waiting is None else job_reason(waiting),
+                     command=first.command)
 
 
 def format_duration(seconds: float | None) -> str:
