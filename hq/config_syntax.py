@@ -272,3 +272,11 @@ def duration_s(text: str) -> float:
     scale = _UNIT_S.get(word[-1:])
     number = word[:-1] if scale is not None else word
     return positive_number(number) * (scale or 1.0)
+
+
+def duration_text(seconds: float) -> str:
+    """``2h``, ``1h30m``, ``90s``: a duration as people write it (whole seconds)."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return "".join(parts) or "0s"

@@ -181,7 +181,7 @@ def status(as_json: bool) -> None:
 def format_hosts(hosts: Sequence[HostInfo]) -> str:
     """The ``lscluster`` table: host, state, active, free/total cores, jobs, load, IDLE (how
     long an idle exec-server stays; an hq-server that does not say has no column), reason."""
-    from hq.cli.jobview import format_duration
+    from hq.config_syntax import duration_text
 
     idle = any(host.idle_timeout_s is not None for host in hosts)
     rows = []
@@ -192,7 +192,7 @@ def format_hosts(hosts: Sequence[HostInfo]) -> str:
                                    f"{host.free_cores}/{host.cores}", host.running_jobs,
                                    None if load is None else f"{load:.2f}")
         if idle:
-            row += (format_duration(host.idle_timeout_s).replace(" ", ""),)
+            row += ("-" if host.idle_timeout_s is None else duration_text(host.idle_timeout_s),)
         rows.append((*row, host.reason or ""))
     header = ("HOST", "STATE", "ACTIVE", "FREE/CORES", "JOBS", "LOAD",
               *(("IDLE",) if idle else ()), "REASON")

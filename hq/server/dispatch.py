@@ -17,6 +17,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 
+from hq.config_syntax import duration_text
 from hq.job import Job
 from hq.protocol.frames import printable
 from hq.protocol.messages import (
@@ -62,14 +63,6 @@ BACKFILL_DEPTH = 32
 CANCELLED = "cancelled"
 WITHDRAWN = "withdrawn"   # hq.execd.runner.REASON_WITHDRAWN: a queued job given back unstarted
 TIME_LIMIT = "time limit"   # hq.execd.runner.REASON_TIME_LIMIT
-
-
-def duration_text(seconds: int) -> str:
-    """``2h``, ``1h30m``, ``90s``: a time limit as people write it."""
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
-    return "".join(parts) or "0s"
 
 
 def from_epoch(value: float | None) -> dt.datetime | None:

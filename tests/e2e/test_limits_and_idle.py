@@ -99,7 +99,7 @@ def test_a_host_with_a_short_idle_timeout_lets_its_exec_server_go_first(cluster_
     table = {line.split()[0]: line.split() for line in
              hq.admin_cmd("lscluster").stdout.splitlines()}
     idle = table["HOST"].index("IDLE")
-    assert (table[quick][idle], table[slow][idle]) == ("3s", "10m00s")
+    assert (table[quick][idle], table[slow][idle]) == ("3s", "10m")
     work = hq.workdir(alice)
     on_quick = hq.submit_ids(alice, "-E", f"{slow},{third}", "true", cwd=work)
     on_slow = hq.submit_ids(alice, "-E", f"{quick},{third}", "true", cwd=work)

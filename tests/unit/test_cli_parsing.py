@@ -404,7 +404,7 @@ def test_lscluster_table():
     lines = text.splitlines()
     assert lines[0].split() == ["HOST", "STATE", "ACTIVE", "FREE/CORES", "JOBS", "LOAD",
                                 "IDLE", "REASON"]
-    assert lines[1].split() == ["node07", "up", "yes", "6/8", "2", "1.50", "5m00s"]
+    assert lines[1].split() == ["node07", "up", "yes", "6/8", "2", "1.50", "5m"]
     assert lines[2].split() == ["node08", "up", "yes", "8/8", "0", "-", "-"]
 
 
