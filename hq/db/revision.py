@@ -15,15 +15,10 @@ HEAD = "0004"   # the newest migration in hq/db/migrations/versions
 
 def stored_revision(engine: sa.Engine) -> str | None:
     """The revision alembic recorded in the database; None where there is none."""
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-    except sa.exc.ProgrammingError:
-        return None   # (MariaDB) no such table
-    except sa.exc.OperationalError as err:
-        if "no such table" in str(err):   # (SQLite)
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
             return None
-        raise
+        rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
     return rows[0][0] if len(rows) == 1 else None
 
 
