@@ -92,6 +92,12 @@ def insert_submission(conn: sa.Connection, submission: Submission, owner_id: int
         "notify": submission.notify, "mail_user": submission.mail_user,
         "mail_type": submission.mail_type, "notify_signature": submission.notify_signature,
         "kill_on_invalid_dep": submission.kill_on_invalid_dep}])
+    insert_jobs(conn, new_jobs)
+
+
+def insert_jobs(conn: sa.Connection, new_jobs: Sequence[Job]) -> None:
+    """Insert jobs of a stored submission (a submit's, or the next elements of an array
+    being laid out) in the caller's transaction."""
     rows = [job_row(job) for job in new_jobs]
     if rows:
         columns = tuple(rows[0])
@@ -147,7 +153,10 @@ def unnotified_submissions(conn: sa.Connection) -> list[tuple[Submission, dict[s
              .where(submissions.c.notified_at.is_(None),
                     sa.or_(submissions.c.notify.is_not(None),
                            submissions.c.mail_user.is_not(None)),
-                    ~sa.exists(open_jobs)))
+                    ~sa.exists(open_jobs),
+                    # an array being laid out has not ended, however its stored jobs did
+                    sa.or_(submissions.c.array_indexes.is_(None),
+                           _stored_jobs() >= submissions.c.job_count)))
     found = []
     for r in conn.execute(query):
         sub = Submission(id=r.id, owner=r.owner, environment={}, umask=r.umask,
@@ -208,20 +217,36 @@ def load_unfinished(conn: sa.Connection) -> tuple[list[Submission], list[Job]]:
     subs: list[Submission] = []
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start:start + 1000]
-        subs.extend(Submission(id=r.id, owner=r.owner, environment=r.environment,
-                               umask=r.umask, submitted_at=r.submitted_at,
-                               submit_host=r.submit_host, job_count=r.job_count,
-                               first_job_id=r.first_job_id, cap=r.array_cap,
-                               array_indexes=r.array_indexes,
-                               notify=r.notify, mail_user=r.mail_user,
-                               mail_type=r.mail_type,
-                               notify_signature=r.notify_signature,
-                               kill_on_invalid_dep=r.kill_on_invalid_dep)
-                    for r in conn.execute(
+        subs.extend(_submission(r) for r in conn.execute(
                         sa.select(submissions, users.c.name.label("owner"))
                         .join(users, users.c.id == submissions.c.owner_id)
                         .where(submissions.c.id.in_(chunk))))
     return subs, found
+
+
+def _stored_jobs() -> sa.ScalarSelect[Any]:
+    return (sa.select(sa.func.count()).select_from(jobs)
+            .where(jobs.c.submission_id == submissions.c.id).scalar_subquery())
+
+
+def unlaid_arrays(conn: sa.Connection) -> list[tuple[Submission, int, int]]:
+    """The arrays accepted whose elements are not all stored (hq.server.layout), with their
+    owner's id and how many of their elements are stored."""
+    stored = _stored_jobs()
+    query = (sa.select(submissions, users.c.name.label("owner"), stored.label("stored"))
+             .join(users, users.c.id == submissions.c.owner_id)
+             .where(submissions.c.array_indexes.is_not(None),
+                    stored < submissions.c.job_count))
+    return [(_submission(r), r.owner_id, r.stored) for r in conn.execute(query)]
+
+
+def _submission(r: sa.Row[Any]) -> Submission:
+    return Submission(id=r.id, owner=r.owner, environment=r.environment, umask=r.umask,
+                      submitted_at=r.submitted_at, submit_host=r.submit_host,
+                      job_count=r.job_count, first_job_id=r.first_job_id, cap=r.array_cap,
+                      array_indexes=r.array_indexes, notify=r.notify, mail_user=r.mail_user,
+                      mail_type=r.mail_type, notify_signature=r.notify_signature,
+                      kill_on_invalid_dep=r.kill_on_invalid_dep)
 
 
 def find_job(conn: sa.Connection, job_id: int) -> Job | None:
@@ -266,8 +291,11 @@ def job_counts(conn: sa.Connection) -> dict[tuple[str, JobState], int]:
 
 
 def max_ids(conn: sa.Connection) -> tuple[int, int]:
-    """The largest job and submission ids used so far (0 when none)."""
-    job_max = conn.execute(sa.select(sa.func.max(jobs.c.id))).scalar() or 0
+    """The largest job and submission ids used so far (0 when none): an array being laid
+    out has its ids taken before its rows exist."""
+    job_max = max(conn.execute(sa.select(sa.func.max(jobs.c.id))).scalar() or 0,
+                  conn.execute(sa.select(sa.func.max(
+                      submissions.c.first_job_id + submissions.c.job_count - 1))).scalar() or 0)
     sub_max = conn.execute(sa.select(sa.func.max(submissions.c.id))).scalar() or 0
     return int(job_max), int(sub_max)
 

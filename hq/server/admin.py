@@ -199,6 +199,7 @@ async def host_events(server: Server, session: Session, request: HostEvents
 async def admin_cancel(server: Server, session: Session, request: AdminCancel
                        ) -> AdminCancelReply:
     """Cancel any user's jobs; the owner sees who and why. Finished ones are only named."""
+    await server.layouts.settled(None)   # every job named is stored
     by = f"admin {session.user.name}: {request.reason}"
     found: dict[int, Job] = {}
     for job_id in dict.fromkeys(request.ids):

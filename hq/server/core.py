@@ -1,11 +1,12 @@
 """hq-server's core: its parts, each built once with exactly what it needs.
 
 ``Server`` holds the live state (``Cluster``), the one recording path (``Journal`` over the
-database ``Store``), the user-server ``Links``, the ``Dispatcher`` (rounds and reports) and
-``Health`` (silence and leases), all on one ``Clock``. The socket (``hq.server.listener``) and
-the request handlers (``hq.server.requests``, ``hq.server.admin``) use these; none of them
-reaches back into ``Server``. Tests build a ``Server`` on a scratch database with a clock they
-step, and drive it through the same handlers the socket does.
+database ``Store``), the user-server ``Links``, the ``Dispatcher`` (rounds and reports),
+``Health`` (silence and leases) and the ``Layouts`` of big arrays, all on one ``Clock``. The
+socket (``hq.server.listener``) and the request handlers (``hq.server.requests``,
+``hq.server.admin``) use these; none of them reaches back into ``Server``. Tests build a
+``Server`` on a scratch database with a clock they step, and drive it through the same
+handlers the socket does.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hq.server.clock import Clock
 from hq.server.dispatch import Dispatcher
 from hq.server.health import Health
 from hq.server.journal import Journal
+from hq.server.layout import Layouts
 from hq.server.links import Links
 from hq.server.notifications import Notifier
 from hq.server.scheduler import GroupLimits, Policy, UserLimits
@@ -51,6 +53,7 @@ class Server:
     journal: Journal = field(init=False)
     links: Links = field(init=False)
     dispatcher: Dispatcher = field(init=False)
+    layouts: Layouts = field(init=False)
     health: Health = field(init=False)
     notifier: Notifier = field(init=False)
     started_at: dt.datetime = field(init=False)
@@ -68,6 +71,7 @@ class Server:
         self.links = Links()
         self.dispatcher = Dispatcher(self.cluster, self.journal, self.links, self.policy,
                                      self.clock)
+        self.layouts = Layouts(self.cluster, self.journal, self.dispatcher.wake)
         self.health = Health(self.cluster, self.journal, self.links, self.dispatcher,
                              self.config, self.clock)
         self.notifier = Notifier(self.journal, self.store, self.links, self.clock,

@@ -33,7 +33,13 @@ from hq.db.daemons import (
 from hq.db.dependencies import insert_dependencies, rewire_dependencies
 from hq.db.events import Event, record_events
 from hq.db.hosts import update_host
-from hq.db.jobs import insert_attempts, insert_submission, set_array_cap, update_jobs
+from hq.db.jobs import (
+    insert_attempts,
+    insert_jobs,
+    insert_submission,
+    set_array_cap,
+    update_jobs,
+)
 from hq.db.settings import CLUSTER_ACTIVE, set_setting
 from hq.db.users import save_usage
 from hq.job import Job, Submission
@@ -230,10 +236,12 @@ class Journal:
         """Record a new submission, its jobs, what they wait for (job, on, kind) and the
         jobs that now wait for them instead (job, old, new), in one transaction; refused at
         once when the database is down."""
-        span = f"{jobs[0].id}" if len(jobs) == 1 else f"{jobs[0].id}-{jobs[-1].id}"
+        # a big array's jobs are stored in part here, the rest laid out after
+        count = max(sub.job_count, len(jobs))
+        span = f"{jobs[0].id}" if count == 1 else f"{jobs[0].id}-{jobs[0].id + count - 1}"
         event = Event(at=sub.submitted_at or self.clock.now(), kind=EventKind.JOB,
                       job_id=jobs[0].id, user_name=sub.owner, new_state=str(jobs[0].state),
-                      message=f"submission {sub.id}: {len(jobs)} job(s) {span} by {sub.owner} "
+                      message=f"submission {sub.id}: {count} job(s) {span} by {sub.owner} "
                               f"from {sub.submit_host}")
 
         def work(conn: sa.Connection) -> None:
@@ -244,6 +252,15 @@ class Journal:
 
         await self.store.write(work, what=f"submission {sub.id} of {sub.owner}",
                                refuse_when_down=True)
+        self.changes.bump()
+
+    async def elements(self, sub: Submission, jobs: Sequence[Job]) -> None:
+        """Record the next elements of an array being laid out (``hq.server.layout``), in
+        one transaction; kept retrying while the database is down, as state changes are:
+        the array was accepted."""
+        await self.store.write(lambda conn: insert_jobs(conn, jobs),
+                               what=f"elements {jobs[0].id}-{jobs[-1].id} of array "
+                                    f"{sub.first_job_id}")
         self.changes.bump()
 
     def array_cap(self, sub: Submission) -> None:

@@ -69,6 +69,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
                                                       __version__)
     settle_dependencies(cluster, server.journal)
     with engine.connect() as conn:
+        server.layouts.resume(conn)
         server.notifier.load(conn)
     listener = Listener(server)
     await listener.start(config.socket_path)
@@ -102,6 +103,7 @@ async def serve(inst: Installation, ready: Ready | None) -> None:
     scheduler.cancel()
     health.cancel()
     monitor.cancel()
+    server.layouts.stop()
     with contextlib.suppress(asyncio.CancelledError):
         await monitor
     await listener.close()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import fnmatch
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -120,6 +121,7 @@ async def jobs(server: Server, session: Session, request: Jobs) -> JobsReply:
     if request.fold and request.ids is None and wanted is not None \
             and not wanted & FINISHED_JOB_STATES:
         return _folded(server, me, matches, limit, before, first_page=request.before is None)
+    await server.layouts.settled(me)   # a listing of every job: all of them stored
     found: dict[int, Job] = {}
     if request.ids is not None:
         for job_id in request.ids:
@@ -168,11 +170,17 @@ def _folded(server: Server, me: str, matches: Callable[[Job], bool], limit: int,
         elif job.id < before:
             singles.append(job)
     arrays = []
-    for members in elements.values():
+    # the elements not stored yet match as the first of them would
+    tails = {array_id: tail for array_id, tail in server.layouts.tails_of(me).items()
+             if matches(tail.elements(tail.laid_out, tail.laid_out + 1)[0])}
+    for array_id in tails:
+        elements.setdefault(array_id, [])
+    for array_id, members in elements.items():
         members.reverse()   # in id order
-        if len(members) > 1:
+        tail = tails.get(array_id)
+        if len(members) > 1 or tail is not None:
             if first_page:
-                arrays.append(array_line(server, members))
+                arrays.append(array_line(server, members, tail))
         elif members[0].id < before:
             singles.append(members[0])
     singles.sort(key=lambda job: job.id, reverse=True)
@@ -292,8 +300,19 @@ async def wait(server: Server, session: Session, request: Wait) -> WaitReply:
         open_ids = open_ids[done:]
 
 
+def _after_layout(handler: Handler) -> Handler:
+    """``handler``, once the caller's arrays are all stored (``hq.server.layout``): its
+    request names jobs one by one, and each must be found."""
+    async def after_layout(server: Server, session: Session, request: Any) -> Any:
+        await server.layouts.settled(session.user.name)
+        result = handler(server, session, request)
+        return await result if inspect.isawaitable(result) else result
+    return after_layout
+
+
 USER_REQUESTS: dict[type, Handler] = {
     Ping: ping, ReserveSubmission: reserve, Submit: submit, SubmitPart: submit_part,
-    Status: status, Jobs: jobs, Show: show, Cancel: cancel, Hold: hold, Release: release,
-    Wait: wait, UpdateArray: update_array, JobSpecs: job_specs, Watch: watch,
+    Status: status, Jobs: jobs, Show: _after_layout(show), Cancel: _after_layout(cancel),
+    Hold: _after_layout(hold), Release: _after_layout(release), Wait: _after_layout(wait),
+    UpdateArray: update_array, JobSpecs: _after_layout(job_specs), Watch: watch,
 }

@@ -3,7 +3,8 @@
 The request arrives decoded and checked (``hq.protocol.messages``); here it is checked against
 what this cluster and the caller's quotas allow, its dependencies are resolved, and it is
 stored all or nothing, in one transaction, before it is acknowledged. An array signed as a
-whole (one spec with ``array_indexes``) is laid out into its elements here.
+whole (one spec with ``array_indexes``) is laid out into its elements here; a big one only
+its first elements, the rest after the answer (``hq.server.layout``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 
 import msgspec
 
+from hq import array_indexes
 from hq.constraints import missing
 from hq.constraints import parse as parse_constraint
 from hq.errors import Busy, UsageError
@@ -27,6 +29,7 @@ from hq.protocol.messages import (
     SubmitReply,
 )
 from hq.server.core import Server, Session
+from hq.server.layout import LAID_OUT_AT_SUBMIT, Layout
 from hq.server.memory import release_free_memory
 from hq.server.workflows import never_met, resolve_dependencies, resubmitted, unmet
 from hq.states import JobState
@@ -155,6 +158,9 @@ def _array_of(specs: list[JobSpec]) -> JobSpec | None:
 
 async def submit(server: Server, session: Session, request: Submit) -> SubmitReply:
     cluster, owner = server.cluster, session.user
+    if request.dependencies or request.resubmit_of is not None:
+        # the jobs they name are all stored (and so are the ones a resubmit replaces)
+        await server.layouts.settled(owner.name)
     specs = request.jobs
     array = _array_of(specs)
     if array is not None and request.parts:
@@ -169,8 +175,13 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
     check_quotas(server, session.user.name, request.job_count() if array else len(specs))
     if not request.parts:
         check_fits(server, specs)   # a whole array: its one spec, which its elements share
+    indexes: list[int] = []
     if array is not None:
-        specs = array.elements()
+        indexes = array_indexes.expand(array.array_indexes or "")
+        # a big array is accepted with its first elements, the rest laid out after the
+        # answer (hq.server.layout); one with dependencies is laid out whole, as they are
+        big = len(indexes) > LAID_OUT_AT_SUBMIT and not request.dependencies
+        specs = array.elements(LAID_OUT_AT_SUBMIT if big else None)
     if (request.notify or request.mail_user) and not request.notify_signature:
         raise UsageError("--notify and --mail-user need a user-server that signs them: "
                          "restart yours (hq-client status starts a new one)")
@@ -188,11 +199,12 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
         sub_id = request.submission_id
         del cluster.reservations[sub_id]
         cluster.submission_parts.pop(sub_id, None)
+    count = len(indexes) if array is not None else len(specs)
     first = cluster.next_job_id
-    cluster.next_job_id += len(specs)
+    cluster.next_job_id += count
     sub = Submission(id=sub_id, owner=owner.name, environment=request.environment,
                      umask=request.umask, submitted_at=now,
-                     submit_host=request.submit_host or "unknown", job_count=len(specs),
+                     submit_host=request.submit_host or "unknown", job_count=count,
                      first_job_id=first, cap=request.array_cap,
                      array_indexes=None if array is None else array.array_indexes,
                      kill_on_invalid_dep=request.kill_on_invalid_dep, notify=request.notify,
@@ -220,6 +232,9 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
             cluster.deps.add(job.id, link.on, link.kind)
     for job in new:
         cluster.add_job(job)
+    if array is not None and len(new) < count:
+        server.layouts.start(Layout(sub=sub, owner_id=owner.id, template=array,
+                                    indexes=indexes, laid_out=len(new), state=state))
     for job, old in zip(new, replaced or (), strict=False):
         for dependant in cluster.deps.rewire(old, job.id):
             waiting = cluster.jobs.get(dependant)
@@ -228,9 +243,9 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
     server.journal.doomed([(job, link.on, link.state)
                            for job, job_links in zip(new, links, strict=True)
                            for link in never_met(job_links)[:1]])
-    if len(new) >= BIG_SUBMISSION:
+    if count >= BIG_SUBMISSION:
         # once the decoded frames and their copies are gone (after this answer), their
         # memory goes back to the system
         asyncio.get_running_loop().call_later(1.0, release_free_memory)
     server.dispatcher.wake()
-    return SubmitReply(ids=[j.id for j in new], submission_id=sub_id)
+    return SubmitReply(ids=list(range(first, first + count)), submission_id=sub_id)

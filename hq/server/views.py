@@ -10,6 +10,7 @@ from hq.array_indexes import compact
 from hq.job import Job
 from hq.protocol.messages import ArrayLine, AttemptInfo, DependencyInfo, JobInfo, JobWaitState
 from hq.server.core import Server
+from hq.server.layout import Layout
 from hq.server.scheduler import group_usage, pending_reason
 from hq.states import JobState
 
@@ -40,21 +41,28 @@ def job_info(server: Server, job: Job, dependencies: Sequence[DependencyInfo] = 
         dependencies=list(dependencies), attempts=list(attempts))
 
 
-def array_line(server: Server, members: Sequence[Job]) -> ArrayLine:
-    """One line for the matching ``members`` of one array (in id order): counts per state,
-    where some run, and why its first waiting one waits (one reason looked up, not one per
-    element)."""
-    first = members[0]
+def array_line(server: Server, members: Sequence[Job], tail: Layout | None = None
+               ) -> ArrayLine:
+    """One line for the matching ``members`` of one array (in id order) and, while the array
+    is laid out, the ``tail`` of elements not stored yet: counts per state, where some run,
+    and why its first waiting one waits (one reason looked up, not one per element)."""
+    unstored = [] if tail is None else tail.elements(tail.laid_out, tail.laid_out + 1)
+    first = (members or unstored)[0]
     counts = Counter(job.state for job in members)
+    tail_indexes: Sequence[int] = ()
+    if tail is not None:
+        counts[tail.state] += tail.tail
+        tail_indexes = tail.indexes[tail.laid_out:]
     hosts = sorted({job.host for job in members if job.host and job.state.active})
-    waiting = next((job for job in members if job.state in (JobState.PENDING, JobState.HELD)),
-                   None)
+    waiting = next((job for job in [*members, *unstored]
+                    if job.state in (JobState.PENDING, JobState.HELD)), None)
     reason = None if waiting is None else shown_reason(server, waiting)
-    indexes = compact(job.spec.array_index for job in members
-                      if job.spec.array_index is not None)
+    indexes = compact([*(job.spec.array_index for job in members
+                         if job.spec.array_index is not None), *tail_indexes])
     if len(indexes) > 4096:   # a scattered selection: its span is enough for a line
-        indexes = f"{min(j.spec.array_index or 0 for j in members)}-" \
-                  f"{max(j.spec.array_index or 0 for j in members)} (some)"
+        low = [j.spec.array_index or 0 for j in members] + list(tail_indexes[:1])
+        high = [j.spec.array_index or 0 for j in members] + list(tail_indexes[-1:])
+        indexes = f"{min(low)}-{max(high)} (some)"
     return ArrayLine(id=first.array_id or first.id, first=first.id, indexes=indexes,
                      counts=dict(counts), name=first.spec.name, cores=first.spec.cores,
                      hosts=hosts[:4], more_hosts=len(hosts) > 4,

@@ -229,6 +229,29 @@ def test_dependencies_and_caps_survive_kill_9_of_hq_server(running_hq):
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
 
 
+def test_a_big_array_answers_before_it_is_stored_and_survives_kill_9(running_hq):
+    """hq-submit answers once the array is durable, not once its 30,000 jobs are stored;
+    every count has them all at once, and a kill -9 in the middle of storing them loses
+    none (hq.server.layout)."""
+    hq = running_hq
+    ids = _ids(hq.submit("--json", "--hold", "--array", "1-30000", "true"))
+    assert ids == list(range(ids[0], ids[0] + 30000))
+    status = _json(hq.client("status", "--json"))
+    assert status["mine"] == {"held": 30000}
+    folded = hq.client("jobs")
+    assert folded.returncode == 0 and "30000 held" in folded.stdout, folded.stdout
+    os.kill(hq.server_pid(), signal.SIGKILL)
+    wait_gone(hq.server_pid())
+    hq.start_server()
+    last = hq.show(ids[-1])     # waits until the rest is stored
+    assert (last["state"], last["array_index"], last["array_id"]) == ("held", 30000, ids[0])
+    rows = hq.db_rows(sa.select(sa.func.count(), sa.func.min(jobs.c.id), sa.func.max(jobs.c.id),
+                                sa.func.count(sa.distinct(jobs.c.array_index)))
+                      .where(jobs.c.id >= ids[0], jobs.c.state == "held"))
+    assert tuple(rows[0]) == (30000, ids[0], ids[-1], 30000)
+    assert hq.submit_id("true") == ids[-1] + 1   # the array's ids stayed its own
+
+
 def test_notify_runs_once_per_array_with_the_counts(running_hq):
     hq = running_hq
     told = hq.home / "told.txt"

@@ -1,0 +1,106 @@
+"""A big array: how long hq-submit waits for it, and how long until every element is stored.
+
+Per run, a fresh scratch installation (benchmarks/hqbench.py) and, in the same run:
+- ``hq-submit --hold --array 1-N true``: the time until it answers with the ids. By then the
+  array is accepted and durable: its submission row and its first elements (hq.server.layout)
+  have committed;
+- right after the answer, ``hq-client status`` and the folded ``hq-client jobs``, which count
+  the elements not stored yet;
+- ``hq-client show`` of the last element, which waits until every element is stored: the
+  time from the submit's start to its answer is the time until the array is laid out;
+- the baseline: ``hq-submit --hold true``, one job, in the same installation.
+
+    hqVE/bin/python benchmarks/big_array.py --jobs 1000000 --runs 3 [--backend mariadb] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from hqbench import PY, Database, say, scratch
+from submit import timed
+
+CONFIG = "[scheduler]\nmax_jobs_per_submission = {n}\nmax_queued_per_user = {n}\n"
+
+
+def one_run(db: Database, count: int) -> dict[str, float]:
+    with scratch(db, False, "big-array") as inst:
+        config = inst.root / "etc" / "hq-server.cfg"
+        config.write_text((db.server_cfg or "") + CONFIG.format(n=count + 10))
+        inst.create()
+        inst.run("hq.cli.client", "status")        # the user-server, warm
+        env, work = inst.env(), inst.work
+        one_s = timed([PY, "-m", "hq.cli.submit", "--hold", "-q", "true"], env, work)
+        start = time.perf_counter()
+        submit_s = timed([PY, "-m", "hq.cli.submit", "--hold", "-q", "--array",
+                          f"1-{count}", "true"], env, work)
+        status_s = timed([PY, "-m", "hq.cli.client", "status"], env, work)
+        jobs_s = timed([PY, "-m", "hq.cli.client", "jobs"], env, work)
+        while True:   # answered "still being stored" after 20 s
+            last = inst.run("hq.cli.client", "show", "--json", str(count + 1), check=False)
+            if last.returncode == 0 or "still being stored" not in last.stderr:
+                break
+        laid_out_s = time.perf_counter() - start
+        if last.returncode != 0:
+            raise RuntimeError(f"hq-client show {count + 1}: {last.stderr.strip()}")
+        job = json.loads(last.stdout)["job"]
+        if (job["array_index"], job["state"]) != (count, "held"):
+            raise RuntimeError(f"the last element is not index {count}, held: {job}")
+    return {"one_job_submit_s": one_s, "array_submit_s": submit_s, "status_s": status_s,
+            "jobs_folded_s": jobs_s, "laid_out_s": laid_out_s}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--backend", choices=("sqlite", "mariadb"), default="sqlite")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    args = parser.parse_args()
+    server = None
+    if args.backend == "mariadb":
+        from fixtures.mariadb import private_mariadb
+
+        server_cm = private_mariadb()
+        server = server_cm.__enter__()
+    try:
+        db = Database(args.backend, server)
+        runs = []
+        for n in range(args.runs):
+            load1 = os.getloadavg()[0]
+            result = one_run(db, args.jobs)
+            result["load1"] = load1
+            runs.append(result)
+            print(f"run {n + 1}: submit {result['array_submit_s']:.2f} s, laid out "
+                  f"{result['laid_out_s']:.1f} s, load1 {load1:.1f}", file=sys.stderr)
+    finally:
+        if server is not None:
+            server_cm.__exit__(None, None, None)
+    med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    summary = {"jobs": args.jobs, "runs": len(runs), "backend": args.backend,
+               "cpu_count": os.cpu_count(), "medians": med, "per_run": runs,
+               "submit_ratio_to_one_job": med["array_submit_s"] / med["one_job_submit_s"]}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    say(f"== {args.backend}: one held array of {args.jobs:,}, {len(runs)} run(s), medians")
+    say(f"  hq-submit --array 1-{args.jobs:<10}{med['array_submit_s']:8.2f} s   (one job: "
+        f"{med['one_job_submit_s']:.2f} s, ratio {summary['submit_ratio_to_one_job']:.1f})")
+    say(f"  hq-client status after it    {med['status_s']:8.2f} s")
+    say(f"  hq-client jobs (folded)      {med['jobs_folded_s']:8.2f} s")
+    say(f"  every element stored after   {med['laid_out_s']:8.1f} s   "
+        f"({args.jobs / med['laid_out_s']:,.0f} elements/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Laying out a big array's elements after the array is accepted.
+
+An array signed as a whole (one spec with ``array_indexes``) is accepted, and durable, once
+its submission row and its first ``LAID_OUT_AT_SUBMIT`` elements have committed. That bounds
+what ``hq-submit --array 1-1000000`` waits for: storing a row costs SQLite about 37 µs, so
+a million of them in the submit's own transaction would take most of a minute. The other
+elements are then stored ``CHUNK`` at a time, in transactions of their own, and join the
+queue as each one commits, in id order, so the queue's head is always laid out first.
+
+Until an array is laid out, the elements not stored yet count as pending (or held) in every
+count: quotas, ``hq-client status``, the folded ``hq-client jobs`` and an array's end. A
+request that names jobs one by one (cancel, hold, release, show, wait, an expanded listing,
+``--dependency``, resubmit) first waits until its caller's arrays are laid out, so it
+never meets an element that exists only as a number; after ``SETTLE_S`` it is answered
+"still being stored, try again" instead (a million elements take about a minute). Nothing
+else can change those elements meanwhile, so after a restart the ones still missing are
+laid out in the state their laid-out siblings were given: held if any of them is held, else
+pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import sqlalchemy as sa
+
+from hq import array_indexes
+from hq.db.jobs import find_job, unlaid_arrays
+from hq.errors import Busy
+from hq.job import Job, Submission
+from hq.jobspec import JobSpec
+from hq.server.journal import Journal
+from hq.server.state import Cluster
+from hq.states import JobState
+
+log = logging.getLogger(__name__)
+
+# elements stored with the submission itself: the queue's first heads, and what the
+# submit waits for (about 40 ms on SQLite)
+LAID_OUT_AT_SUBMIT = 1_000
+# elements per later transaction: short enough that other users' state changes, which
+# share the database writer, wait at most about as long as for a submit
+CHUNK = 5_000
+# how long a request naming jobs waits for its caller's arrays to be stored before it is
+# answered Busy: below the 30 s a user-server waits for hq-server's answer
+SETTLE_S = 20.0
+
+
+@dataclass(eq=False)
+class Layout:
+    """An accepted array whose elements are not all stored yet."""
+
+    sub: Submission
+    owner_id: int
+    template: JobSpec        # the array's spec: its index set, no index of its own
+    indexes: list[int]       # the whole array's indexes, in id order
+    state: JobState          # the elements not laid out yet are pending, or held
+    laid_out: int            # elements stored so far (the first ones, in id order)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def tail(self) -> int:
+        """Elements accepted and not stored yet."""
+        return len(self.indexes) - self.laid_out
+
+    def elements(self, start: int, stop: int) -> list[Job]:
+        """The array's elements from position ``start`` to ``stop`` (exclusive), as new
+        jobs: ids are the array's first job id plus the position."""
+        sub, first = self.sub, self.sub.first_job_id or 0
+        replace = msgspec.structs.replace
+        held = self.state is JobState.HELD
+        return [Job(id=first + n, submission_id=sub.id, owner=sub.owner,
+                    owner_id=self.owner_id,
+                    spec=replace(self.template, array_index=self.indexes[n]),
+                    submitted_at=sub.submitted_at, state=self.state,   # type: ignore[arg-type]
+                    eligible_at=None if held else sub.submitted_at, array_id=first)
+                for n in range(start, min(stop, len(self.indexes)))]
+
+
+class Layouts:
+    """The arrays being laid out, and the task that lays out each one."""
+
+    def __init__(self, cluster: Cluster, journal: Journal, wake: Callable[[], None]) -> None:
+        self.cluster, self.journal = cluster, journal
+        self.wake = wake   # the scheduler's: a chunk joined the queue
+        self.running: dict[int, Layout] = {}   # submission id -> its layout
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, layout: Layout) -> None:
+        """Count ``layout``'s tail as its owner's jobs now, and lay it out from here on."""
+        cluster, sub = self.cluster, layout.sub
+        cluster.counts[(sub.owner, layout.state)] += layout.tail
+        # the array ends when its last element does, not when its laid-out ones have
+        cluster.unfinished_by_submission[sub.id] += layout.tail
+        self.running[sub.id] = layout
+        task = asyncio.get_running_loop().create_task(self._lay_out(layout),
+                                                      name=f"layout of array {sub.first_job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _lay_out(self, layout: Layout) -> None:
+        cluster, sub = self.cluster, layout.sub
+        try:
+            while layout.tail:
+                chunk = layout.elements(layout.laid_out, layout.laid_out + CHUNK)
+                await self.journal.elements(sub, chunk)
+                key = (sub.owner, layout.state)
+                cluster.counts[key] -= len(chunk)   # add_job counts them again, as stored
+                cluster.unfinished_by_submission[sub.id] -= len(chunk)
+                for job in chunk:
+                    cluster.add_job(job)
+                layout.laid_out += len(chunk)
+                self.wake()
+            log.info("array %s of %s: its %d elements laid out", sub.first_job_id,
+                     sub.owner, layout.laid_out)
+        except Exception:
+            # the rest stays accepted and is laid out at the next start; the waiters are
+            # let go (their requests see the laid-out part)
+            log.exception("array %s: laying out its elements failed at %d of %d",
+                          sub.first_job_id, layout.laid_out, len(layout.indexes))
+        finally:   # also when hq-server stops (cancelled): the next start lays out the rest
+            self.running.pop(sub.id, None)
+            layout.done.set()
+
+    async def settled(self, owner: str | None, timeout_s: float = SETTLE_S) -> None:
+        """Return once ``owner``'s arrays (everyone's with None) are all laid out; Busy,
+        saying how far the layout is, when that takes more than ``timeout_s``."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            waiting = [layout for layout in self.running.values()
+                       if owner is None or layout.sub.owner == owner]
+            if not waiting:
+                return
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.gather(*(layout.done.wait() for layout in waiting))
+            except TimeoutError:
+                slowest = min(waiting, key=lambda layout: layout.laid_out / len(layout.indexes))
+                raise Busy(f"array {slowest.sub.first_job_id} is still being stored "
+                           f"({slowest.laid_out:,} of its {len(slowest.indexes):,} jobs so "
+                           "far): try again in a moment") from None
+
+    def tails_of(self, owner: str) -> dict[int, Layout]:
+        """``owner``'s arrays being laid out, by their array id."""
+        return {layout.sub.first_job_id or 0: layout for layout in self.running.values()
+                if layout.sub.owner == owner}
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def resume(self, conn: sa.Connection) -> None:
+        """At start: lay out the rest of every array accepted before and not laid out."""
+        cluster = self.cluster
+        for sub, owner_id, stored in unlaid_arrays(conn):
+            sub = cluster.submissions.setdefault(sub.id, sub)
+            one = find_job(conn, (sub.first_job_id or 0) + stored - 1)
+            if one is None or not sub.array_indexes:
+                log.error("array %s: %d of its %d elements stored, and the last of them not "
+                          "found: not laid out", sub.first_job_id, stored, sub.job_count)
+                continue
+            held = any(job.state is JobState.HELD
+                       for job in cluster.unfinished_by_owner.get(sub.owner, {}).values()
+                       if job.submission_id == sub.id)
+            template = msgspec.structs.replace(one.spec, array_index=None)
+            self.start(Layout(sub=sub, owner_id=owner_id, template=template,
+                              indexes=array_indexes.expand(sub.array_indexes),
+                              state=JobState.HELD if held else JobState.PENDING,
+                              laid_out=stored))

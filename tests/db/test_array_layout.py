@@ -1,0 +1,144 @@
+"""A big array is accepted with its first elements stored, and the rest are stored after the
+answer (``hq.server.layout``). Runs on both backends.
+
+From the answer on, hq-server counts the array whole: status, quotas and the folded
+listing. Once the layout is done, the database holds every element. A request that names an
+element not stored yet waits until it is stored. If hq-server stops half way, the next
+start stores the rest, in the state the first elements were given, and no job id of the
+array is handed to anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import sqlalchemy as sa
+from fixtures.server_core import Core, core_on
+
+from hq.db.jobs import unnotified_submissions
+from hq.db.model import jobs, submissions
+from hq.errors import UsageError
+from hq.jobspec import JobSpec
+from hq.protocol.messages import Jobs, Release, Status, Submit
+from hq.server import layout, requests, submitting
+from hq.states import JobState
+
+pytestmark = pytest.mark.timeout(60)
+
+UNFINISHED = [JobState.PENDING, JobState.HELD, JobState.DISPATCHED, JobState.RUNNING]
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """10 elements stored with the submission, then 7 a transaction: a 50-element array
+    is laid out in 6 more transactions."""
+    monkeypatch.setattr(submitting, "LAID_OUT_AT_SUBMIT", 10)
+    monkeypatch.setattr(layout, "CHUNK", 7)
+
+
+def run(db_config, tmp_path, body, **config) -> None:
+    async def main() -> None:
+        async with core_on(tmp_path, hosts={"n1": 2}, users=["alice", "bob"], db=db_config,
+                           **config) as core:
+            await core.user_server("alice")
+            await body(core)
+    asyncio.run(main())
+
+
+async def submit_array(core: Core, indexes: str, **request) -> list[int]:
+    array = JobSpec(command="sim", cwd="/tmp", signature="signed-by-test",
+                    array_indexes=indexes, name="scan")
+    reply = await requests.submit(core.server, core.session("alice"), Submit(
+        jobs=[array], environment={"PATH": "/bin"}, umask=0o022, **request))
+    return reply.ids
+
+
+def stored(core: Core, first: int) -> list[sa.Row]:
+    return core.rows(sa.select(jobs.c.id, jobs.c.state, jobs.c.array_index)
+                     .where(jobs.c.id >= first).order_by(jobs.c.id))
+
+
+def test_a_big_array_is_counted_whole_at_once_and_stored_whole_after(db_config, tmp_path):
+    async def body(core: Core) -> None:
+        alice = core.session("alice")
+        ids = await submit_array(core, "1-99:2", hold=True)
+        assert ids == list(range(ids[0], ids[0] + 50))
+        assert len(stored(core, ids[0])) == 10    # the answer came with 10 stored ...
+        # ... and all 50 count as the user's
+        assert requests.status(core.server, alice, Status()).mine == {"held": 50}
+        reply = await requests.jobs(core.server, alice, Jobs(states=UNFINISHED, fold=True))
+        (line,) = reply.arrays
+        assert (line.id, line.indexes, line.counts) == (
+            ids[0], ",".join(map(str, range(1, 100, 2))), {JobState.HELD: 50})
+        # a request that names the last element waits until it is stored
+        handler = requests.USER_REQUESTS[Release]
+        reply = await handler(core.server, alice, Release(ids=[ids[-1]]))
+        assert [r.result for r in reply.results] == ["released"]
+        assert not core.server.layouts.running
+        await core.committed()
+        rows = stored(core, ids[0])
+        assert [r.id for r in rows] == ids
+        assert [r.array_index for r in rows] == list(range(1, 100, 2))
+        assert [r.state for r in rows] == [JobState.HELD] * 49 + [JobState.PENDING]
+        assert requests.status(core.server, alice, Status()).mine == {"held": 49, "pending": 1}
+    run(db_config, tmp_path, body)
+
+
+def test_the_elements_not_stored_yet_count_against_the_quota(db_config, tmp_path):
+    async def body(core: Core) -> None:
+        await submit_array(core, "1-50")
+        with pytest.raises(UsageError, match="has 50 unfinished jobs and may have at most 60"):
+            await submit_array(core, "1-11")
+    run(db_config, tmp_path, body, max_queued_per_user=60)
+
+
+def test_an_array_half_laid_out_is_laid_out_after_a_restart(db_config, tmp_path):
+    async def body(core: Core) -> None:
+        ids = await submit_array(core, "1-50", hold=True, notify="echo done",
+                                 notify_signature="signed-by-test")
+        core.server.layouts.stop()   # hq-server stops before the next transaction
+        await asyncio.sleep(0)
+        await core.committed()
+        assert len(stored(core, ids[0])) == 10
+        await core.restart()
+        server = core.server
+        assert server.cluster.next_job_id == ids[-1] + 1   # the array's ids stay its own
+        assert server.cluster.unfinished_of("alice") == 50
+        await server.layouts.settled("alice")
+        await core.committed()
+        rows = stored(core, ids[0])
+        assert [(r.id, r.array_index) for r in rows] == list(zip(ids, range(1, 51), strict=True))
+        assert {r.state for r in rows} == {JobState.HELD}      # as its first elements
+        sub = server.cluster.submissions[server.cluster.jobs[ids[0]].submission_id]
+        assert sub.job_count == 50
+        # a new submission gets the next ids
+        (single,) = await core.submit("alice", "true")
+        assert single == ids[-1] + 1
+    run(db_config, tmp_path, body)
+
+
+def test_an_array_whose_stored_elements_ended_has_not_ended_until_laid_out(db_config,
+                                                                          tmp_path):
+    """The end of an array is told once its last element ends: not when the part stored
+    so far did, before a restart laid out the rest."""
+    async def body(core: Core) -> None:
+        ids = await submit_array(core, "1-50", notify="echo done",
+                                 notify_signature="signed-by-test")
+        core.server.layouts.stop()
+        await asyncio.sleep(0)
+        await core.committed()
+        with core.engine.begin() as conn:   # the stored ten ended while hq-server was down
+            conn.execute(sa.update(jobs).where(jobs.c.id.in_(ids[:10]))
+                         .values(state=JobState.CANCELLED))
+        with core.engine.connect() as conn:
+            assert unnotified_submissions(conn) == []
+            sub_id = conn.execute(sa.select(submissions.c.id)
+                                  .where(submissions.c.first_job_id == ids[0])).scalar()
+        await core.restart()
+        cluster = core.server.cluster
+        assert sub_id in cluster.submissions and cluster.unfinished_of("alice") == 40
+        await core.server.layouts.settled(None)
+        assert cluster.unfinished_by_submission[sub_id] == 40
+        assert cluster.counts[("alice", JobState.PENDING)] == 40
+    run(db_config, tmp_path, body)
