@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from typing import Annotated
 
 import msgspec
@@ -78,13 +79,14 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                              ] | None = None
     signature: Annotated[str, msgspec.Meta(max_length=64)] | None = None   # the column's width
 
-    def elements(self, limit: int | None = None) -> list[JobSpec]:
+    def elements(self, indexes: Sequence[int] | None = None) -> list[JobSpec]:
         """The specs of the elements of an array signed as a whole (this spec, with
-        ``array_indexes`` and no index), in id order, the first ``limit`` of them if given;
-        their strings are this spec's."""
+        ``array_indexes`` and no index), in id order: all of them, or those at ``indexes``
+        (already expanded, a part of them); their strings are this spec's."""
         replace = msgspec.structs.replace
-        indexes = array_indexes.expand(self.array_indexes or "")
-        return [replace(self, array_index=i) for i in indexes[:limit]]
+        if indexes is None:
+            indexes = array_indexes.expand(self.array_indexes or "")
+        return [replace(self, array_index=i) for i in indexes]
 
     def validate(self) -> None:
         """Raise InvalidSpec naming the option at fault: the semantic checks of a spec."""

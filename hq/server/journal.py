@@ -236,8 +236,7 @@ class Journal:
         """Record a new submission, its jobs, what they wait for (job, on, kind) and the
         jobs that now wait for them instead (job, old, new), in one transaction; refused at
         once when the database is down."""
-        # a big array's jobs are stored in part here, the rest laid out after
-        count = max(sub.job_count, len(jobs))
+        count = sub.job_count   # a big array's: its jobs stored here and laid out after
         span = f"{jobs[0].id}" if count == 1 else f"{jobs[0].id}-{jobs[0].id + count - 1}"
         event = Event(at=sub.submitted_at or self.clock.now(), kind=EventKind.JOB,
                       job_id=jobs[0].id, user_name=sub.owner, new_state=str(jobs[0].state),

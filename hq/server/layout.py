@@ -71,14 +71,13 @@ class Layout:
         """The array's elements from position ``start`` to ``stop`` (exclusive), as new
         jobs: ids are the array's first job id plus the position."""
         sub, first = self.sub, self.sub.first_job_id or 0
-        replace = msgspec.structs.replace
         held = self.state is JobState.HELD
-        return [Job(id=first + n, submission_id=sub.id, owner=sub.owner,
-                    owner_id=self.owner_id,
-                    spec=replace(self.template, array_index=self.indexes[n]),
-                    submitted_at=sub.submitted_at, state=self.state,   # type: ignore[arg-type]
-                    eligible_at=None if held else sub.submitted_at, array_id=first)
-                for n in range(start, min(stop, len(self.indexes)))]
+        specs = self.template.elements(self.indexes[start:stop])
+        return [Job(id=job_id, submission_id=sub.id, owner=sub.owner, owner_id=self.owner_id,
+                    spec=spec, submitted_at=sub.submitted_at,   # type: ignore[arg-type]
+                    state=self.state, eligible_at=None if held else sub.submitted_at,
+                    array_id=first)
+                for job_id, spec in enumerate(specs, first + start)]
 
 
 class Layouts:
@@ -92,10 +91,8 @@ class Layouts:
 
     def start(self, layout: Layout) -> None:
         """Count ``layout``'s tail as its owner's jobs now, and lay it out from here on."""
-        cluster, sub = self.cluster, layout.sub
-        cluster.counts[(sub.owner, layout.state)] += layout.tail
-        # the array ends when its last element does, not when its laid-out ones have
-        cluster.unfinished_by_submission[sub.id] += layout.tail
+        sub = layout.sub
+        self.cluster.expect_jobs(sub, layout.state, layout.tail)
         self.running[sub.id] = layout
         task = asyncio.get_running_loop().create_task(self._lay_out(layout),
                                                       name=f"layout of array {sub.first_job_id}")
@@ -103,16 +100,12 @@ class Layouts:
         task.add_done_callback(self._tasks.discard)
 
     async def _lay_out(self, layout: Layout) -> None:
-        cluster, sub = self.cluster, layout.sub
+        sub = layout.sub
         try:
             while layout.tail:
                 chunk = layout.elements(layout.laid_out, layout.laid_out + CHUNK)
                 await self.journal.elements(sub, chunk)
-                key = (sub.owner, layout.state)
-                cluster.counts[key] -= len(chunk)   # add_job counts them again, as stored
-                cluster.unfinished_by_submission[sub.id] -= len(chunk)
-                for job in chunk:
-                    cluster.add_job(job)
+                self.cluster.add_expected(chunk)
                 layout.laid_out += len(chunk)
                 self.wake()
             log.info("array %s of %s: its %d elements laid out", sub.first_job_id,

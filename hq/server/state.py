@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections import Counter, OrderedDict
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,6 +226,20 @@ class Cluster:
             self._queue(job)
         elif job.state.active and job.host in self.hosts:
             self._occupy(job)
+
+    def expect_jobs(self, sub: Submission, state: JobState, count: int) -> None:
+        """``count`` more jobs of ``sub`` are accepted and not stored yet (an array being
+        laid out, ``hq.server.layout``): counted in ``state`` and as unfinished from now on,
+        so that quotas, counts and the submission's end include them."""
+        self.counts[(sub.owner, state)] += count
+        self.unfinished_by_submission[sub.id] += count
+
+    def add_expected(self, jobs: Sequence[Job]) -> None:
+        """Jobs counted by ``expect_jobs`` are stored now: into memory, counted once."""
+        for job in jobs:
+            self.counts[(job.owner, job.state)] -= 1
+            self.unfinished_by_submission[job.submission_id] -= 1
+            self.add_job(job)
 
     # --- the one place a job or a host changes state ------------------------------------------
 

@@ -181,7 +181,7 @@ async def submit(server: Server, session: Session, request: Submit) -> SubmitRep
         # a big array is accepted with its first elements, the rest laid out after the
         # answer (hq.server.layout); one with dependencies is laid out whole, as they are
         big = len(indexes) > LAID_OUT_AT_SUBMIT and not request.dependencies
-        specs = array.elements(LAID_OUT_AT_SUBMIT if big else None)
+        specs = array.elements(indexes[:LAID_OUT_AT_SUBMIT] if big else indexes)
     if (request.notify or request.mail_user) and not request.notify_signature:
         raise UsageError("--notify and --mail-user need a user-server that signs them: "
                          "restart yours (hq-client status starts a new one)")

@@ -60,9 +60,9 @@ def array_line(server: Server, members: Sequence[Job], tail: Layout | None = Non
     indexes = compact([*(job.spec.array_index for job in members
                          if job.spec.array_index is not None), *tail_indexes])
     if len(indexes) > 4096:   # a scattered selection: its span is enough for a line
-        low = [j.spec.array_index or 0 for j in members] + list(tail_indexes[:1])
-        high = [j.spec.array_index or 0 for j in members] + list(tail_indexes[-1:])
-        indexes = f"{min(low)}-{max(high)} (some)"
+        ends = [j.spec.array_index or 0 for j in members] + [*tail_indexes[:1],
+                                                             *tail_indexes[-1:]]
+        indexes = f"{min(ends)}-{max(ends)} (some)"
     return ArrayLine(id=first.array_id or first.id, first=first.id, indexes=indexes,
                      counts=dict(counts), name=first.spec.name, cores=first.spec.cores,
                      hosts=hosts[:4], more_hosts=len(hosts) > 4,

@@ -230,25 +230,28 @@ def test_dependencies_and_caps_survive_kill_9_of_hq_server(running_hq):
 
 
 def test_a_big_array_answers_before_it_is_stored_and_survives_kill_9(running_hq):
-    """hq-submit answers once the array is durable, not once its 30,000 jobs are stored;
+    """hq-submit answers once the array is durable, not once its 100,000 jobs are stored;
     every count has them all at once, and a kill -9 in the middle of storing them loses
     none (hq.server.layout)."""
     hq = running_hq
-    ids = _ids(hq.submit("--json", "--hold", "--array", "1-30000", "true"))
-    assert ids == list(range(ids[0], ids[0] + 30000))
+    count = 100_000   # about 5 s to store: the kill comes well before that
+    ids = _ids(hq.submit("--json", "--hold", "--array", f"1-{count}", "true"))
+    assert ids == list(range(ids[0], ids[0] + count))
     status = _json(hq.client("status", "--json"))
-    assert status["mine"] == {"held": 30000}
+    assert status["mine"] == {"held": count}
     folded = hq.client("jobs")
-    assert folded.returncode == 0 and "30000 held" in folded.stdout, folded.stdout
+    assert folded.returncode == 0 and f"{count} held" in folded.stdout, folded.stdout
     os.kill(hq.server_pid(), signal.SIGKILL)
     wait_gone(hq.server_pid())
+    (stored,) = hq.db_rows(sa.select(sa.func.count()).where(jobs.c.id >= ids[0]))[0]
+    assert stored < count, "all stored before the kill: the restart would prove nothing"
     hq.start_server()
     last = hq.show(ids[-1])     # waits until the rest is stored
-    assert (last["state"], last["array_index"], last["array_id"]) == ("held", 30000, ids[0])
+    assert (last["state"], last["array_index"], last["array_id"]) == ("held", count, ids[0])
     rows = hq.db_rows(sa.select(sa.func.count(), sa.func.min(jobs.c.id), sa.func.max(jobs.c.id),
                                 sa.func.count(sa.distinct(jobs.c.array_index)))
                       .where(jobs.c.id >= ids[0], jobs.c.state == "held"))
-    assert tuple(rows[0]) == (30000, ids[0], ids[-1], 30000)
+    assert tuple(rows[0]) == (count, ids[0], ids[-1], count)
     assert hq.submit_id("true") == ids[-1] + 1   # the array's ids stayed its own
 
 
