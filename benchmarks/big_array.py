@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from hqbench import PY, Database, say, scratch
+from hqbench import PY, Database, figure_runs, say, scratch
 from submit import timed
 
 CONFIG = "[scheduler]\nmax_jobs_per_submission = {n}\nmax_queued_per_user = {n}\n"
@@ -66,26 +65,9 @@ def main() -> int:
     parser.add_argument("--backend", choices=("sqlite", "mariadb"), default="sqlite")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
-    server = None
-    if args.backend == "mariadb":
-        from fixtures.mariadb import private_mariadb
-
-        server_cm = private_mariadb()
-        server = server_cm.__enter__()
-    try:
-        db = Database(args.backend, server)
-        runs = []
-        for n in range(args.runs):
-            load1 = os.getloadavg()[0]
-            result = one_run(db, args.jobs)
-            result["load1"] = load1
-            runs.append(result)
-            print(f"run {n + 1}: submit {result['array_submit_s']:.2f} s, laid out "
-                  f"{result['laid_out_s']:.1f} s, load1 {load1:.1f}", file=sys.stderr)
-    finally:
-        if server is not None:
-            server_cm.__exit__(None, None, None)
-    med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    runs, med = figure_runs(
+        args.backend, args.runs, lambda db: one_run(db, args.jobs),
+        lambda r: f"submit {r['array_submit_s']:.2f} s, laid out {r['laid_out_s']:.1f} s")
     summary = {"jobs": args.jobs, "runs": len(runs), "backend": args.backend,
                "cpu_count": os.cpu_count(), "medians": med, "per_run": runs,
                "submit_ratio_to_one_job": med["array_submit_s"] / med["one_job_submit_s"]}

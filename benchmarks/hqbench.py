@@ -11,11 +11,12 @@ import pwd
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -189,6 +190,28 @@ def daemon_role(cmdline: list[str]) -> str | None:
     if "hq.execd.main" in text:
         return "bridge" if "--bridge" in cmdline else "exec-server"
     return None
+
+
+def figure_runs(backend: str, runs: int, one_run: Callable[[Database], dict[str, float]],
+                line: Callable[[dict[str, float]], str],
+                ) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """``runs`` runs of ``one_run`` on ``backend`` (MariaDB: one private server for all of
+    them), each with the load1 seen at its start and a ``line`` about it on stderr; the
+    runs and the median of each figure."""
+    with contextlib.ExitStack() as stack:
+        server = None
+        if backend == "mariadb":
+            from fixtures.mariadb import private_mariadb
+
+            server = stack.enter_context(private_mariadb())
+        db = Database(backend, server)
+        found = []
+        for n in range(runs):
+            load1 = os.getloadavg()[0]
+            result = {**one_run(db), "load1": load1}
+            found.append(result)
+            print(f"run {n + 1}: {line(result)}, load1 {load1:.1f}", file=sys.stderr)
+    return found, {key: statistics.median(r[key] for r in found) for key in found[0]}
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from hqbench import PY, Database, rss, say, scratch
+from hqbench import PY, Database, figure_runs, rss, say, scratch
 
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
@@ -89,28 +89,10 @@ def main() -> int:
     parser.add_argument("--backend", choices=("sqlite", "mariadb"), default="sqlite")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
-    server = None
-    if args.backend == "mariadb":
-        from fixtures.mariadb import private_mariadb
-
-        server_cm = private_mariadb()
-        server = server_cm.__enter__()
-    try:
-        db = Database(args.backend, server)
-        runs = []
-        for n in range(args.runs):
-            load1 = os.getloadavg()[0]
-            result = one_run(db, args.jobs, args.calls)
-            result["load1"] = load1
-            runs.append(result)
-            print(f"run {n + 1}: submit {result['submit_s']:.2f} s, status "
-                  f"{result['status_s']:.3f} s, jobs {result['jobs_limit_20_s']:.3f} s, "
-                  f"small submit {result['small_submit_s'] * 1000:.0f} ms, load1 {load1:.1f}",
-                  file=sys.stderr)
-    finally:
-        if server is not None:
-            server_cm.__exit__(None, None, None)
-    med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    runs, med = figure_runs(
+        args.backend, args.runs, lambda db: one_run(db, args.jobs, args.calls),
+        lambda r: f"submit {r['submit_s']:.2f} s, status {r['status_s']:.3f} s, jobs "
+                  f"{r['jobs_limit_20_s']:.3f} s, small submit {r['small_submit_s'] * 1000:.0f} ms")
     summary = {"jobs": args.jobs, "runs": len(runs), "backend": args.backend,
                "cpu_count": os.cpu_count(), "medians": med, "per_run": runs,
                "submit_ratio_to_parse": med["submit_s"] / max(med["parse_baseline_s"], 1e-9),
