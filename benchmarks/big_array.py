@@ -8,6 +8,9 @@ Per run, a fresh scratch installation (benchmarks/hqbench.py) and, in the same r
   the elements not stored yet;
 - ``hq-client show`` of the last element, which waits until every element is stored: the
   time from the submit's start to its answer is the time until the array is laid out;
+- once it is stored, one look of ``hq-client progress`` (the array's counts by state,
+  ``hq.api.Client.array_counts``: median of 5) beside what a look cost before it had a
+  request of its own, listing every element (``Client.jobs(array=...)``; up to 200,000);
 - the baseline: ``hq-submit --hold true``, one job, in the same installation.
 
     hqVE/bin/python benchmarks/big_array.py --jobs 1000000 --runs 3 [--backend mariadb] [--json]
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +32,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from hqbench import PY, Database, figure_runs, say, scratch
 from submit import timed
 
+LOOKS = r"""
+import json, statistics, sys, time
+from hq.api import Client
+array, listing = int(sys.argv[1]), sys.argv[2] == "yes"
+with Client() as hq:
+    looks = []
+    for _ in range(5):
+        start = time.perf_counter()
+        counts = hq.array_counts(array)
+        looks.append(time.perf_counter() - start)
+    figures = {"counts_look_s": statistics.median(looks), "counts": counts}
+    if listing:
+        start = time.perf_counter()
+        figures["listed_jobs"] = len(hq.jobs(array=array))
+        figures["listing_look_s"] = time.perf_counter() - start
+print(json.dumps(figures))
+"""
 CONFIG = "[scheduler]\nmax_jobs_per_submission = {n}\nmax_queued_per_user = {n}\n"
 
 
@@ -54,8 +75,18 @@ def one_run(db: Database, count: int) -> dict[str, float]:
         job = json.loads(last.stdout)["job"]
         if (job["array_index"], job["state"]) != (count, "held"):
             raise RuntimeError(f"the last element is not index {count}, held: {job}")
-    return {"one_job_submit_s": one_s, "array_submit_s": submit_s, "status_s": status_s,
-            "jobs_folded_s": jobs_s, "laid_out_s": laid_out_s}
+        looked = subprocess.run([PY, "-c", LOOKS, "2", "yes" if count <= 200_000 else "no"],
+                                env=env, cwd=work, capture_output=True, text=True,
+                                timeout=600, check=True)
+        looks = json.loads(looked.stdout)
+        if looks["counts"] != {"held": count}:
+            raise RuntimeError(f"array 2 counted {looks['counts']}, not {count:,} held")
+    figures = {"one_job_submit_s": one_s, "array_submit_s": submit_s, "status_s": status_s,
+               "jobs_folded_s": jobs_s, "laid_out_s": laid_out_s,
+               "progress_look_s": looks["counts_look_s"]}
+    if "listing_look_s" in looks:
+        figures["listing_look_s"] = looks["listing_look_s"]
+    return figures
 
 
 def main() -> int:
@@ -81,6 +112,9 @@ def main() -> int:
     say(f"  hq-client jobs (folded)      {med['jobs_folded_s']:8.2f} s")
     say(f"  every element stored after   {med['laid_out_s']:8.1f} s   "
         f"({args.jobs / med['laid_out_s']:,.0f} elements/s)")
+    say(f"  hq-client progress, a look   {med['progress_look_s'] * 1000:8.2f} ms"
+        + (f"   (listing every element: {med['listing_look_s']:.2f} s)"
+           if "listing_look_s" in med else ""))
     return 0
 
 

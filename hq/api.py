@@ -29,6 +29,7 @@ import msgspec
 from hq.errors import UsageError
 from hq.protocol.messages import (
     MAX_IDS,
+    ArrayCounts,
     Cancel,
     DependencyRef,
     JobInfo,
@@ -119,6 +120,11 @@ class Client:
         self._link.request(UpdateArray(array=array, cap=cap or 0))
 
     # --- looking ---------------------------------------------------------------------------
+
+    def array_counts(self, array: int) -> dict[str, int]:
+        """How many jobs of ``array`` are in each state, without listing them."""
+        reply = self._link.request(ArrayCounts(array=array))
+        return {str(state): n for state, n in reply.counts.items() if n}
 
     def show(self, job_id: int) -> JobInfo:
         return self._link.request(Show(id=job_id)).job

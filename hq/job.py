@@ -8,7 +8,8 @@ share. Nothing here talks to anything: it imports only the spec and the states.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from hq.jobspec import JobSpec, resolve_path
@@ -35,6 +36,10 @@ class Submission:
     notify_signature: str | None = None
     kill_on_invalid_dep: bool = True    # cancel a job whose dependency can never be met
     active: int = 0                     # of its jobs dispatched or running now (memory only)
+    # its jobs by state, those not stored yet included (memory only, ``finished`` loaded at
+    # start): an array's progress is counted without a pass over its jobs
+    unfinished: Counter[JobState] = field(default_factory=Counter)
+    finished: Counter[JobState] = field(default_factory=Counter)
     # run times of its jobs that ended (memory only): how deep its jobs may be queued ahead
     runs: int = 0
     run_time_s: float = 0.0

@@ -4,7 +4,6 @@ and ``progress`` (a live bar per array). An array's id is its first job's id."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import TYPE_CHECKING
 
 import click
@@ -12,12 +11,18 @@ import click
 from hq.cli.common import json_option, print_json, say
 from hq.cli.selection import array_jobs
 from hq.errors import NotFound, UsageError
-from hq.protocol.messages import MAX_ARRAY_CAP, PART_JOBS, Resubmit, UpdateArray
+from hq.protocol.messages import (
+    MAX_ARRAY_CAP,
+    PART_JOBS,
+    ArrayCounts,
+    Resubmit,
+    UpdateArray,
+)
 from hq.states import JobState
 
 if TYPE_CHECKING:
     from hq.protocol import BlockingClient
-    from hq.protocol.messages import JobInfo
+    from hq.protocol.messages import ArrayCountsReply, JobInfo
 
 PROG = "hq-client"
 FINISHED = frozenset(s.value for s in JobState if s.finished)
@@ -113,40 +118,40 @@ def progress(arrays: tuple[int, ...], interval: float, as_json: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with _connect() as client:
-        counts = {a: _counts(array_jobs(client, a)) for a in arrays}
-        for array, count in counts.items():
-            if not count:
-                raise NotFound(f"no such array: {array}")
+        looks = {a: client.request(ArrayCounts(array=a)) for a in arrays}
         if as_json:   # no bars: wait quietly, then the final counts
-            while not all(_finished(c) for c in counts.values()):
+            while not all(_finished(look) for look in looks.values()):
                 time.sleep(interval)
-                counts = {a: _counts(array_jobs(client, a)) for a in arrays}
-            print_json({str(a): dict(c) for a, c in counts.items()})
-            return _status(counts)
+                looks = {a: client.request(ArrayCounts(array=a)) for a in arrays}
+            print_json({str(a): _counts(look) for a, look in looks.items()})
+            return _status(looks)
         columns = (TextColumn("array {task.fields[array]}"), BarColumn(),
                    MofNCompleteColumn(), TextColumn("{task.fields[text]}"))
         with Progress(*columns, transient=False) as bars:
-            tasks = {a: bars.add_task("", total=sum(c.values()), array=a, text="")
-                     for a, c in counts.items()}
+            tasks = {a: bars.add_task("", total=look.jobs, array=a, text="")
+                     for a, look in looks.items()}
             while True:
-                for array, count in counts.items():
-                    done = sum(n for s, n in count.items() if s in FINISHED)
-                    text = ", ".join(f"{n} {s}" for s, n in sorted(count.items()))
-                    bars.update(tasks[array], completed=done, text=text)
-                if all(_finished(c) for c in counts.values()):
+                for array, look in looks.items():
+                    done = sum(n for s, n in look.counts.items() if s in FINISHED)
+                    text = ", ".join(f"{n} {s}" for s, n in sorted(_counts(look).items()))
+                    bars.update(tasks[array], total=look.jobs, completed=done, text=text)
+                if all(_finished(look) for look in looks.values()):
                     break
                 time.sleep(interval)
-                counts = {a: _counts(array_jobs(client, a)) for a in arrays}
-    return _status(counts)
+                looks = {a: client.request(ArrayCounts(array=a)) for a in arrays}
+    return _status(looks)
 
 
-def _counts(jobs: list[JobInfo]) -> Counter[str]:
-    return Counter(str(job.state) for job in jobs)
+def _counts(look: ArrayCountsReply) -> dict[str, int]:
+    return {str(state): n for state, n in look.counts.items() if n}
 
 
-def _finished(count: Counter[str]) -> bool:
-    return all(state in FINISHED for state in count)
+def _finished(look: ArrayCountsReply) -> bool:
+    """Every job counted, and all of them finished (a job that finished while it was
+    counted is missing for a look)."""
+    return sum(n for s, n in look.counts.items() if s in FINISHED) == look.jobs
 
 
-def _status(counts: dict[int, Counter[str]]) -> int:
-    return 0 if all(set(c) == {"done"} for c in counts.values()) else 1
+def _status(looks: dict[int, ArrayCountsReply]) -> int:
+    return 0 if all(look.counts.get(JobState.DONE, 0) == look.jobs
+                    for look in looks.values()) else 1

@@ -138,6 +138,21 @@ def submission_counts(conn: sa.Connection, submission_id: int) -> dict[str, int]
     return {str(state): n for state, n in conn.execute(query)}
 
 
+def finished_counts(conn: sa.Connection, submission_ids: Collection[int]
+                    ) -> dict[int, dict[JobState, int]]:
+    """How many jobs of each of these submissions ended in each state (server start)."""
+    wanted = sorted(submission_ids)
+    found: dict[int, dict[JobState, int]] = {}
+    for start in range(0, len(wanted), 1000):
+        query = (sa.select(jobs.c.submission_id, jobs.c.state, sa.func.count())
+                 .where(jobs.c.submission_id.in_(wanted[start:start + 1000]),
+                        jobs.c.state.in_(FINISHED_JOB_STATES))
+                 .group_by(jobs.c.submission_id, jobs.c.state))
+        for submission_id, state, n in conn.execute(query):
+            found.setdefault(submission_id, {})[JobState(state)] = n
+    return found
+
+
 def mark_notified(conn: sa.Connection, submission_id: int, at: Any) -> None:
     conn.execute(sa.update(submissions).where(submissions.c.id == submission_id)
                  .values(notified_at=at))

@@ -154,6 +154,8 @@ from hq.protocol.watch_messages import (  # noqa: F401 (the catalogue: every kin
     WatchReply,
 )
 from hq.protocol.workflow_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    ArrayCounts,
+    ArrayCountsReply,
     JobSpecs,
     JobSpecsReply,
     Resubmit,
@@ -353,7 +355,7 @@ class Wait(Request, tag="wait", kw_only=True):
 
 
 USER_REQUESTS = (Ping, Submit, SubmitPart, Status, Jobs, Show, Cancel, Hold, Release, Wait,
-                 UpdateArray, JobSpecs, Resubmit, Watch)
+                 UpdateArray, ArrayCounts, JobSpecs, Resubmit, Watch)
 """What a command may ask its user-server, which forwards it to hq-server."""
 
 
@@ -437,7 +439,7 @@ class Lease(Message, tag="lease", kw_only=True):
 
 
 UserRequest = (Ping | Submit | SubmitPart | Status | Jobs | Show | Cancel | Hold | Release | Wait
-               | UpdateArray | JobSpecs | Resubmit | Watch)
+               | UpdateArray | ArrayCounts | JobSpecs | Resubmit | Watch)
 
 
 class Relay(Request, tag="relay", kw_only=True):

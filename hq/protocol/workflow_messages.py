@@ -1,5 +1,6 @@
-"""The requests of array workflows: changing an array's cap, fetching stored specs for a
-resubmission, and the resubmission itself (command -> user-server). Every kind is importable
+"""The requests of array workflows: changing an array's cap, counting its jobs by state,
+fetching stored specs for a resubmission, and the resubmission itself (command ->
+user-server). Every kind is importable
 from ``hq.protocol.messages``, the catalogue."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import msgspec
 
 from hq.protocol.fields import PART_JOBS, Count, JobId, Reply, Request, Word
 from hq.protocol.job_messages import MAX_ARRAY_CAP, RunJob, SubmissionEnv
+from hq.states import JobState
 
 
 class SubmitReply(Reply, tag="reply", kw_only=True):
@@ -28,6 +30,20 @@ class UpdateArray(Request, tag="update_array", kw_only=True):
     array: JobId
     cap: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_CAP)]
     reply_type = UpdateArrayReply
+
+
+class ArrayCountsReply(Reply, tag="reply", kw_only=True):
+    array_id: JobId
+    jobs: Count                              # all of them, those not stored yet included
+    counts: dict[JobState, Count]            # how many are in each state now
+
+
+class ArrayCounts(Request, tag="array_counts", kw_only=True):
+    """How many jobs of an array of mine are in each state (``hq-client progress``): its
+    cost does not grow with the array (version 2)."""
+
+    array: JobId
+    reply_type = ArrayCountsReply
 
 
 class JobSpecsReply(Reply, tag="reply", kw_only=True):

@@ -29,7 +29,7 @@ import msgspec
 import sqlalchemy as sa
 
 from hq import array_indexes
-from hq.db.jobs import find_job, unlaid_arrays
+from hq.db.jobs import find_job, finished_counts, unlaid_arrays
 from hq.errors import Busy
 from hq.job import Job, Submission
 from hq.jobspec import JobSpec
@@ -150,7 +150,10 @@ class Layouts:
         """At start: lay out the rest of every array accepted before and not laid out."""
         cluster = self.cluster
         for sub, owner_id, stored in unlaid_arrays(conn):
-            sub = cluster.submissions.setdefault(sub.id, sub)
+            if sub.id not in cluster.submissions:   # its stored jobs all ended
+                sub.finished.update(finished_counts(conn, [sub.id]).get(sub.id, {}))
+                cluster.add_submission(sub)
+            sub = cluster.submissions[sub.id]
             one = find_job(conn, (sub.first_job_id or 0) + stored - 1)
             if one is None or not sub.array_indexes:
                 log.error("array %s: %d of its %d elements stored, and the last of them not "

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from hq.db.dependencies import load_dependencies
 from hq.db.hosts import HostRecord, list_hosts
-from hq.db.jobs import job_counts, load_unfinished, max_ids
+from hq.db.jobs import finished_counts, job_counts, load_unfinished, max_ids
 from hq.db.settings import CLUSTER_ACTIVE, DATABASE_ID, get_setting
 from hq.db.users import UserRecord, list_users, load_usage
 from hq.server.dependencies import verdict
@@ -58,7 +58,9 @@ def load_state(conn: sa.Connection) -> tuple[Cluster, dict[str, UserRecord]]:
     for rec in list_hosts(conn, include_retired=True):
         cluster.add_host(_host(rec))
     subs, found = load_unfinished(conn)
+    ended = finished_counts(conn, [sub.id for sub in subs])
     for sub in subs:
+        sub.finished.update(ended.get(sub.id, {}))
         cluster.add_submission(sub)
     for job_id, on, kind, state in load_dependencies(conn):
         met = verdict(kind, state)

@@ -24,6 +24,7 @@ from hq.errors import NotFound
 from hq.job import Job
 from hq.protocol.messages import (
     MAX_PAGE,
+    ArrayCounts,
     AttemptInfo,
     Cancel,
     ChangeResult,
@@ -54,7 +55,7 @@ from hq.server.core import Server, Session
 from hq.server.submitting import reserve, submit, submit_part
 from hq.server.views import array_line, job_info, wait_state
 from hq.server.watch import watch
-from hq.server.workflows import job_specs, update_array
+from hq.server.workflows import array_counts, job_specs, update_array
 from hq.states import FINISHED_JOB_STATES, JobState
 
 MAX_WAIT_S = 60.0
@@ -314,5 +315,6 @@ USER_REQUESTS: dict[type, Handler] = {
     Ping: ping, ReserveSubmission: reserve, Submit: submit, SubmitPart: submit_part,
     Status: status, Jobs: jobs, Show: _after_layout(show), Cancel: _after_layout(cancel),
     Hold: _after_layout(hold), Release: _after_layout(release), Wait: _after_layout(wait),
-    UpdateArray: update_array, JobSpecs: _after_layout(job_specs), Watch: watch,
+    UpdateArray: update_array, ArrayCounts: array_counts, JobSpecs: _after_layout(job_specs),
+    Watch: watch,
 }

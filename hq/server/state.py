@@ -215,13 +215,18 @@ class Cluster:
         self.jobs[job.id] = job
         self.counts[(job.owner, job.state)] += 1
         if job.state.finished:
+            sub = self.submissions.get(job.submission_id)
+            if sub is not None:
+                sub.finished[job.state] += 1
             self._remember_finished(job)
             return
         self.unfinished_by_submission[job.submission_id] += 1
         self.unfinished_by_owner.setdefault(job.owner, {})[job.id] = job
         sub = self.submissions.get(job.submission_id)
-        if sub is not None and job.state.active:
-            sub.active += 1
+        if sub is not None:
+            sub.unfinished[job.state] += 1
+            if job.state.active:
+                sub.active += 1
         if job.state is JobState.PENDING:
             self._queue(job)
         elif job.state.active and job.host in self.hosts:
@@ -233,12 +238,16 @@ class Cluster:
         so that quotas, counts and the submission's end include them."""
         self.counts[(sub.owner, state)] += count
         self.unfinished_by_submission[sub.id] += count
+        sub.unfinished[state] += count
 
     def add_expected(self, jobs: Sequence[Job]) -> None:
         """Jobs counted by ``expect_jobs`` are stored now: into memory, counted once."""
         for job in jobs:
             self.counts[(job.owner, job.state)] -= 1
             self.unfinished_by_submission[job.submission_id] -= 1
+            sub = self.submissions.get(job.submission_id)
+            if sub is not None:
+                sub.unfinished[job.state] -= 1
             self.add_job(job)
 
     # --- the one place a job or a host changes state ------------------------------------------
@@ -267,9 +276,11 @@ class Cluster:
             self._unqueue(job)
         self.counts[(job.owner, old)] -= 1
         self.counts[(job.owner, new)] += 1
-        if old.active != new.active:
-            sub = self.submissions.get(job.submission_id)
-            if sub is not None:
+        sub = self.submissions.get(job.submission_id)
+        if sub is not None:
+            sub.unfinished[old] -= 1
+            (sub.finished if new.finished else sub.unfinished)[new] += 1
+            if old.active != new.active:
                 sub.active += 1 if new.active else -1
         job.state = new
         for name, value in fields.items():

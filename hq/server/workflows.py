@@ -1,5 +1,6 @@
 """What a submission says beyond its jobs: the jobs it waits for (``--dependency``), the jobs
-it runs again (``hq-client resubmit``), and later changes to an array (``update --cap``).
+it runs again (``hq-client resubmit``), later changes to an array (``update --cap``) and its
+counts by state (``progress``).
 
 Only the caller's own jobs can be named: another user's job is "not found", exactly like one
 that does not exist, and nothing of the submission is stored. The database answers for jobs
@@ -14,11 +15,13 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from hq.db.dependencies import Target, array_elements, find_targets
-from hq.db.jobs import find_job, submission_environments
+from hq.db.jobs import find_job, submission_counts, submission_environments
 from hq.errors import NotFound, UsageError
 from hq.job import Job
 from hq.jobspec import JobSpec
 from hq.protocol.messages import (
+    ArrayCounts,
+    ArrayCountsReply,
     DependencyRef,
     JobSpecs,
     JobSpecsReply,
@@ -211,3 +214,26 @@ def update_array(server: Server, session: Session, request: UpdateArray) -> Upda
     server.journal.array_cap(sub)
     server.dispatcher.wake()
     return UpdateArrayReply(array_id=head.id, cap=cap)
+
+
+async def array_counts(server: Server, session: Session, request: ArrayCounts
+                       ) -> ArrayCountsReply:
+    """``hq-client progress ARRAY``: its jobs by state. While some of its jobs are
+    unfinished, memory counts all of them (``Submission.unfinished`` and ``.finished``);
+    once all have ended, the database does, after everything recorded so far committed."""
+    me = session.user.name
+    head = server.cluster.own_job(me, request.array)
+    if head is None:
+        head = await server.store.read(lambda conn: find_job(conn, request.array),
+                                       what=f"job {request.array}")
+    if head is None or head.owner != me or head.array_id != head.id:
+        raise NotFound(f"no such array: {request.array}")
+    sub = server.cluster.submissions.get(head.submission_id)
+    if sub is not None:
+        return ArrayCountsReply(array_id=head.id, jobs=sub.job_count,
+                                counts={**+sub.finished, **+sub.unfinished})
+    await server.journal.committed()
+    stored = await server.store.read(lambda conn: submission_counts(conn, head.submission_id),
+                                     what=f"counts of array {head.id}")
+    return ArrayCountsReply(array_id=head.id, jobs=sum(stored.values()),
+                            counts={JobState(state): n for state, n in stored.items()})

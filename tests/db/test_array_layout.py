@@ -18,10 +18,21 @@ from fixtures.server_core import Core, core_on
 
 from hq.db.jobs import unnotified_submissions
 from hq.db.model import jobs, submissions
-from hq.errors import UsageError
+from hq.errors import NotFound, UsageError
 from hq.jobspec import JobSpec
-from hq.protocol.messages import Jobs, Release, Status, Submit
-from hq.server import layout, requests, submitting
+from hq.protocol.messages import (
+    ArrayCounts,
+    Cancel,
+    JobEnded,
+    JobEvents,
+    Jobs,
+    JobStarted,
+    Release,
+    Run,
+    Status,
+    Submit,
+)
+from hq.server import layout, requests, submitting, workflows
 from hq.states import JobState
 
 pytestmark = pytest.mark.timeout(60)
@@ -141,4 +152,59 @@ def test_an_array_whose_stored_elements_ended_has_not_ended_until_laid_out(db_co
         await core.server.layouts.settled(None)
         assert cluster.unfinished_by_submission[sub_id] == 40
         assert cluster.counts[("alice", JobState.PENDING)] == 40
+        counted = await workflows.array_counts(core.server, core.session("alice"),
+                                               ArrayCounts(array=ids[0]))
+        assert (counted.jobs, counted.counts) == (
+            50, {JobState.CANCELLED: 10, JobState.PENDING: 40})
+    run(db_config, tmp_path, body)
+
+
+def test_an_arrays_counts_are_right_while_it_is_stored_runs_and_after_a_restart(db_config,
+                                                                                tmp_path):
+    """``hq-client progress`` asks for counts: every element is counted from the answer on
+    (those not stored yet too), finished ones as the database has them, and the counts
+    agree with the array listed job by job, before and after a restart."""
+    async def body(core: Core) -> None:
+        alice = core.session("alice")
+
+        async def counts(array: int) -> tuple[int, dict[str, int]]:
+            reply = await workflows.array_counts(core.server, alice, ArrayCounts(array=array))
+            return reply.jobs, {str(s): n for s, n in reply.counts.items()}
+
+        async def listed(array: int) -> dict[str, int]:
+            reply = await requests.jobs(core.server, alice, Jobs(array=array))
+            found: dict[str, int] = {}
+            for job in reply.jobs:
+                found[str(job.state)] = found.get(str(job.state), 0) + 1
+            return found
+
+        ids = await submit_array(core, "1-50")
+        assert len(stored(core, ids[0])) < 50
+        assert await counts(ids[0]) == (50, {"pending": 50})
+        await core.server.layouts.settled("alice")
+        assert core.server.dispatcher.round() == 2      # two slots on n1
+        run_ = await core.peers["alice"].next(Run)
+        link, at = core.peers["alice"].link, core.clock.now().timestamp()
+        first, second = (job.id for job in run_.jobs)
+        core.server.dispatcher.on_job_events(link, JobEvents(host="n1", events=[
+            JobStarted(id=first, pid=11, at=at), JobEnded(id=first, at=at, pid=11, exit_code=0),
+            JobStarted(id=second, pid=12, at=at)]))
+        requests.cancel(core.server, alice, Cancel(ids=ids[40:]))
+        want = {"done": 1, "running": 1, "pending": 38, "cancelled": 10}
+        assert await counts(ids[0]) == (50, want)       # not committed yet: counted all the same
+        assert await listed(ids[0]) == want
+        await core.restart()
+        alice = core.session("alice")
+        assert await counts(ids[0]) == (50, want)
+        await core.user_server("alice")
+        core.server.dispatcher.on_job_events(core.peers["alice"].link, JobEvents(
+            host="n1", events=[JobEnded(id=second, at=at, pid=12, exit_code=3)]))
+        requests.cancel(core.server, alice, Cancel(ids=ids[2:40]))
+        assert await counts(ids[0]) == (50, {"done": 1, "failed": 1, "cancelled": 48})
+        assert await counts(ids[0]) == (50, await listed(ids[0]))
+        with pytest.raises(NotFound, match=f"no such array: {ids[0]}"):   # not bob's
+            await workflows.array_counts(core.server, core.session("bob"),
+                                         ArrayCounts(array=ids[0]))
+        with pytest.raises(NotFound, match=f"no such array: {ids[1]}"):   # an element
+            await workflows.array_counts(core.server, alice, ArrayCounts(array=ids[1]))
     run(db_config, tmp_path, body)

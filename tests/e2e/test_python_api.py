@@ -22,6 +22,7 @@ with Client() as hq:
     again = hq.resubmit(ids[0], states=("failed",))
     done = hq.wait(again + merge, timeout=60)
     jobs = hq.jobs(array=ids[0])
+    counts = hq.array_counts(ids[0])
     slow = hq.submit("sleep 60")
     cancelled = hq.cancel(slow + [999999])
     try:
@@ -31,7 +32,7 @@ with Client() as hq:
         missing = str(err)
     print(json.dumps({"ids": ids, "states": states, "again": again,
                       "done": [str(r.state) for r in done],
-                      "array": [(j.array_index, j.name) for j in jobs],
+                      "array": [(j.array_index, j.name) for j in jobs], "counts": counts,
                       "resubmit_of": hq.show(again[0]).resubmit_of,
                       "cancelled": {str(k): v for k, v in cancelled.items()},
                       "missing": missing}))
@@ -54,6 +55,7 @@ def test_the_python_api_runs_a_small_workflow(running_hq):
     assert out["done"] == ["done", "done"]
     assert (hq.workdir / "merged.txt").read_text() == "merged\n"
     assert out["array"] == [[i, "scan"] for i in range(1, 5)]
+    assert out["counts"] == {"done": 3, "failed": 1}   # the old array keeps its failed one
     assert out["cancelled"]["999999"] == "not found"
     assert out["cancelled"][str(max(int(k) for k in out["cancelled"] if k != "999999"))] in (
         "cancelled", "cancelling")
