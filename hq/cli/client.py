@@ -28,6 +28,7 @@ from hq.program import version_option
 from hq.protocol.messages import (
     MAX_IDS,
     MAX_PAGE,
+    MAX_WHOLE_ARRAYS,
     Cancel,
     ChangesReply,
     Hold,
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from hq.protocol import BlockingClient
 
 PROG = "hq-client"
+# a whole array's change may wait for its layout (20 s) and then change a million jobs
+WHOLE_ARRAY_TIMEOUT_S = 120.0
 UNFINISHED = list(UNFINISHED_STATES)
 
 
@@ -246,16 +249,29 @@ def details(ids: tuple[str, ...], as_json: bool) -> int:
 
 def _change(kind: type[Cancel | Hold | Release], ids: tuple[str, ...], arrays: tuple[int, ...],
             as_json: bool) -> int:
-    selection = parse_selected(ids, arrays)
+    """Change jobs named one by one (``42``, ``42_7``) and whole arrays (``42_*``, ``--array
+    42``): hq-server finds an array's jobs itself and answers with counts, so the cost of a
+    whole array does not include listing it here, nor a line per job."""
+    named, elements = parse_selected(ids, arrays)
+    whole = [array for array, indexes in elements.items() if indexes is None]
+    some = {array: indexes for array, indexes in elements.items() if indexes is not None}
     with _connect() as client:
-        wanted = selected_ids(client, selection)
+        counted = [changed for start in range(0, len(whole), MAX_WHOLE_ARRAYS)
+                   for changed in client.request(kind(arrays=whole[start:start + MAX_WHOLE_ARRAYS]),
+                                                 timeout=WHOLE_ARRAY_TIMEOUT_S).arrays]
+        wanted = selected_ids(client, (named, some)) if named or some else []
         data = ChangesReply(results=[result for piece in chunks(wanted) for result
-                                     in client.request(kind(ids=piece)).results])
+                                     in client.request(kind(ids=piece)).results], arrays=counted)
     if as_json:
         print_json(data)
     else:
         for result in data.results:
             click.echo(f"job {result.id}: {result.result}")
+        for array in data.arrays:
+            click.echo(f"array {array.id}: " + (", ".join(
+                f"{n:,} {result}" for result, n in sorted(array.results.items(),
+                                                          key=lambda item: -item[1]))
+                or "no jobs"))
     return 3 if any(r.result == "not found" for r in data.results) else 0
 
 

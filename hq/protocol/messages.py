@@ -319,25 +319,40 @@ class ChangeResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     result: Text          # cancelled, cancelling, held, released, not found, already done...
 
 
+class ArrayChanges(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: JobId                                 # the array's
+    results: dict[Text, Count]                # how many of its jobs got each result
+
+
 class ChangesReply(Reply, tag="reply", kw_only=True):
     results: list[ChangeResult]
+    arrays: list[ArrayChanges] = msgspec.field(default_factory=list)   # version 2
+
+
+# whole arrays one change may name (each is a pass over its owner's unfinished jobs)
+MAX_WHOLE_ARRAYS = 64
+WholeArrays = Annotated[list[JobId], msgspec.Meta(max_length=MAX_WHOLE_ARRAYS)]
 
 
 class Cancel(Request, tag="cancel", kw_only=True):
-    """Cancel jobs of mine. (hq-server -> user-server -> exec-server ``Cancel`` is
-    ``CancelJobs``: same tag, other peers.)"""
+    """Cancel jobs of mine: ``ids`` one by one, and every job of each of ``arrays`` (version
+    2), answered as counts per result. (hq-server -> user-server -> exec-server ``Cancel``
+    is ``CancelJobs``: same tag, other peers.)"""
 
-    ids: IdList
+    ids: IdList = msgspec.field(default_factory=list)
+    arrays: WholeArrays = msgspec.field(default_factory=list)
     reply_type = ChangesReply
 
 
 class Hold(Request, tag="hold", kw_only=True):
-    ids: IdList
+    ids: IdList = msgspec.field(default_factory=list)
+    arrays: WholeArrays = msgspec.field(default_factory=list)
     reply_type = ChangesReply
 
 
 class Release(Request, tag="release", kw_only=True):
-    ids: IdList
+    ids: IdList = msgspec.field(default_factory=list)
+    arrays: WholeArrays = msgspec.field(default_factory=list)
     reply_type = ChangesReply
 
 

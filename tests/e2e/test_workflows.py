@@ -73,9 +73,13 @@ def test_array_elements_are_named_by_index(running_hq):
     assert released.stdout.splitlines() == [f"job {ids[1]}: released", f"job {ids[3]}: released"]
     missing = hq.client("release", f"{array}_7")
     assert missing.returncode == 3 and f"array {array} has no element 7" in missing.stderr
-    cancelled = hq.client("cancel", f"{array}_*")
+    cancelled = hq.client("cancel", f"{array}_*")   # a whole array: one line of counts
     assert cancelled.returncode == 0, cancelled.stderr
-    assert len(cancelled.stdout.splitlines()) == 5
+    (line,) = cancelled.stdout.splitlines()
+    assert line.startswith(f"array {array}: 3 cancelled"), line
+    counted = _json(hq.client("cancel", "--json", "--array", str(array)))["arrays"]
+    assert counted[0]["id"] == array and sum(counted[0]["results"].values()) == 5
+    assert counted[0]["results"].get("already cancelled", 0) >= 3
     _wait_all(hq, ids)
 
 
