@@ -18,7 +18,9 @@ import logging
 from dataclasses import dataclass, field
 
 from hq.config import Installation, ServerConfig
+from hq.db.jobs import find_job
 from hq.db.users import UserRecord
+from hq.job import Job
 from hq.limits_config import Limit, Limits, load_limits
 from hq.protocol import Channel
 from hq.protocol.messages import MonitorHosts
@@ -76,6 +78,15 @@ class Server:
                              self.config, self.clock)
         self.notifier = Notifier(self.journal, self.store, self.links, self.clock,
                                  self.cluster.database_id)
+
+    async def own_job(self, owner: str, job_id: int) -> Job | None:
+        """``owner``'s job ``job_id``, from memory or else the database; None when there is
+        none, or it is another user's (which the caller must not tell apart)."""
+        job = self.cluster.own_job(owner, job_id)
+        if job is None:
+            job = await self.store.read(lambda conn: find_job(conn, job_id),
+                                        what=f"job {job_id}")
+        return job if job is not None and job.owner == owner else None
 
     def users_changed(self, users: dict[str, UserRecord] | None = None) -> None:
         """etc/users as loaded (at start and at each reload, then ``users`` replaces

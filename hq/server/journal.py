@@ -116,9 +116,15 @@ class Journal:
         if new.finished:
             self.finished.set()
             self.finished = asyncio.Event()
-        if change.ended is not None and self.submission_ended is not None:
-            self.submission_ended(change.ended)
+        if change.ended is not None:
+            self.ended(change.ended)
         return [(dependant, job.id, new) for dependant in change.doomed]
+
+    def ended(self, sub: Submission) -> None:
+        """The last job of ``sub`` ended: whoever asked to be told is (in memory, before
+        the commit)."""
+        if self.submission_ended is not None:
+            self.submission_ended(sub)
 
     def _record(self, change: Change, reason: str | None) -> None:
         job, new = change.job, change.new

@@ -12,15 +12,18 @@ count: quotas, ``hq-client status``, the folded ``hq-client jobs`` and an array'
 request that names jobs one by one (cancel, hold, release, show, wait, an expanded listing,
 ``--dependency``, resubmit) first waits until its caller's arrays are laid out, so it
 never meets an element that exists only as a number; after ``SETTLE_S`` it is answered
-"still being stored, try again" instead (a million elements take about a minute). Nothing
-else can change those elements meanwhile, so after a restart the ones still missing are
-laid out in the state their laid-out siblings were given: held if any of them is held, else
-pending.
+"still being stored, try again" instead (a million elements take about a minute). Only a
+change of the whole array (``hq-client cancel 42_*``, hold, release) reaches them: they
+are stored in its new state from then on (``Layouts.change_tail``), and a cancelled one
+ends its submission only once it is stored. So after a restart the ones still missing are
+laid out in the state their laid-out siblings were given: cancelled if the last one stored
+was cancelled before it started, else held if any of them is held, else pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,9 +61,11 @@ class Layout:
     owner_id: int
     template: JobSpec        # the array's spec: its index set, no index of its own
     indexes: list[int]       # the whole array's indexes, in id order
-    state: JobState          # the elements not laid out yet are pending, or held
+    state: JobState          # the elements not laid out yet are pending, held or cancelled
     laid_out: int            # elements stored so far (the first ones, in id order)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str | None = None            # cancelled: why, and when
+    ended_at: dt.datetime | None = None
 
     @property
     def tail(self) -> int:
@@ -71,12 +76,12 @@ class Layout:
         """The array's elements from position ``start`` to ``stop`` (exclusive), as new
         jobs: ids are the array's first job id plus the position."""
         sub, first = self.sub, self.sub.first_job_id or 0
-        held = self.state is JobState.HELD
+        waits = self.state is JobState.PENDING
         specs = self.template.elements(self.indexes[start:stop])
         return [Job(id=job_id, submission_id=sub.id, owner=sub.owner, owner_id=self.owner_id,
                     spec=spec, submitted_at=sub.submitted_at,   # type: ignore[arg-type]
-                    state=self.state, eligible_at=None if held else sub.submitted_at,
-                    array_id=first)
+                    state=self.state, eligible_at=sub.submitted_at if waits else None,
+                    reason=self.reason, ended_at=self.ended_at, array_id=first)
                 for job_id, spec in enumerate(specs, first + start)]
 
 
@@ -105,7 +110,15 @@ class Layouts:
             while layout.tail:
                 chunk = layout.elements(layout.laid_out, layout.laid_out + CHUNK)
                 await self.journal.elements(sub, chunk)
-                self.cluster.add_expected(chunk)
+                changed = layout.state is not chunk[0].state
+                if changed:   # changed whole while this chunk was being written
+                    self.cluster.retarget_expected(sub, layout.state, chunk[0].state,
+                                                   len(chunk))
+                for ended in self.cluster.add_expected(chunk):
+                    self.journal.ended(ended)
+                if changed:
+                    for job in chunk:
+                        self._change(job, layout)
                 layout.laid_out += len(chunk)
                 self.wake()
             log.info("array %s of %s: its %d elements laid out", sub.first_job_id,
@@ -118,6 +131,31 @@ class Layouts:
         finally:   # also when hq-server stops (cancelled): the next start lays out the rest
             self.running.pop(sub.id, None)
             layout.done.set()
+
+    def change_tail(self, layout: Layout, new: JobState, reason: str | None = None) -> int:
+        """An array held, released or cancelled whole while it is laid out: its elements
+        not stored yet are stored in state ``new`` (a cancelled one with ``reason``), and
+        counted so from now on. Returns how many changed (0: they already were)."""
+        old = layout.state
+        if old is new or old.finished:
+            return 0
+        self.cluster.retarget_expected(layout.sub, old, new, layout.tail)
+        layout.state = new
+        log.info("array %s of %s: its %d jobs not stored yet are %s now", layout.sub.first_job_id,
+                 layout.sub.owner, layout.tail, new)
+        if new.finished:
+            layout.reason, layout.ended_at = reason, self.journal.clock.now()
+        return layout.tail
+
+    def _change(self, job: Job, layout: Layout) -> None:
+        """A stored element of ``layout`` in the state its tail had: into the tail's now."""
+        new = layout.state
+        if new.finished:
+            self.journal.job(job, new, reason=layout.reason, ended_at=layout.ended_at)
+        elif new is JobState.PENDING:
+            self.journal.job(job, new, eligible_at=self.journal.clock.now())
+        else:
+            self.journal.job(job, new)
 
     async def settled(self, owner: str | None, timeout_s: float = SETTLE_S) -> None:
         """Return once ``owner``'s arrays (everyone's with None) are all laid out; Busy,
@@ -162,8 +200,13 @@ class Layouts:
             held = any(job.state is JobState.HELD
                        for job in cluster.unfinished_by_owner.get(sub.owner, {}).values()
                        if job.submission_id == sub.id)
+            # the last stored element cancelled before it ever started: only a whole-array
+            # cancel does that while an array is laid out, and it cancelled the rest too
+            cancelled = one.state is JobState.CANCELLED and one.started_at is None
             template = msgspec.structs.replace(one.spec, array_index=None)
             self.start(Layout(sub=sub, owner_id=owner_id, template=template,
                               indexes=array_indexes.expand(sub.array_indexes),
-                              state=JobState.HELD if held else JobState.PENDING,
-                              laid_out=stored))
+                              state=JobState.CANCELLED if cancelled
+                              else JobState.HELD if held else JobState.PENDING,
+                              laid_out=stored, reason=one.reason if cancelled else None,
+                              ended_at=one.ended_at if cancelled else None))

@@ -1,5 +1,5 @@
 """What a user may ask hq-server (through their user-server): submit (``hq.server.submitting``),
-look, cancel, wait.
+look, change (``hq.server.changing``: cancel, hold, release), wait.
 
 Every handler works on the caller's own jobs only. A job of someone else gets the very same
 ``not_found`` answer as a job that does not exist, so ids reveal nothing. Other users' jobs
@@ -14,24 +14,19 @@ import contextlib
 import datetime as dt
 import fnmatch
 import inspect
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hq import __version__
 from hq.db.dependencies import dependencies_of
-from hq.db.jobs import find_job, list_attempts, list_finished_jobs, submission_counts
+from hq.db.jobs import list_attempts, list_finished_jobs
 from hq.errors import NotFound
 from hq.job import Job
 from hq.protocol.messages import (
     MAX_PAGE,
-    ArrayChanges,
     ArrayCounts,
     AttemptInfo,
     Cancel,
-    ChangeResult,
-    ChangesReply,
     ClusterSummary,
     DependencyInfo,
     Hold,
@@ -54,12 +49,13 @@ from hq.protocol.messages import (
     WaitReply,
     Watch,
 )
+from hq.server.changing import cancel, changing, hold, release
 from hq.server.core import Server, Session
 from hq.server.submitting import reserve, submit, submit_part
 from hq.server.views import array_line, job_info, wait_state
 from hq.server.watch import watch
 from hq.server.workflows import array_counts, job_specs, update_array
-from hq.states import FINISHED_JOB_STATES, JobState
+from hq.states import FINISHED_JOB_STATES
 
 MAX_WAIT_S = 60.0
 WAIT_COALESCE_S = 0.05
@@ -71,13 +67,10 @@ Handler = Callable[[Server, Session, Any], Awaitable[Any] | Any]
 
 async def _own_or_recorded(server: Server, session: Session, job_id: int) -> Job:
     """The caller's job ``job_id`` from memory or the database; NotFound otherwise."""
-    job = server.cluster.own_job(session.user.name, job_id)
-    if job is not None:
-        return job
-    found = await server.store.read(lambda conn: find_job(conn, job_id), what=f"job {job_id}")
-    if found is None or found.owner != session.user.name:
+    job = await server.own_job(session.user.name, job_id)
+    if job is None:
         raise NotFound(f"no such job: {job_id}")
-    return found
+    return job
 
 
 async def show(server: Server, session: Session, request: Show) -> ShowReply:
@@ -215,142 +208,6 @@ def ping(server: Server, session: Session, request: Ping) -> PingReply:
                      unfinished=server.cluster.unfinished_of(session.user.name))
 
 
-# --- changing -------------------------------------------------------------------------------
-
-def _own_jobs(server: Server, session: Session, ids: Iterable[int]
-              ) -> tuple[list[Job], list[int]]:
-    mine, missing = [], []
-    for job_id in dict.fromkeys(ids):
-        job = server.cluster.own_job(session.user.name, job_id)
-        (mine.append(job) if job is not None else missing.append(job_id))
-    return mine, missing
-
-
-@dataclass(frozen=True, slots=True)
-class WholeArray:
-    """An array named whole by a change: its unfinished jobs, and its finished ones counted."""
-
-    id: int
-    unfinished: list[Job]
-    finished: dict[JobState, int]
-
-
-async def _whole_arrays(server: Server, session: Session, arrays: Iterable[int]
-                        ) -> list[WholeArray]:
-    """The caller's ``arrays``, each found whole: a pass over the caller's unfinished jobs,
-    and the database only for an array whose jobs have all finished. NotFound names the
-    first id that is not an array of the caller's, before anything is changed."""
-    me, cluster = session.user.name, server.cluster
-    heads: list[Job] = []
-    for array in dict.fromkeys(arrays):
-        try:
-            head: Job | None = await _own_or_recorded(server, session, array)
-        except NotFound:
-            head = None
-        if head is None or head.array_id != head.id:
-            raise NotFound(f"no such array: {array}")
-        heads.append(head)
-    recorded: dict[int, dict[JobState, int]] = {}
-    while gone := [h.submission_id for h in heads if h.submission_id not in cluster.submissions
-                   and h.submission_id not in recorded]:
-        await server.journal.committed()   # all ended: the database counts them
-        for sub_id in gone:
-            stored = await server.store.read(lambda conn, sub_id=sub_id: submission_counts(
-                conn, sub_id), what=f"counts of submission {sub_id}")
-            recorded[sub_id] = {JobState(state): n for state, n in stored.items()}
-    # no await from here on: what is found is what the change sees
-    members: dict[int, list[Job]] = {head.submission_id: [] for head in heads}
-    for job in cluster.unfinished_by_owner.get(me, {}).values():
-        if job.submission_id in members:
-            members[job.submission_id].append(job)
-    found = []
-    for head in heads:
-        sub = cluster.submissions.get(head.submission_id)
-        found.append(WholeArray(head.id, members[head.submission_id],
-                                dict(+sub.finished) if sub is not None
-                                else recorded[head.submission_id]))
-    return found
-
-
-def _resolving_arrays(handler: Callable[..., ChangesReply]) -> Handler:
-    """``handler`` given the whole arrays its request names (``WholeArray``)."""
-    async def resolving(server: Server, session: Session, request: Any) -> ChangesReply:
-        arrays = await _whole_arrays(server, session, request.arrays) if request.arrays else []
-        return handler(server, session, request, arrays)
-    return resolving
-
-
-def _results(order: Iterable[int], results: dict[int, str], arrays: Sequence[WholeArray] = (),
-             array_results: Sequence[dict[int, str]] = (), ended: str = "") -> ChangesReply:
-    """The reply of a change: a result per job named by id, and for each whole array its
-    results counted (``ended`` says what its finished jobs got, e.g. ``already {state}``)."""
-    counted = []
-    for array, changed in zip(arrays, array_results, strict=True):
-        tally = Counter(changed.values())
-        for state, n in array.finished.items():
-            tally[ended.format(state=state)] += n
-        counted.append(ArrayChanges(array.id, dict(tally)))
-    return ChangesReply(results=[ChangeResult(i, results.get(i, "not found"))
-                                 for i in dict.fromkeys(order)], arrays=counted)
-
-
-def _change(server: Server, session: Session, request: Cancel | Hold | Release,
-            arrays: Sequence[WholeArray], change: Callable[[Iterable[Job]], dict[int, str]],
-            ended: str) -> ChangesReply:
-    mine, _missing = _own_jobs(server, session, request.ids)
-    return _results(request.ids, change(mine), arrays,
-                    [change(array.unfinished) for array in arrays], ended)
-
-
-def cancel(server: Server, session: Session, request: Cancel,
-           arrays: Sequence[WholeArray] = ()) -> ChangesReply:
-    return _change(server, session, request, arrays,
-                   lambda jobs: server.dispatcher.cancel(jobs, by=session.user.name),
-                   "already {state}")
-
-
-def _hold_or_release(server: Server, jobs: Iterable[Job], hold: bool) -> dict[int, str]:
-    source, target = ((JobState.PENDING, JobState.HELD) if hold
-                      else (JobState.HELD, JobState.PENDING))
-    results: dict[int, str] = {}
-    withdrawing = []
-    for job in jobs:
-        if hold and job.state is JobState.DISPATCHED and not job.cancel_requested:
-            withdrawing.append(job)   # queued ahead at an exec-server: ask for it back
-        elif not hold and job.hold_requested:
-            job.hold_requested = False
-            results[job.id] = "released"
-        elif job.state is not source:
-            results[job.id] = f"not {source} ({job.state})"
-        elif hold:
-            server.journal.job(job, target)
-            results[job.id] = "held"
-        else:
-            server.journal.job(job, target, eligible_at=server.clock.now())
-            results[job.id] = "released"
-    asked = {job.id for job in server.dispatcher.withdraw(withdrawing)}
-    for job in withdrawing:
-        if job.id in asked:
-            job.hold_requested = True
-            results[job.id] = "holding (if it has not started)"
-        else:
-            results[job.id] = f"not {source} ({job.state})"
-    server.dispatcher.wake()
-    return results
-
-
-def hold(server: Server, session: Session, request: Hold,
-         arrays: Sequence[WholeArray] = ()) -> ChangesReply:
-    return _change(server, session, request, arrays,
-                   lambda jobs: _hold_or_release(server, jobs, hold=True), "not pending ({state})")
-
-
-def release(server: Server, session: Session, request: Release,
-            arrays: Sequence[WholeArray] = ()) -> ChangesReply:
-    return _change(server, session, request, arrays,
-                   lambda jobs: _hold_or_release(server, jobs, hold=False), "not held ({state})")
-
-
 async def wait(server: Server, session: Session, request: Wait) -> WaitReply:
     timeout = min(request.timeout_s or 1.0, MAX_WAIT_S)
     deadline = server.clock.monotonic() + timeout
@@ -391,10 +248,8 @@ def _after_layout(handler: Handler) -> Handler:
 
 USER_REQUESTS: dict[type, Handler] = {
     Ping: ping, ReserveSubmission: reserve, Submit: submit, SubmitPart: submit_part,
-    Status: status, Jobs: jobs, Show: _after_layout(show),
-    Cancel: _after_layout(_resolving_arrays(cancel)),
-    Hold: _after_layout(_resolving_arrays(hold)),
-    Release: _after_layout(_resolving_arrays(release)), Wait: _after_layout(wait),
+    Status: status, Jobs: jobs, Show: _after_layout(show), Cancel: changing(cancel),
+    Hold: changing(hold), Release: changing(release), Wait: _after_layout(wait),
     UpdateArray: update_array, ArrayCounts: array_counts, JobSpecs: _after_layout(job_specs),
     Watch: watch,
 }

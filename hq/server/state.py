@@ -237,18 +237,40 @@ class Cluster:
         laid out, ``hq.server.layout``): counted in ``state`` and as unfinished from now on,
         so that quotas, counts and the submission's end include them."""
         self.counts[(sub.owner, state)] += count
-        self.unfinished_by_submission[sub.id] += count
-        sub.unfinished[state] += count
+        self.unfinished_by_submission[sub.id] += count   # awaited: even cancelled ones
+        (sub.finished if state.finished else sub.unfinished)[state] += count
 
-    def add_expected(self, jobs: Sequence[Job]) -> None:
-        """Jobs counted by ``expect_jobs`` are stored now: into memory, counted once."""
+    def add_expected(self, jobs: Sequence[Job]) -> list[Submission]:
+        """Jobs counted by ``expect_jobs`` are stored now: unfinished ones into memory,
+        counted once; finished ones (the tail of an array cancelled whole while it was laid
+        out) only stop being awaited. Returns the submissions this ended."""
+        ended = []
         for job in jobs:
-            self.counts[(job.owner, job.state)] -= 1
             self.unfinished_by_submission[job.submission_id] -= 1
+            if job.state.finished:
+                if self.unfinished_by_submission[job.submission_id] <= 0:
+                    del self.unfinished_by_submission[job.submission_id]
+                    sub = self.submissions.pop(job.submission_id, None)
+                    if sub is not None:
+                        ended.append(sub)
+                continue
+            self.counts[(job.owner, job.state)] -= 1
             sub = self.submissions.get(job.submission_id)
             if sub is not None:
                 sub.unfinished[job.state] -= 1
             self.add_job(job)
+        return ended
+
+    def retarget_expected(self, sub: Submission, old: JobState, new: JobState,
+                          count: int) -> None:
+        """``count`` jobs of ``sub`` not stored yet are in state ``new`` now, not ``old``
+        (an array held, released or cancelled whole while it is laid out). A cancelled one
+        stays awaited until it is stored, so that its submission ends only then."""
+        self.counts[(sub.owner, old)] -= count
+        self.counts[(sub.owner, new)] += count
+        (sub.finished if old.finished else sub.unfinished)[old] -= count
+        (sub.finished if new.finished else sub.unfinished)[new] += count
+
 
     # --- the one place a job or a host changes state ------------------------------------------
 

@@ -221,12 +221,8 @@ async def array_counts(server: Server, session: Session, request: ArrayCounts
     """``hq-client progress ARRAY``: its jobs by state. While some of its jobs are
     unfinished, memory counts all of them (``Submission.unfinished`` and ``.finished``);
     once all have ended, the database does, after everything recorded so far committed."""
-    me = session.user.name
-    head = server.cluster.own_job(me, request.array)
-    if head is None:
-        head = await server.store.read(lambda conn: find_job(conn, request.array),
-                                       what=f"job {request.array}")
-    if head is None or head.owner != me or head.array_id != head.id:
+    head = await server.own_job(session.user.name, request.array)
+    if head is None or head.array_id != head.id:
         raise NotFound(f"no such array: {request.array}")
     sub = server.cluster.submissions.get(head.submission_id)
     if sub is not None:

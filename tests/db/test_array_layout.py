@@ -23,6 +23,7 @@ from hq.jobspec import JobSpec
 from hq.protocol.messages import (
     ArrayCounts,
     Cancel,
+    Hold,
     JobEnded,
     JobEvents,
     Jobs,
@@ -30,6 +31,7 @@ from hq.protocol.messages import (
     Release,
     Run,
     Status,
+    SubmissionEnded,
     Submit,
 )
 from hq.server import layout, requests, submitting, workflows
@@ -139,9 +141,10 @@ def test_an_array_whose_stored_elements_ended_has_not_ended_until_laid_out(db_co
         core.server.layouts.stop()
         await asyncio.sleep(0)
         await core.committed()
-        with core.engine.begin() as conn:   # the stored ten ended while hq-server was down
+        with core.engine.begin() as conn:   # the stored ten ran (hq-server had stopped)
             conn.execute(sa.update(jobs).where(jobs.c.id.in_(ids[:10]))
-                         .values(state=JobState.CANCELLED))
+                         .values(state=JobState.DONE, started_at=core.clock.now(),
+                                 ended_at=core.clock.now(), exit_code=0))
         with core.engine.connect() as conn:
             assert unnotified_submissions(conn) == []
             sub_id = conn.execute(sa.select(submissions.c.id)
@@ -155,7 +158,7 @@ def test_an_array_whose_stored_elements_ended_has_not_ended_until_laid_out(db_co
         counted = await workflows.array_counts(core.server, core.session("alice"),
                                                ArrayCounts(array=ids[0]))
         assert (counted.jobs, counted.counts) == (
-            50, {JobState.CANCELLED: 10, JobState.PENDING: 40})
+            50, {JobState.DONE: 10, JobState.PENDING: 40})
     run(db_config, tmp_path, body)
 
 
@@ -207,4 +210,99 @@ def test_an_arrays_counts_are_right_while_it_is_stored_runs_and_after_a_restart(
                                          ArrayCounts(array=ids[0]))
         with pytest.raises(NotFound, match=f"no such array: {ids[1]}"):   # an element
             await workflows.array_counts(core.server, alice, ArrayCounts(array=ids[1]))
+    run(db_config, tmp_path, body)
+
+
+def reasons(ids: list[int]) -> sa.Select:
+    return sa.select(jobs.c.state, jobs.c.state_reason.label("reason")).where(jobs.c.id.in_(ids))
+
+
+async def change(core: Core, request):
+    return await requests.USER_REQUESTS[type(request)](core.server, core.session("alice"),
+                                                       request)
+
+
+@pytest.mark.parametrize("in_flight", [False, True], ids=["before-a-chunk", "mid-chunk"])
+def test_a_whole_array_cancelled_while_laid_out_is_stored_cancelled(db_config, tmp_path,
+                                                                    in_flight):
+    """``hq-client cancel 42_*`` right after a big submit does not wait for the layout:
+    the stored elements are cancelled, the rest are stored cancelled, and the array ends
+    (its owner told once) only when the last of them is stored."""
+    async def body(core: Core) -> None:
+        peer = core.peers["alice"]
+        ids = await submit_array(core, "1-50", notify="echo done",
+                                 notify_signature="signed-by-test")
+        if in_flight:   # the layout has a chunk on its way to the database
+            await asyncio.sleep(0)
+            assert core.server.layouts.running
+        reply = await change(core, Cancel(arrays=[ids[0]]))
+        assert [(a.id, a.results) for a in reply.arrays] == [(ids[0], {"cancelled": 50})]
+        assert requests.status(core.server, core.session("alice"), Status()).mine == {
+            "cancelled": 50}
+        assert core.server.cluster.unfinished_of("alice") == 0
+        again = await change(core, Cancel(arrays=[ids[0]]))
+        assert again.arrays[0].results == {"already cancelled": 50}
+        await core.committed()   # the chunk that was on its way is stored, and cancelled
+        await asyncio.sleep(0)
+        assert core.server.layouts.running   # the rest are still being stored
+        counted = await workflows.array_counts(core.server, core.session("alice"),
+                                               ArrayCounts(array=ids[0]))
+        assert (counted.jobs, counted.counts) == (50, {JobState.CANCELLED: 50})
+        await core.server.layouts.settled("alice")
+        await core.committed()
+        assert {(r.state, r.reason) for r in core.rows(reasons(ids))} == {
+            (JobState.CANCELLED, "cancelled by alice")}
+        assert len(stored(core, ids[0])) == 50
+        counted = await workflows.array_counts(core.server, core.session("alice"),
+                                               ArrayCounts(array=ids[0]))
+        assert (counted.jobs, counted.counts) == (50, {JobState.CANCELLED: 50})
+        assert requests.status(core.server, core.session("alice"), Status()).mine == {
+            "cancelled": 50}
+        told = await peer.next(SubmissionEnded)
+        assert (told.array_id, told.counts) == (ids[0], {"cancelled": 50})
+        assert ids[0] not in core.server.cluster.submissions
+    run(db_config, tmp_path, body)
+
+
+def test_a_whole_array_held_and_released_while_laid_out_ends_up_queued(db_config, tmp_path):
+    async def body(core: Core) -> None:
+        ids = await submit_array(core, "1-50")
+        await asyncio.sleep(0)
+        held = await change(core, Hold(arrays=[ids[0]]))
+        assert held.arrays[0].results == {"held": 50}
+        await asyncio.sleep(0)   # another chunk on its way, written pending, now held
+        assert (await change(core, Hold(arrays=[ids[0]]))).arrays[0].results == {
+            "not pending (held)": 50}
+        assert core.server.dispatcher.round() == 0
+        await core.committed()
+        released = await change(core, Release(arrays=[ids[0]]))
+        assert released.arrays[0].results == {"released": 50}
+        await core.server.layouts.settled("alice")
+        await core.committed()
+        assert {r.state for r in stored(core, ids[0])} == {JobState.PENDING}
+        assert len(stored(core, ids[0])) == 50
+        assert requests.status(core.server, core.session("alice"), Status()).mine == {
+            "pending": 50}
+        assert core.server.dispatcher.round() == 2
+    run(db_config, tmp_path, body)
+
+
+def test_an_array_cancelled_while_laid_out_is_laid_out_cancelled_after_a_restart(db_config,
+                                                                                 tmp_path):
+    async def body(core: Core) -> None:
+        ids = await submit_array(core, "1-50")
+        await change(core, Cancel(arrays=[ids[0]]))
+        core.server.layouts.stop()   # hq-server stops before the rest is stored
+        await asyncio.sleep(0)
+        await core.committed()
+        assert len(stored(core, ids[0])) < 50
+        await core.restart()
+        assert core.server.cluster.unfinished_of("alice") == 0
+        await core.server.layouts.settled("alice")
+        await core.committed()
+        rows = core.rows(reasons(ids))
+        assert len(rows) == 50
+        assert {(r.state, r.reason) for r in rows} == {(JobState.CANCELLED,
+                                                        "cancelled by alice")}
+        assert not core.server.cluster.submissions
     run(db_config, tmp_path, body)
