@@ -147,9 +147,9 @@ def _counts(look: ArrayCountsReply) -> dict[str, int]:
 
 
 def _finished(look: ArrayCountsReply) -> bool:
-    """Every job counted, and all of them finished (a job that finished while it was
-    counted is missing for a look)."""
-    return sum(n for s, n in look.counts.items() if s in FINISHED) == look.jobs
+    """Every job finished, and stored (an array cancelled whole while it was being stored
+    counts as cancelled at once, and ends once all its jobs are stored)."""
+    return look.ended
 
 
 def _status(looks: dict[int, ArrayCountsReply]) -> int:

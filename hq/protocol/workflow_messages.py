@@ -36,6 +36,7 @@ class ArrayCountsReply(Reply, tag="reply", kw_only=True):
     array_id: JobId
     jobs: Count                              # all of them, those not stored yet included
     counts: dict[JobState, Count]            # how many are in each state now
+    ended: bool = False                      # all finished and stored: nothing will change
 
 
 class ArrayCounts(Request, tag="array_counts", kw_only=True):

@@ -220,7 +220,8 @@ async def array_counts(server: Server, session: Session, request: ArrayCounts
                        ) -> ArrayCountsReply:
     """``hq-client progress ARRAY``: its jobs by state. While some of its jobs are
     unfinished, memory counts all of them (``Submission.unfinished`` and ``.finished``);
-    once all have ended, the database does, after everything recorded so far committed."""
+    once all have ended (a cancelled one not stored yet has not), the database does, after
+    everything recorded so far committed."""
     head = await server.own_job(session.user.name, request.array)
     if head is None or head.array_id != head.id:
         raise NotFound(f"no such array: {request.array}")
@@ -232,4 +233,5 @@ async def array_counts(server: Server, session: Session, request: ArrayCounts
     stored = await server.store.read(lambda conn: submission_counts(conn, head.submission_id),
                                      what=f"counts of array {head.id}")
     return ArrayCountsReply(array_id=head.id, jobs=sum(stored.values()),
-                            counts={JobState(state): n for state, n in stored.items()})
+                            counts={JobState(state): n for state, n in stored.items()},
+                            ended=True)

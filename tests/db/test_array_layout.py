@@ -248,6 +248,7 @@ def test_a_whole_array_cancelled_while_laid_out_is_stored_cancelled(db_config, t
         counted = await workflows.array_counts(core.server, core.session("alice"),
                                                ArrayCounts(array=ids[0]))
         assert (counted.jobs, counted.counts) == (50, {JobState.CANCELLED: 50})
+        assert not counted.ended   # hq-client progress waits on
         await core.server.layouts.settled("alice")
         await core.committed()
         assert {(r.state, r.reason) for r in core.rows(reasons(ids))} == {
@@ -256,6 +257,7 @@ def test_a_whole_array_cancelled_while_laid_out_is_stored_cancelled(db_config, t
         counted = await workflows.array_counts(core.server, core.session("alice"),
                                                ArrayCounts(array=ids[0]))
         assert (counted.jobs, counted.counts) == (50, {JobState.CANCELLED: 50})
+        assert counted.ended
         assert requests.status(core.server, core.session("alice"), Status()).mine == {
             "cancelled": 50}
         told = await peer.next(SubmissionEnded)

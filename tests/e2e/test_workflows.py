@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import time
 
@@ -257,6 +258,34 @@ def test_a_big_array_answers_before_it_is_stored_and_survives_kill_9(running_hq)
                       .where(jobs.c.id >= ids[0], jobs.c.state == "held"))
     assert tuple(rows[0]) == (count, ids[0], ids[-1], count)
     assert hq.submit_id("true") == ids[-1] + 1   # the array's ids stayed its own
+
+
+def test_a_big_array_cancelled_whole_at_once_is_stored_cancelled(running_hq):
+    """A mistaken ``--array 1-100000`` is cancelled at once, while its jobs are still being
+    stored: one line of counts, every job stored cancelled, told once when all are."""
+    hq = running_hq
+    count, told = 100_000, hq.home / "told-big.txt"
+    ids = _ids(hq.submit("--json", "--array", f"1-{count}", "--notify",
+                         f'echo "$HQ_STATE $HQ_JOBS $HQ_CANCELLED" >> {told}', "sleep 600"))
+    cancelled = hq.client("cancel", f"{ids[0]}_*")
+    assert cancelled.returncode == 0, cancelled.stderr
+    (stored,) = hq.db_rows(sa.select(sa.func.count()).where(jobs.c.id >= ids[0]))[0]
+    assert stored < count, "all stored before the cancel: it proves nothing"
+    # the few that started are being killed; the others, stored or not, are cancelled
+    (line,) = cancelled.stdout.splitlines()
+    shape = rf"array {ids[0]}: (100,000|99,\d{{3}}) cancelled(, \d cancelling)?"
+    assert re.fullmatch(shape, line), line
+    assert sum(_json(hq.client("status", "--json"))["mine"].get(s, 0)
+               for s in ("pending", "held")) == 0
+    counted = hq.client("progress", str(ids[0]), "--json", timeout=120)
+    assert counted.returncode == 1   # not all done
+    assert json.loads(counted.stdout) == {str(ids[0]): {"cancelled": count}}
+    (rows,) = hq.db_rows(sa.select(sa.func.count()).where(jobs.c.id >= ids[0],
+                                                          jobs.c.state == "cancelled"))
+    assert rows[0] == count
+    eventually(told.exists, what="the --notify command")
+    time.sleep(1.0)
+    assert told.read_text() == f"cancelled {count} {count}\n"
 
 
 def test_notify_runs_once_per_array_with_the_counts(running_hq):
