@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hq.job import Job, Submission
 from hq.jobspec import JobSpec
+from hq.server.host import Host
 from hq.server.scheduler import Policy, place_jobs
-from hq.server.state import Cluster, Host
+from hq.server.state import Cluster
 from hq.states import HostState
 
 T0 = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)

@@ -39,6 +39,7 @@ from hq.protocol.messages import (
     Withdraw,
 )
 from hq.server.clock import Clock
+from hq.server.host import ExecServerView, Host
 from hq.server.journal import Journal
 from hq.server.links import Links, UserLink
 from hq.server.queue_ahead import jobs_to_queue_ahead
@@ -49,7 +50,7 @@ from hq.server.scheduler import (
     other_cores,
     place_jobs,
 )
-from hq.server.state import Cluster, ExecServerView, Host
+from hq.server.state import Cluster
 from hq.states import HostState, JobState
 
 log = logging.getLogger(__name__)

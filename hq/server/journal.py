@@ -46,7 +46,8 @@ from hq.job import Job, Submission
 from hq.server.changes import ChangeCounter
 from hq.server.clock import Clock
 from hq.server.dependencies import never_text
-from hq.server.state import Change, Cluster, Host
+from hq.server.host import Host
+from hq.server.state import Change, Cluster
 from hq.server.store import Store
 from hq.states import DependencyKind, EventKind, HostState, JobState
 

@@ -12,8 +12,9 @@ from hq.db.jobs import finished_counts, job_counts, load_unfinished, max_ids
 from hq.db.settings import CLUSTER_ACTIVE, DATABASE_ID, get_setting
 from hq.db.users import UserRecord, list_users, load_usage
 from hq.server.dependencies import verdict
+from hq.server.host import Host
 from hq.server.journal import Journal
-from hq.server.state import Cluster, Host
+from hq.server.state import Cluster
 
 
 def _host(rec: HostRecord) -> Host:

@@ -12,8 +12,9 @@ from collections import defaultdict
 from typing import Any
 
 from hq.job import Job, Submission
+from hq.server.host import Host
 from hq.server.scheduler import Policy, group_limit_reached, group_usage
-from hq.server.state import Cluster, Host
+from hq.server.state import Cluster
 
 # Queued ahead at an exec-server: about this many seconds of work per allotted core, judged by
 # the run times of the submission's jobs that ended; none while no job of it has ended.
