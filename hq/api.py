@@ -173,6 +173,12 @@ class Client:
             results.update({r.id: r.result for r in reply.results})
         return results
 
+    def cancel_array(self, array: int) -> dict[str, int]:
+        """Cancel every job of ``array`` (those still being stored too); how many got each
+        result (``{"cancelled": 498, "already done": 2}``)."""
+        reply = self._link.request(Cancel(arrays=[array]), timeout=120.0)
+        return dict(reply.arrays[0].results)
+
 
 def _array_specs(spec: JobSpec, indexes: list[int]) -> list[JobSpec]:
     """As ``hq-submit --array``: the indexes as text (``1-500,507``) when it reads back in

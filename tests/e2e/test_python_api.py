@@ -25,6 +25,8 @@ with Client() as hq:
     counts = hq.array_counts(ids[0])
     slow = hq.submit("sleep 60")
     cancelled = hq.cancel(slow + [999999])
+    napping = hq.submit("sleep 60", array=range(1, 4), hold=True)
+    whole = hq.cancel_array(napping[0])
     try:
         hq.show(999999)
         missing = "found?"
@@ -34,7 +36,7 @@ with Client() as hq:
                       "done": [str(r.state) for r in done],
                       "array": [(j.array_index, j.name) for j in jobs], "counts": counts,
                       "resubmit_of": hq.show(again[0]).resubmit_of,
-                      "cancelled": {str(k): v for k, v in cancelled.items()},
+                      "cancelled": {str(k): v for k, v in cancelled.items()}, "whole": whole,
                       "missing": missing}))
 """
 
@@ -60,4 +62,5 @@ def test_the_python_api_runs_a_small_workflow(running_hq):
     assert out["cancelled"][str(max(int(k) for k in out["cancelled"] if k != "999999"))] in (
         "cancelled", "cancelling")
     assert "no such job: 999999" in out["missing"]
+    assert out["whole"] == {"cancelled": 3}
     assert os.path.exists(hq.workdir / "fixed")
