@@ -15,6 +15,8 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sortedcontainers import SortedDict
+
 from hq.constraints import parse as parse_constraint
 from hq.constraints import satisfied
 from hq.job import OUTCOME_FIELDS, Job, Submission
@@ -55,7 +57,7 @@ class Cluster:
         # pending jobs by (owner, priority), each in id order: a round looks only at the
         # head of each queue, so its cost does not grow with the number of pending jobs. An
         # array with a cap has queues of its own, whose heads are as many as its cap leaves.
-        self.pending_queues: dict[QueueKey, dict[int, Job]] = {}
+        self.pending_queues: dict[QueueKey, dict[int, Job] | SortedDict] = {}
         self.deps = Dependencies()
         self.usage = Usage()
         self.user_limits: dict[str, UserLimits] = {}   # etc/users max_running=, max_cores=
@@ -289,10 +291,11 @@ class Cluster:
             return
         key = self._queue_key(job)
         queue = self.pending_queues.setdefault(key, {})
-        in_order = not queue or job.id > next(reversed(queue))
+        if queue and job.id < next(reversed(queue)) and not isinstance(queue, SortedDict):
+            # a requeued job, or a big array's jobs stored after a later submission's: from
+            # here on the queue keeps itself in order (each insertion O(log n), not a sort)
+            queue = self.pending_queues[key] = SortedDict(queue)
         queue[job.id] = job
-        if not in_order:  # a requeued job goes back to its place (rare)
-            self.pending_queues[key] = dict(sorted(queue.items()))
 
     def _unqueue(self, job: Job) -> None:
         if self.deps.waiting.pop(job.id, None) is not None:
