@@ -143,6 +143,25 @@ async def test_a_folded_listing_is_one_line_per_array_whatever_its_size(core: Co
     assert reply.jobs == [] and reply.arrays[0].indexes == "6-10"
 
 
+@core_test(hosts={"n1": 2})
+async def test_an_array_stored_after_a_later_job_still_queues_first(core: Core):
+    """A big array's later batches join a queue that already holds a newer job: the queue
+    stays in id order, so the array's jobs still go first (and no batch re-sorts it)."""
+    await core.user_server("alice")
+    array = JobSpec(command="sim", cwd="/tmp", signature="signed-by-test",
+                    array_indexes="1-3000")
+    ids = (await requests.submit(core.server, core.session("alice"), Submit(
+        jobs=[array], environment={"PATH": "/bin"}, umask=0o022))).ids
+    (later,) = await submit(core, "alice", ["true"])
+    await core.server.layouts.settled("alice")
+    cluster = core.server.cluster
+    (queue,) = cluster.pending_queues.values()
+    assert list(queue) == [*ids, later]
+    assert [job.id for job in cluster.pending_heads(3, {"alice"})] == ids[:3]
+    assert core.server.dispatcher.round() == 2
+    assert [state(core, i) for i in ids[:2]] == [JobState.DISPATCHED] * 2
+
+
 async def update_array_async(core: Core, user: str, array: int, cap: int) -> None:
     update_array(core.server, core.session(user), UpdateArray(array=array, cap=cap))
     await core.committed()
