@@ -337,10 +337,17 @@ def wait(ids: tuple[str, ...], arrays: tuple[int, ...], as_json: bool) -> int:
     IDS: 42, 42-45, 42,44; array elements 42_7 or 42_[1-5,9]; a whole array 42_* (or
     --array 42: an array's id is its first job's); several may be given.
     """
-    from hq.cli.waiting import wait_and_report
+    from hq.cli.waiting import wait_and_report, wait_for_arrays_and_report
 
     selection = parse_selected(ids, arrays)
+    named, elements = selection
     with _connect() as client:
+        whole = [array for array, indexes in elements.items() if indexes is None]
+        if whole and not named and len(whole) == len(elements) and not as_json:
+            # whole arrays only: waited for by their counts, however many jobs they have
+            code = wait_for_arrays_and_report(client, whole, PROG)
+            if code is not None:
+                return code
         code, results = wait_and_report(client, selected_ids(client, selection), PROG)
     if as_json and results is not None:
         print_json({"jobs": results})

@@ -6,6 +6,7 @@ click is imported where it is needed, and nothing pulls in rich or sqlalchemy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping
@@ -298,8 +299,15 @@ def submit_and_report(request: Submit, *, wait: bool, parsable: bool, as_json: b
                 print_json({"ids": ids, "submission_id": reply.submission_id})
             return 0
         sys.stdout.flush()
-        from hq.cli.waiting import wait_and_report
+        from hq.cli.waiting import wait_and_report, wait_for_arrays_and_report
 
+        if len(ids) > 1 and not as_json:   # an array: waited for by its counts
+            from hq.errors import NotFound
+
+            with contextlib.suppress(NotFound):   # not an array: job by job, below
+                code = wait_for_arrays_and_report(client, [ids[0]], PROG)
+                if code is not None:
+                    return code
         status, results = wait_and_report(client, ids, PROG)
         if as_json:
             print_json({"ids": ids, "submission_id": reply.submission_id,

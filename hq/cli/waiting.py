@@ -4,19 +4,24 @@ that reports how they ended.
 Exit status: for one job its own exit code (128 + the signal number when a signal killed it,
 1 when it was cancelled or failed without an exit code); for several jobs 0 when all are
 ``done``, else 1. Ctrl-C stops the waiting, not the jobs (exit 130).
+
+Whole arrays are waited for by their counts (``ArrayCounts``, one look a second), so that
+waiting for a million jobs costs hq-server what waiting for one does.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import click
 
 from hq.cli.common import is_quiet, say
 from hq.errors import NotFound
-from hq.protocol.messages import MAX_IDS, Wait
+from hq.protocol.messages import MAX_IDS, ArrayCounts, Wait
 from hq.protocol.messages import JobWaitState as JobResult
 
 if TYPE_CHECKING:
@@ -73,6 +78,39 @@ def wait_and_report(client: BlockingClient, ids: Sequence[int], prog: str
     return exit_status(results), results
 
 
+def wait_for_arrays_and_report(client: BlockingClient, arrays: Sequence[int], prog: str
+                               ) -> int | None:
+    """Wait until every job of ``arrays`` has ended, looking at their counts; say how they
+    ended and return the exit status. None for a single job, whose own exit status needs
+    its result (``wait_and_report`` then answers at once)."""
+    progress = sys.stderr.isatty() and not is_quiet()
+    try:
+        while True:
+            looks = [client.request(ArrayCounts(array=array)) for array in arrays]
+            total = sum(look.jobs for look in looks)
+            counts: Counter[str] = Counter()
+            for look in looks:
+                counts.update({str(state): n for state, n in look.counts.items()})
+            if progress:
+                _show_progress(_progress_line(counts, total))
+            if all(look.ended for look in looks):
+                break
+            time.sleep(WAIT_TIMEOUT_S)
+    except KeyboardInterrupt:
+        if progress:
+            _show_progress("")
+        named = ", ".join(map(str, arrays))
+        click.echo(f"{prog}: stopped waiting; array{'s' if len(arrays) > 1 else ''} {named} "
+                   "keep running (hq-client cancel to stop them)", err=True)
+        return INTERRUPTED
+    if progress:
+        _show_progress("")
+    if total == 1:
+        return None
+    say(_summary_line(counts, total))
+    return 0 if counts.get("done", 0) == total else 1
+
+
 def exit_status(results: Sequence[JobResult]) -> int:
     """The exit status that reports how ``results`` ended (see the module docstring)."""
     if len(results) != 1:
@@ -105,17 +143,23 @@ def summary(results: Sequence[JobResult]) -> str:
     """One line about finished jobs: ``job 42 done`` or ``10 jobs finished: 9 done, 1 failed``."""
     if len(results) == 1:
         return f"job {results[0].id}: {outcome(results[0])}"
-    counts = _count(results)
+    return _summary_line(_count(results), len(results))
+
+
+def _summary_line(counts: Mapping[str, int], total: int) -> str:
     parts = [f"{counts[state]} {state}" for state in ("done", "failed", "cancelled")
              if counts.get(state)]
-    return f"{len(results)} jobs finished: {', '.join(parts)}"
+    return f"{total} jobs finished: {', '.join(parts)}"
 
 
 def progress_text(known: Sequence[JobResult], total: int) -> str:
     """``3/10 done, 1 failed, 6 running/pending`` (one job: ``job 42: running``)."""
     if total == 1 and known:
         return f"job {known[0].id}: {known[0].state}"
-    counts = _count(known)
+    return _progress_line(_count(known), total)
+
+
+def _progress_line(counts: Mapping[str, int], total: int) -> str:
     done, failed, cancelled = (counts.get(s, 0) for s in ("done", "failed", "cancelled"))
     text = f"{done}/{total} done, {failed} failed"
     if cancelled:

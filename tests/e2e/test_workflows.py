@@ -288,6 +288,23 @@ def test_a_big_array_cancelled_whole_at_once_is_stored_cancelled(running_hq):
     assert told.read_text() == f"cancelled {count} {count}\n"
 
 
+def test_waiting_for_a_whole_array_reports_its_counts(running_hq):
+    """``hq-client wait 42_*`` and ``hq-submit --wait --array`` wait by the array's counts
+    and end with one line; an array of one job still exits with that job's exit code."""
+    hq = running_hq
+    ids = _ids(hq.submit("--json", "--array", "1-4", 'test "$HQ_ARRAY_INDEX" != 3'))
+    waited = hq.client("wait", f"{ids[0]}_*", timeout=120)
+    assert waited.returncode == 1, waited.stderr
+    assert waited.stderr.splitlines()[-1] == "4 jobs finished: 3 done, 1 failed"
+    assert [hq.show(i)["state"] for i in ids] == ["done", "done", "failed", "done"]
+    submitted = hq.submit("--wait", "--array", "1-3", "true")
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stderr.splitlines()[-1] == "3 jobs finished: 3 done"
+    (one,) = _ids(hq.submit("--json", "--array", "7", "exit 3"))
+    alone = hq.client("wait", "--array", str(one), timeout=120)
+    assert alone.returncode == 3 and f"job {one}: failed" in alone.stderr, alone.stderr
+
+
 def test_notify_runs_once_per_array_with_the_counts(running_hq):
     hq = running_hq
     told = hq.home / "told.txt"
