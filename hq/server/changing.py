@@ -1,12 +1,12 @@
 """What a user may change of their jobs: cancel, hold and release, job by job (``ids``) or
 whole arrays (``arrays``: ``hq-client cancel 42_*``).
 
-A job named by id must be stored, so such a request first waits for its caller's arrays to
-be laid out (``hq.server.layout``). A whole array does not wait: hq-server finds its jobs
-in memory, changes the ones stored, and the ones not stored yet are stored in their new
-state (``Layouts.change_tail``). The answer counts the array's jobs by result, so that a
-million jobs are one line. A request naming anything that is not an array of the caller's
-is "not found" before anything changes.
+A job named by id must be stored, so such a request first waits until the caller's arrays
+are all laid out (``hq.server.layout``). A whole array does not wait:
+hq-server finds its jobs in memory, changes the ones stored, and the ones not stored yet
+are stored in their new state (``Layouts.change_tail``). The answer counts the array's
+jobs by result, so that a million jobs are one line. A request naming anything that is not
+an array of the caller's is "not found" before anything changes.
 """
 
 from __future__ import annotations
@@ -80,6 +80,9 @@ def changing(handler: Callable[..., ChangesReply]) -> Callable[..., Any]:
     it names (``WholeArray``)."""
     async def change(server: Server, session: Session, request: Any) -> ChangesReply:
         if request.ids:
+            # all the caller's arrays stored, not only these jobs: a restart reads what a
+            # layout's missing jobs are from its last stored one (``Layouts.resume``), so
+            # no job may be changed by itself while an array of its owner is laid out
             await server.layouts.settled(session.user.name)
         arrays = await whole_arrays(server, session, request.arrays) if request.arrays else []
         return handler(server, session, request, arrays)

@@ -9,11 +9,13 @@ queue as each one commits, in id order, so the queue's head is always laid out f
 
 Until an array is laid out, the elements not stored yet count as pending (or held) in every
 count: quotas, ``hq-client status``, the folded ``hq-client jobs`` and an array's end. A
-request that names jobs one by one (cancel, hold, release, show, wait, an expanded listing,
-``--dependency``, resubmit) first waits until its caller's arrays are laid out, so it
-never meets an element that exists only as a number; after ``SETTLE_S`` it is answered
-"still being stored, try again" instead (a million elements take about a minute). Only a
-change of the whole array (``hq-client cancel 42_*``, hold, release) reaches them: they
+request that names jobs one by one waits until they are stored, so that it never meets an
+element that exists only as a number: one that looks (show, wait) only while one of them
+is still to be stored, one that changes or lists them (cancel, hold, release, an expanded
+listing, ``--dependency``, resubmit) until all its caller's arrays are laid out. After
+``SETTLE_S`` it is answered "still being stored, try again" instead (a million elements
+take about a minute). So nothing changes an element by itself while its array is laid
+out; only a change of the whole array (``hq-client cancel 42_*``, hold, release) reaches them: they
 are stored in its new state from then on (``Layouts.change_tail``), and a cancelled one
 ends its submission only once it is stored. So after a restart the ones still missing are
 laid out in the state their laid-out siblings were given: cancelled if the last one stored
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import msgspec
@@ -71,6 +73,12 @@ class Layout:
     def tail(self) -> int:
         """Elements accepted and not stored yet."""
         return len(self.indexes) - self.laid_out
+
+    def stores_any(self, ids: Collection[int]) -> bool:
+        """Whether one of ``ids`` is a job of this array not stored yet."""
+        first = self.sub.first_job_id or 0
+        start, stop = first + self.laid_out, first + len(self.indexes)
+        return any(start <= job_id < stop for job_id in ids)
 
     def elements(self, start: int, stop: int) -> list[Job]:
         """The array's elements from position ``start`` to ``stop`` (exclusive), as new
@@ -157,13 +165,16 @@ class Layouts:
         else:
             self.journal.job(job, new)
 
-    async def settled(self, owner: str | None, timeout_s: float = SETTLE_S) -> None:
-        """Return once ``owner``'s arrays (everyone's with None) are all laid out; Busy,
-        saying how far the layout is, when that takes more than ``timeout_s``."""
+    async def settled(self, owner: str | None, timeout_s: float = SETTLE_S,
+                      ids: Collection[int] | None = None) -> None:
+        """Return once ``owner``'s arrays (everyone's with None) are all laid out, or with
+        ``ids``, the arrays that have one of those jobs still to store; Busy, saying how far
+        the layout is, when that takes more than ``timeout_s``."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             waiting = [layout for layout in self.running.values()
-                       if owner is None or layout.sub.owner == owner]
+                       if (owner is None or layout.sub.owner == owner)
+                       and (ids is None or layout.stores_any(ids))]
             if not waiting:
                 return
             try:

@@ -237,10 +237,13 @@ async def wait(server: Server, session: Session, request: Wait) -> WaitReply:
 
 
 def _after_layout(handler: Handler) -> Handler:
-    """``handler``, once the caller's arrays are all stored (``hq.server.layout``): its
-    request names jobs one by one, and each must be found."""
+    """``handler`` of a request that only looks at the jobs it names one by one, once they
+    are stored (an array of the caller's still being stored holds none of them:
+    ``hq.server.layout``). Changes wait for every array of the caller's instead
+    (``hq.server.changing``)."""
     async def after_layout(server: Server, session: Session, request: Any) -> Any:
-        await server.layouts.settled(session.user.name)
+        named = [request.id] if isinstance(request, Show) else request.ids
+        await server.layouts.settled(session.user.name, ids=named)
         result = handler(server, session, request)
         return await result if inspect.isawaitable(result) else result
     return after_layout

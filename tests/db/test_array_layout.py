@@ -27,9 +27,11 @@ from hq.protocol.messages import (
     JobEnded,
     JobEvents,
     Jobs,
+    JobSpecs,
     JobStarted,
     Release,
     Run,
+    Show,
     Status,
     SubmissionEnded,
     Submit,
@@ -307,4 +309,24 @@ def test_an_array_cancelled_while_laid_out_is_laid_out_cancelled_after_a_restart
         assert {(r.state, r.reason) for r in rows} == {(JobState.CANCELLED,
                                                         "cancelled by alice")}
         assert not core.server.cluster.submissions
+    run(db_config, tmp_path, body)
+
+
+def test_looking_at_a_stored_element_does_not_wait_for_the_rest(db_config, tmp_path):
+    """``hq-client show 42_3`` right after a big submit answers at once; the last element
+    is answered once it is stored. Changes by id still wait for the whole layout (a
+    restart infers the missing elements' state from the stored ones)."""
+    async def body(core: Core) -> None:
+        ids = await submit_array(core, "1-50", hold=True)
+        layouts = core.server.layouts
+        shown = await change(core, Show(id=ids[3]))
+        assert shown.job.array_index == 4 and layouts.running
+        specs = await change(core, JobSpecs(ids=ids[:3]))   # what a resubmit fetches
+        assert [j.id for j in specs.jobs] == ids[:3] and layouts.running
+        last = await change(core, Show(id=ids[-1]))
+        assert last.job.array_index == 50 and not layouts.running
+        ids = await submit_array(core, "1-50", hold=True)
+        assert layouts.running
+        released = await change(core, Release(ids=[ids[3]]))
+        assert released.results[0].result == "released" and not layouts.running
     run(db_config, tmp_path, body)
