@@ -2,7 +2,7 @@
 array elements (``42_7``, ``42_[1-5]``), whole arrays (``42_*`` or ``--array 42``).
 
 An array's id is its first job's id (Slurm's ArrayJobId), so ``42-45`` stays a range of job
-ids; its elements are looked up by index in the array's jobs (one ``jobs`` request per array).
+ids; its elements are looked up by index (``array_elements``), a whole array is listed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from hq.cli.jobids import parse_selection
 from hq.errors import NotFound, UsageError
-from hq.protocol.messages import MAX_PAGE, Jobs, JobsReply
+from hq.protocol.messages import MAX_ELEMENTS, MAX_PAGE, ArrayElements, Jobs, JobsReply
 
 if TYPE_CHECKING:
     from hq.protocol import BlockingClient
@@ -48,16 +48,21 @@ def parse_selected(words: tuple[str, ...], arrays: tuple[int, ...] = ()) -> Sele
 
 def selected_ids(client: BlockingClient, selection: Selection) -> list[int]:
     """The job ids of ``selection``, in order, without repeats. NotFound names the first
-    element that does not exist."""
+    element that does not exist. Elements named by index are looked up (``array_elements``),
+    so ``42_7`` costs the same in an array of ten and of a million."""
     ids, elements = list(selection[0]), selection[1]
     for array, indexes in elements.items():
-        jobs = array_jobs(client, array)
-        if not jobs:
-            raise NotFound(f"no such array: {array}")
         if indexes is None:
+            jobs = array_jobs(client, array)
+            if not jobs:
+                raise NotFound(f"no such array: {array}")
             ids += [job.id for job in jobs]
             continue
-        by_index = {job.array_index: job.id for job in jobs}
+        by_index: dict[int, int] = {}
+        for start in range(0, len(indexes), MAX_ELEMENTS):
+            found = client.request(ArrayElements(array=array,
+                                                 indexes=indexes[start:start + MAX_ELEMENTS]))
+            by_index.update(zip(found.indexes, found.ids, strict=True))
         missing = [i for i in indexes if i not in by_index]
         if missing:
             raise NotFound(f"array {array} has no element {missing[0]} ({array}_{missing[0]})")

@@ -264,6 +264,19 @@ def _submission(r: sa.Row[Any]) -> Submission:
                       kill_on_invalid_dep=r.kill_on_invalid_dep)
 
 
+def element_ids(conn: sa.Connection, submission_id: int, indexes: Sequence[int]
+                ) -> dict[int, int]:
+    """The job id of each of these array indexes of a submission that is stored (served by
+    the (submission, array index) index)."""
+    found: dict[int, int] = {}
+    for start in range(0, len(indexes), 1000):   # bound every statement's parameters
+        query = (sa.select(jobs.c.array_index, jobs.c.id)
+                 .where(jobs.c.submission_id == submission_id,
+                        jobs.c.array_index.in_(list(indexes[start:start + 1000]))))
+        found.update({index: job_id for index, job_id in conn.execute(query)})
+    return found
+
+
 def find_job(conn: sa.Connection, job_id: int) -> Job | None:
     row = conn.execute(_job_query().where(jobs.c.id == job_id)).mappings().first()
     return None if row is None else job_from_row(row)

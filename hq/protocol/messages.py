@@ -154,8 +154,11 @@ from hq.protocol.watch_messages import (  # noqa: F401 (the catalogue: every kin
     WatchReply,
 )
 from hq.protocol.workflow_messages import (  # noqa: F401 (the catalogue: every kind is importable from here)
+    MAX_ELEMENTS,
     ArrayCounts,
     ArrayCountsReply,
+    ArrayElements,
+    ArrayElementsReply,
     JobSpecs,
     JobSpecsReply,
     Resubmit,
@@ -370,7 +373,7 @@ class Wait(Request, tag="wait", kw_only=True):
 
 
 USER_REQUESTS = (Ping, Submit, SubmitPart, Status, Jobs, Show, Cancel, Hold, Release, Wait,
-                 UpdateArray, ArrayCounts, JobSpecs, Resubmit, Watch)
+                 UpdateArray, ArrayCounts, ArrayElements, JobSpecs, Resubmit, Watch)
 """What a command may ask its user-server, which forwards it to hq-server."""
 
 
@@ -454,7 +457,7 @@ class Lease(Message, tag="lease", kw_only=True):
 
 
 UserRequest = (Ping | Submit | SubmitPart | Status | Jobs | Show | Cancel | Hold | Release | Wait
-               | UpdateArray | ArrayCounts | JobSpecs | Resubmit | Watch)
+               | UpdateArray | ArrayCounts | ArrayElements | JobSpecs | Resubmit | Watch)
 
 
 class Relay(Request, tag="relay", kw_only=True):

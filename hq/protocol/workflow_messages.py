@@ -1,7 +1,7 @@
 """The requests of array workflows: changing an array's cap, counting its jobs by state,
-fetching stored specs for a resubmission, and the resubmission itself (command ->
-user-server). Every kind is importable
-from ``hq.protocol.messages``, the catalogue."""
+finding its elements by index, fetching stored specs for a resubmission, and the
+resubmission itself (command -> user-server). Every kind is importable from
+``hq.protocol.messages``, the catalogue."""
 
 from __future__ import annotations
 
@@ -45,6 +45,26 @@ class ArrayCounts(Request, tag="array_counts", kw_only=True):
 
     array: JobId
     reply_type = ArrayCountsReply
+
+
+# elements one request may look up by index
+MAX_ELEMENTS = 10_000
+
+
+class ArrayElementsReply(Reply, tag="reply", kw_only=True):
+    array_id: JobId
+    indexes: list[Count]                     # the ones found, in the order asked ...
+    ids: list[JobId]                         # ... and their job ids
+
+
+class ArrayElements(Request, tag="array_elements", kw_only=True):
+    """The job ids of elements of an array of mine, by index (``42_7``, ``42_[1-5]``):
+    looked up, not listed, so the cost is the indexes asked for, not the array (version
+    2)."""
+
+    array: JobId
+    indexes: Annotated[list[Count], msgspec.Meta(max_length=MAX_ELEMENTS)]
+    reply_type = ArrayElementsReply
 
 
 class JobSpecsReply(Reply, tag="reply", kw_only=True):

@@ -25,6 +25,7 @@ from hq.job import Job
 from hq.protocol.messages import (
     MAX_PAGE,
     ArrayCounts,
+    ArrayElements,
     AttemptInfo,
     Cancel,
     ClusterSummary,
@@ -54,7 +55,7 @@ from hq.server.core import Server, Session
 from hq.server.submitting import reserve, submit, submit_part
 from hq.server.views import array_line, job_info, wait_state
 from hq.server.watch import watch
-from hq.server.workflows import array_counts, job_specs, update_array
+from hq.server.workflows import array_counts, find_elements, job_specs, update_array
 from hq.states import FINISHED_JOB_STATES
 
 MAX_WAIT_S = 60.0
@@ -253,6 +254,6 @@ USER_REQUESTS: dict[type, Handler] = {
     Ping: ping, ReserveSubmission: reserve, Submit: submit, SubmitPart: submit_part,
     Status: status, Jobs: jobs, Show: _after_layout(show), Cancel: changing(cancel),
     Hold: changing(hold), Release: changing(release), Wait: _after_layout(wait),
-    UpdateArray: update_array, ArrayCounts: array_counts, JobSpecs: _after_layout(job_specs),
-    Watch: watch,
+    UpdateArray: update_array, ArrayCounts: array_counts, ArrayElements: find_elements,
+    JobSpecs: _after_layout(job_specs), Watch: watch,
 }

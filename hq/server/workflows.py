@@ -1,6 +1,6 @@
 """What a submission says beyond its jobs: the jobs it waits for (``--dependency``), the jobs
-it runs again (``hq-client resubmit``), later changes to an array (``update --cap``) and its
-counts by state (``progress``).
+it runs again (``hq-client resubmit``), later changes to an array (``update --cap``), its
+counts by state (``progress``) and its elements by index (``42_7``).
 
 Only the caller's own jobs can be named: another user's job is "not found", exactly like one
 that does not exist, and nothing of the submission is stored. The database answers for jobs
@@ -15,13 +15,15 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from hq.db.dependencies import Target, array_elements, find_targets
-from hq.db.jobs import find_job, submission_counts, submission_environments
+from hq.db.jobs import element_ids, find_job, submission_counts, submission_environments
 from hq.errors import NotFound, UsageError
 from hq.job import Job
 from hq.jobspec import JobSpec
 from hq.protocol.messages import (
     ArrayCounts,
     ArrayCountsReply,
+    ArrayElements,
+    ArrayElementsReply,
     DependencyRef,
     JobSpecs,
     JobSpecsReply,
@@ -235,3 +237,26 @@ async def array_counts(server: Server, session: Session, request: ArrayCounts
     return ArrayCountsReply(array_id=head.id, jobs=sum(stored.values()),
                             counts={JobState(state): n for state, n in stored.items()},
                             ended=True)
+
+
+async def find_elements(server: Server, session: Session, request: ArrayElements
+                         ) -> ArrayElementsReply:
+    """``hq-client show 42_7``: the job ids of an array's elements by index, from the
+    database for those stored and by position for those an array still being laid out has
+    not stored yet; the indexes it does not have are left out."""
+    head = await server.own_job(session.user.name, request.array)
+    if head is None or head.array_id != head.id:
+        raise NotFound(f"no such array: {request.array}")
+    wanted = list(dict.fromkeys(request.indexes))
+    found = await server.store.read(
+        lambda conn: element_ids(conn, head.submission_id, wanted),
+        what=f"elements of array {head.id}")
+    layout = server.layouts.running.get(head.submission_id)
+    if layout is not None and len(found) < len(wanted):
+        unstored = {index: position for position, index
+                    in enumerate(layout.indexes[layout.laid_out:], layout.laid_out)}
+        found.update({index: head.id + unstored[index] for index in wanted
+                      if index not in found and index in unstored})
+    indexes = [index for index in wanted if index in found]
+    return ArrayElementsReply(array_id=head.id, indexes=indexes,
+                              ids=[found[index] for index in indexes])

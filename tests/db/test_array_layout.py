@@ -22,6 +22,7 @@ from hq.errors import NotFound, UsageError
 from hq.jobspec import JobSpec
 from hq.protocol.messages import (
     ArrayCounts,
+    ArrayElements,
     Cancel,
     Hold,
     JobEnded,
@@ -329,4 +330,21 @@ def test_looking_at_a_stored_element_does_not_wait_for_the_rest(db_config, tmp_p
         assert layouts.running
         released = await change(core, Release(ids=[ids[3]]))
         assert released.results[0].result == "released" and not layouts.running
+    run(db_config, tmp_path, body)
+
+
+def test_elements_are_found_by_index_stored_or_not(db_config, tmp_path):
+    """``42_7`` is looked up, not listed: an element stored or still to be stored has its
+    id, an index the array lacks is left out, and another user's array is not found."""
+    async def body(core: Core) -> None:
+        ids = await submit_array(core, "1-99:2", hold=True)   # indexes 1, 3, ... 99
+        assert core.server.layouts.running
+        found = await change(core, ArrayElements(array=ids[0], indexes=[99, 2, 5, 1]))
+        assert (found.indexes, found.ids) == ([99, 5, 1], [ids[-1], ids[2], ids[0]])
+        await core.server.layouts.settled("alice")
+        again = await change(core, ArrayElements(array=ids[0], indexes=[99, 5]))
+        assert again.ids == [ids[-1], ids[2]]
+        with pytest.raises(NotFound, match=f"no such array: {ids[0]}"):
+            await requests.USER_REQUESTS[ArrayElements](
+                core.server, core.session("bob"), ArrayElements(array=ids[0], indexes=[1]))
     run(db_config, tmp_path, body)

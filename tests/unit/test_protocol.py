@@ -42,6 +42,7 @@ EXAMPLES: dict[type, dict[str, Any]] = {
     m.Watch: {"type": "watch", "rid": 1, "since": 41, "timeout_s": 10.0, "limit": 50},
     m.UpdateArray: {"type": "update_array", "rid": 1, "array": 7, "cap": 5},
     m.ArrayCounts: {"type": "array_counts", "rid": 1, "array": 7},
+    m.ArrayElements: {"type": "array_elements", "rid": 1, "array": 7, "indexes": [1, 5]},
     m.JobSpecs: {"type": "job_specs", "rid": 1, "ids": [7, 8]},
     m.Resubmit: {"type": "resubmit", "rid": 1, "ids": [7], "hold": False},
     m.AdminInfo: {"type": "admin_info", "rid": 1},
