@@ -252,11 +252,14 @@ async def find_elements(server: Server, session: Session, request: ArrayElements
         lambda conn: element_ids(conn, head.submission_id, wanted),
         what=f"elements of array {head.id}")
     layout = server.layouts.running.get(head.submission_id)
-    if layout is not None and len(found) < len(wanted):
-        unstored = {index: position for position, index
-                    in enumerate(layout.indexes[layout.laid_out:], layout.laid_out)}
-        found.update({index: head.id + unstored[index] for index in wanted
-                      if index not in found and index in unstored})
+    missing = {index for index in wanted if index not in found}
+    if layout is not None and missing:   # one pass over the rest, nothing built per element
+        for position in range(layout.laid_out, len(layout.indexes)):
+            if layout.indexes[position] in missing:
+                found[layout.indexes[position]] = head.id + position
+                missing.discard(layout.indexes[position])
+                if not missing:
+                    break
     indexes = [index for index in wanted if index in found]
     return ArrayElementsReply(array_id=head.id, indexes=indexes,
                               ids=[found[index] for index in indexes])
