@@ -136,20 +136,24 @@ def cancel(server: Server, session: Session, request: Cancel,
 
 def hold(server: Server, session: Session, request: Hold,
          arrays: Sequence[WholeArray] = ()) -> ChangesReply:
-    return _change(server, session, request, arrays,
-                   lambda jobs: _hold_or_release(server, jobs, hold=True),
-                   lambda layout: _tail(server, layout, JobState.PENDING, JobState.HELD,
-                                        "held", "not pending ({state})"),
-                   "not pending ({state})")
+    return _holding(server, session, request, arrays, hold=True)
 
 
 def release(server: Server, session: Session, request: Release,
             arrays: Sequence[WholeArray] = ()) -> ChangesReply:
+    return _holding(server, session, request, arrays, hold=False)
+
+
+def _holding(server: Server, session: Session, request: Hold | Release,
+             arrays: Sequence[WholeArray], *, hold: bool) -> ChangesReply:
+    source, target = ((JobState.PENDING, JobState.HELD) if hold
+                      else (JobState.HELD, JobState.PENDING))
+    done, refused = ("held", "not pending ({state})") if hold else ("released",
+                                                                    "not held ({state})")
     return _change(server, session, request, arrays,
-                   lambda jobs: _hold_or_release(server, jobs, hold=False),
-                   lambda layout: _tail(server, layout, JobState.HELD, JobState.PENDING,
-                                        "released", "not held ({state})"),
-                   "not held ({state})")
+                   lambda jobs: _hold_or_release(server, jobs, hold=hold),
+                   lambda layout: _tail(server, layout, source, target, done, refused),
+                   refused)
 
 
 def _hold_or_release(server: Server, jobs: Iterable[Job], hold: bool) -> dict[int, str]:
