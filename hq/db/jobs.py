@@ -277,6 +277,14 @@ def element_ids(conn: sa.Connection, submission_id: int, indexes: Sequence[int]
     return found
 
 
+def cancelled_element(conn: sa.Connection, submission_id: int) -> Job | None:
+    """One cancelled job of a submission, if it has any (the latest)."""
+    row = conn.execute(_job_query().where(jobs.c.submission_id == submission_id,
+                                          jobs.c.state == JobState.CANCELLED)
+                       .order_by(jobs.c.id.desc()).limit(1)).mappings().first()
+    return None if row is None else job_from_row(row)
+
+
 def find_job(conn: sa.Connection, job_id: int) -> Job | None:
     row = conn.execute(_job_query().where(jobs.c.id == job_id)).mappings().first()
     return None if row is None else job_from_row(row)

@@ -15,11 +15,13 @@ is still to be stored, one that changes or lists them (cancel, hold, release, an
 listing, ``--dependency``, resubmit) until all its caller's arrays are laid out. After
 ``SETTLE_S`` it is answered "still being stored, try again" instead (a million elements
 take about a minute). So nothing changes an element by itself while its array is laid
-out; only a change of the whole array (``hq-client cancel 42_*``, hold, release) reaches them: they
-are stored in its new state from then on (``Layouts.change_tail``), and a cancelled one
-ends its submission only once it is stored. So after a restart the ones still missing are
-laid out in the state their laid-out siblings were given: cancelled if the last one stored
-was cancelled before it started, else held if any of them is held, else pending.
+out; only a change of the whole array (``hq-client cancel 42_*``, hold, release) reaches
+them: they are stored in its new state from then on (``Layouts.change_tail``), and a
+cancelled one ends its submission only once it is stored. So after a restart the ones still
+missing are laid out in the state their laid-out siblings were given: cancelled if any of
+them was cancelled, else held if any of them is held, else pending. (A cancel that found
+every stored element running, and a restart before any of them ended, is the one case this
+cannot see: the rest is then laid out pending.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import msgspec
 import sqlalchemy as sa
 
 from hq import array_indexes
-from hq.db.jobs import find_job, finished_counts, unlaid_arrays
+from hq.db.jobs import cancelled_element, find_job, finished_counts, unlaid_arrays
 from hq.errors import Busy
 from hq.job import Job, Submission
 from hq.jobspec import JobSpec
@@ -211,13 +213,13 @@ class Layouts:
             held = any(job.state is JobState.HELD
                        for job in cluster.unfinished_by_owner.get(sub.owner, {}).values()
                        if job.submission_id == sub.id)
-            # the last stored element cancelled before it ever started: only a whole-array
-            # cancel does that while an array is laid out, and it cancelled the rest too
-            cancelled = one.state is JobState.CANCELLED and one.started_at is None
+            # a stored element cancelled: only a whole-array cancel does that while an array
+            # is laid out (a change by id waits for the layout), and it cancelled the rest
+            cancelled = cancelled_element(conn, sub.id)
             template = msgspec.structs.replace(one.spec, array_index=None)
             self.start(Layout(sub=sub, owner_id=owner_id, template=template,
                               indexes=array_indexes.expand(sub.array_indexes),
                               state=JobState.CANCELLED if cancelled
                               else JobState.HELD if held else JobState.PENDING,
-                              laid_out=stored, reason=one.reason if cancelled else None,
-                              ended_at=one.ended_at if cancelled else None))
+                              laid_out=stored, reason=cancelled and cancelled.reason,
+                              ended_at=cancelled and cancelled.ended_at))
