@@ -53,10 +53,10 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(layout, "CHUNK", 7)
 
 
-def run(db_config, tmp_path, body, **config) -> None:
+def run(db_config, tmp_path, body, hosts: dict[str, int] | None = None, **config) -> None:
     async def main() -> None:
-        async with core_on(tmp_path, hosts={"n1": 2}, users=["alice", "bob"], db=db_config,
-                           **config) as core:
+        async with core_on(tmp_path, hosts=hosts or {"n1": 2}, users=["alice", "bob"],
+                           db=db_config, **config) as core:
             await core.user_server("alice")
             await body(core)
     asyncio.run(main())
@@ -348,3 +348,30 @@ def test_elements_are_found_by_index_stored_or_not(db_config, tmp_path):
             await requests.USER_REQUESTS[ArrayElements](
                 core.server, core.session("bob"), ArrayElements(array=ids[0], indexes=[1]))
     run(db_config, tmp_path, body)
+
+
+def test_a_cancel_that_found_the_stored_jobs_running_is_seen_after_a_restart(db_config,
+                                                                             tmp_path):
+    """Every stored element was running when the whole array was cancelled; one kill was
+    recorded before hq-server stopped. The rest is stored cancelled after the restart."""
+    async def body(core: Core) -> None:
+        ids = await submit_array(core, "1-50")
+        core.server.layouts.stop()   # only the first 10 are stored
+        await asyncio.sleep(0)
+        assert core.server.dispatcher.round() == 10
+        run_ = await core.peers["alice"].next(Run)
+        reply = await change(core, Cancel(arrays=[ids[0]]))
+        assert reply.arrays[0].results == {"cancelling": 10, "cancelled": 40}
+        at = core.clock.now().timestamp()
+        first = run_.jobs[0].id
+        core.server.dispatcher.on_job_events(core.peers["alice"].link, JobEvents(
+            host="n1", events=[JobStarted(id=first, pid=11, at=at),
+                               JobEnded(id=first, at=at, pid=11, signal=15,
+                                        reason="cancelled")]))
+        await core.committed()
+        await core.restart()
+        await core.server.layouts.settled("alice")
+        await core.committed()
+        rows = core.rows(reasons(ids[10:]))
+        assert len(rows) == 40 and {r.state for r in rows} == {JobState.CANCELLED}
+    run(db_config, tmp_path, body, hosts={"n1": 16})
