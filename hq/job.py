@@ -35,7 +35,6 @@ class Submission:
     mail_type: str | None = None
     notify_signature: str | None = None
     kill_on_invalid_dep: bool = True    # cancel a job whose dependency can never be met
-    active: int = 0                     # of its jobs dispatched or running now (memory only)
     # its jobs by state, those not stored yet included (memory only, ``finished`` loaded at
     # start): an array's progress is counted without a pass over its jobs
     unfinished: Counter[JobState] = field(default_factory=Counter)
@@ -43,6 +42,11 @@ class Submission:
     # run times of its jobs that ended (memory only): how deep its jobs may be queued ahead
     runs: int = 0
     run_time_s: float = 0.0
+
+    @property
+    def active(self) -> int:
+        """Of its jobs, how many are dispatched or running now."""
+        return self.unfinished[JobState.DISPATCHED] + self.unfinished[JobState.RUNNING]
 
     def mean_run_time_s(self) -> float | None:
         return self.run_time_s / self.runs if self.runs else None

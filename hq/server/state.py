@@ -121,8 +121,6 @@ class Cluster:
         sub = self.submissions.get(job.submission_id)
         if sub is not None:
             sub.unfinished[job.state] += 1
-            if job.state.active:
-                sub.active += 1
         if job.state is JobState.PENDING:
             self._queue(job)
         elif job.state.active and job.host in self.hosts:
@@ -198,8 +196,6 @@ class Cluster:
         if sub is not None:
             sub.unfinished[old] -= 1
             (sub.finished if new.finished else sub.unfinished)[new] += 1
-            if old.active != new.active:
-                sub.active += 1 if new.active else -1
         job.state = new
         for name, value in fields.items():
             setattr(job, name, value)
