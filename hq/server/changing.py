@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hq.db.jobs import submission_counts
-from hq.errors import NotFound
 from hq.job import Job
 from hq.protocol.messages import ArrayChanges, Cancel, ChangeResult, ChangesReply, Hold, Release
 from hq.server.core import Server, Session
@@ -45,20 +43,12 @@ async def whole_arrays(server: Server, session: Session, arrays: Iterable[int]
     and the database only for an array whose jobs have all finished. NotFound names the
     first id that is not an array of the caller's, before anything is changed."""
     me, cluster = session.user.name, server.cluster
-    heads: list[Job] = []
-    for array in dict.fromkeys(arrays):
-        head = await server.own_job(me, array)
-        if head is None or head.array_id != head.id:
-            raise NotFound(f"no such array: {array}")
-        heads.append(head)
+    heads = [await server.own_array(me, array) for array in dict.fromkeys(arrays)]
     recorded: dict[int, dict[JobState, int]] = {}
     while gone := [h.submission_id for h in heads if h.submission_id not in cluster.submissions
                    and h.submission_id not in recorded]:
-        await server.journal.committed()   # all ended: the database counts them
-        for sub_id in gone:
-            stored = await server.store.read(lambda conn, sub_id=sub_id: submission_counts(
-                conn, sub_id), what=f"counts of submission {sub_id}")
-            recorded[sub_id] = {JobState(state): n for state, n in stored.items()}
+        for sub_id in gone:   # all its jobs ended: the database counts them
+            recorded[sub_id] = await server.ended_counts(sub_id)
     # no await from here on: what is found is what the change sees
     members: dict[int, list[Job]] = {head.submission_id: [] for head in heads}
     for job in cluster.unfinished_by_owner.get(me, {}).values():

@@ -18,8 +18,9 @@ import logging
 from dataclasses import dataclass, field
 
 from hq.config import Installation, ServerConfig
-from hq.db.jobs import find_job
+from hq.db.jobs import find_job, submission_counts
 from hq.db.users import UserRecord
+from hq.errors import NotFound
 from hq.job import Job
 from hq.limits_config import Limit, Limits, load_limits
 from hq.protocol import Channel
@@ -34,6 +35,7 @@ from hq.server.notifications import Notifier
 from hq.server.scheduler import GroupLimits, Policy, UserLimits
 from hq.server.state import Cluster
 from hq.server.store import Store
+from hq.states import JobState
 
 
 def policy_of(config: ServerConfig) -> Policy:
@@ -87,6 +89,22 @@ class Server:
             job = await self.store.read(lambda conn: find_job(conn, job_id),
                                         what=f"job {job_id}")
         return job if job is not None and job.owner == owner else None
+
+    async def own_array(self, owner: str, array_id: int) -> Job:
+        """The first job of ``owner``'s array ``array_id``; NotFound otherwise."""
+        head = await self.own_job(owner, array_id)
+        if head is None or head.array_id != head.id:
+            raise NotFound(f"no such array: {array_id}")
+        return head
+
+    async def ended_counts(self, submission_id: int) -> dict[JobState, int]:
+        """How many jobs of a submission whose jobs have all ended (so none of them is in
+        ``cluster.submissions``) ended in each state, once everything recorded so far has
+        committed."""
+        await self.journal.committed()
+        stored = await self.store.read(lambda conn: submission_counts(conn, submission_id),
+                                       what=f"counts of submission {submission_id}")
+        return {JobState(state): n for state, n in stored.items()}
 
     def users_changed(self, users: dict[str, UserRecord] | None = None) -> None:
         """etc/users as loaded (at start and at each reload, then ``users`` replaces

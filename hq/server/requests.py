@@ -104,10 +104,7 @@ async def jobs(server: Server, session: Session, request: Jobs) -> JobsReply:
     me, cluster = session.user.name, server.cluster
     array = None
     if request.array is not None:
-        head = await _own_or_recorded(server, session, request.array)
-        if head.array_id != head.id:
-            raise NotFound(f"no such array: {request.array}")
-        array = head.submission_id
+        array = (await server.own_array(me, request.array)).submission_id
 
     def matches(job: Job) -> bool:
         return ((wanted is None or job.state in wanted)

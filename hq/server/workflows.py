@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from hq.db.dependencies import Target, array_elements, find_targets
-from hq.db.jobs import element_ids, find_job, submission_counts, submission_environments
+from hq.db.jobs import element_ids, find_job, submission_environments
 from hq.errors import NotFound, UsageError
 from hq.job import Job
 from hq.jobspec import JobSpec
@@ -224,18 +224,13 @@ async def array_counts(server: Server, session: Session, request: ArrayCounts
     unfinished, memory counts all of them (``Submission.unfinished`` and ``.finished``);
     once all have ended (a cancelled one not stored yet has not), the database does, after
     everything recorded so far committed."""
-    head = await server.own_job(session.user.name, request.array)
-    if head is None or head.array_id != head.id:
-        raise NotFound(f"no such array: {request.array}")
+    head = await server.own_array(session.user.name, request.array)
     sub = server.cluster.submissions.get(head.submission_id)
     if sub is not None:
         return ArrayCountsReply(array_id=head.id, jobs=sub.job_count,
                                 counts={**+sub.finished, **+sub.unfinished})
-    await server.journal.committed()
-    stored = await server.store.read(lambda conn: submission_counts(conn, head.submission_id),
-                                     what=f"counts of array {head.id}")
-    return ArrayCountsReply(array_id=head.id, jobs=sum(stored.values()),
-                            counts={JobState(state): n for state, n in stored.items()},
+    counts = await server.ended_counts(head.submission_id)
+    return ArrayCountsReply(array_id=head.id, jobs=sum(counts.values()), counts=counts,
                             ended=True)
 
 
@@ -244,9 +239,7 @@ async def find_elements(server: Server, session: Session, request: ArrayElements
     """``hq-client show 42_7``: the job ids of an array's elements by index, from the
     database for those stored and by position for those an array still being laid out has
     not stored yet; the indexes it does not have are left out."""
-    head = await server.own_job(session.user.name, request.array)
-    if head is None or head.array_id != head.id:
-        raise NotFound(f"no such array: {request.array}")
+    head = await server.own_array(session.user.name, request.array)
     wanted = list(dict.fromkeys(request.indexes))
     found = await server.store.read(
         lambda conn: element_ids(conn, head.submission_id, wanted),
